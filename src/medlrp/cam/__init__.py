@@ -1,0 +1,1 @@
+"""Grad-CAM family (N-d, batched). Registers its methods on import."""

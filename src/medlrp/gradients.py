@@ -1,0 +1,1 @@
+"""Gradient methods: gradient, input-x-gradient, integrated gradients, SmoothGrad, occlusion."""

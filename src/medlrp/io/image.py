@@ -1,0 +1,77 @@
+"""The :class:`Image` every reader returns, and atomic writing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Image:
+    """A 2D image or 3D volume with its geometry.
+
+    Attributes:
+        array: ``float32``, ``(C, H, W)`` for 2D or ``(C, D, H, W)`` for 3D (``C`` channels, usually 1).
+            For NIfTI and DICOM volumes the spatial axes follow the file's voxel axes ``(i, j, k)`` reversed
+            to ``(k, j, i)`` only where documented by the reader; ``affine`` always maps the array's spatial
+            voxel indices (in array order) to world millimetres (RAS+ as in NIfTI).
+        affine: ``4x4`` voxel-to-world matrix for the array's spatial axes (2D images: a 3D affine whose
+            last spatial axis is a single slice).
+        source: The file or folder read.
+        kind: ``"png"``, ``"jpeg"``, ``"nifti"`` or ``"dicom"``.
+        meta: Non-identifying metadata (modality, spacing, window, ...). Patient identifiers are kept in
+            ``identifiers`` and only written out when the user asks for them.
+        identifiers: Patient identifiers found in the input (empty unless the format has them).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: Path
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    identifiers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.array.ndim - 1
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in millimetres along the array's spatial axes."""
+        cols = np.linalg.norm(self.affine[:3, : self.spatial_dims], axis=0)
+        return tuple(float(c) for c in cols)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, else removed.
+
+    Readers never see a half-written file: the rename is atomic on POSIX file systems.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_path)`` and rename the result onto ``path``; return ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)

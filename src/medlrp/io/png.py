@@ -1,0 +1,42 @@
+"""PNG/JPEG reading (8- and 16-bit) and writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from medlrp.errors import InputError
+from medlrp.io.image import Image, atomic_path
+
+
+def read_png(path: Path) -> Image:
+    """Read a PNG or JPEG as ``(C, H, W)`` float32 with its raw values (16-bit kept as 0..65535)."""
+    try:
+        with PILImage.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                data = np.asarray(im, dtype=np.float32)[None]
+            elif im.mode in ("L", "1", "P"):
+                data = np.asarray(im.convert("L"), dtype=np.float32)[None]
+            else:
+                data = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+            fmt = (im.format or path.suffix.lstrip(".")).lower()
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    affine = np.eye(4)
+    kind = "jpeg" if fmt in ("jpeg", "jpg") else "png"
+    return Image(array=data, affine=affine, source=path, kind=kind, meta={"shape": list(data.shape)})
+
+
+def write_png(path: str | Path, array: np.ndarray, bits: int = 8) -> Path:
+    """Write a ``(H, W)`` gray or ``(H, W, 3|4)`` colour array atomically; integer data is written as is."""
+    data = np.asarray(array)
+    if bits == 16:
+        im = PILImage.fromarray(data.astype(np.uint16))
+    else:
+        im = PILImage.fromarray(data.astype(np.uint8))
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return Path(path)
