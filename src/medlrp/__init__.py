@@ -9,6 +9,7 @@ The public facade::
 """
 
 from medlrp import methods as _methods  # noqa: F401  (registers every method)
+from medlrp import metrics
 from medlrp.api import explain
 from medlrp.errors import InputError, MedlrpError, UnsupportedLayerError
 from medlrp.explanation import Explanation
@@ -29,4 +30,5 @@ __all__ = [
     "UnsupportedLayerError",
     "explain",
     "load_model",
+    "metrics",
 ]

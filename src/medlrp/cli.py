@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from medlrp.errors import InputError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except InputError as exc:
         print(f"medlrp: error: {exc}", file=sys.stderr)
         code = 2
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             code = 1
     else:
-        code = 0
+        # With standalone_mode=False click returns the code of a typer.Exit instead of raising it.
+        code = rv if isinstance(rv, int) else 0
     if argv is None:
         sys.exit(code)
     return code

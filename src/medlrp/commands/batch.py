@@ -1,16 +1,73 @@
-"""`medlrp batch` (not built yet: says so and exits 2)."""
+"""`medlrp batch`: explain a whole dataset folder, resumably, on one process or many under torchrun.
+
+Exit codes: 0 every case done; 2 bad usage/input, or some cases failed (listed in ``OUT/errors.jsonl``,
+the others are done); 1 internal error. Under ``torchrun`` every rank exits 2 when any case failed and
+the launcher itself then reports a failed worker (its own exit code is 1).
+"""
 
 from __future__ import annotations
 
-import typer
+import sys
+from pathlib import Path
 
-from medlrp.errors import InputError
+import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
 
-    @app.command("batch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def batch() -> None:
-        """Not available yet."""
-        raise InputError("'medlrp batch' is not available yet")
+    @app.command("batch")
+    def batch(
+        model: Path = typer.Option(..., "--model", help="Checkpoint (medlrp train) or TorchScript file."),
+        data: Path = typer.Option(
+            ..., "--data", help="Dataset folder: <class>/<case>.<ext> (+ _mask), train/val/test, or flat."
+        ),
+        out: Path = typer.Option(..., "--out", help="Output folder; rerunning into it resumes."),
+        methods: str = typer.Option("lrp", "--methods", "--method", help="Comma-separated methods."),
+        composite: str | None = typer.Option(None, "--composite", help="LRP composite."),
+        target: str | None = typer.Option(
+            None, "--target", help="Class index K, or 'label' (the class folder); default: the prediction."
+        ),
+        workers: int = typer.Option(2, "--workers", help="Reader processes (0: read in this process)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Cases per explanation call."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:K."),
+        trust_model: bool = typer.Option(False, "--trust-model", help="Allow pickled models."),
+        keep_identifiers: bool = typer.Option(
+            False, "--keep-identifiers", help="Keep patient identifiers in outputs."
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    ) -> None:
+        """Explain every case of a dataset folder; resumable; scales out under torchrun."""
+        from medlrp.batch import BatchOptions, run_batch
+
+        summary = run_batch(
+            BatchOptions(
+                model=model,
+                data=data,
+                out=out,
+                methods=[m.strip() for m in methods.split(",") if m.strip()],
+                composite=composite,
+                target=target,
+                workers=workers,
+                batch_size=batch_size,
+                device=device,
+                trust_model=trust_model,
+                keep_identifiers=keep_identifiers,
+                progress=progress,
+            )
+        )
+        where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""
+        print(
+            f"medlrp batch{where}: {summary.assigned} cases, {summary.skipped} done before, "
+            f"{summary.done} done now, {summary.failed} failed; "
+            f"{summary.cases_per_second:.2f} cases/s; index: {out / 'index.jsonl'}",
+            file=sys.stderr,
+        )
+        if summary.exit_code:
+            print(
+                f"medlrp: error: {summary.failed_all} case(s) failed, see {out / 'errors.jsonl'}",
+                file=sys.stderr,
+            )
+            # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code
+            # instead of raising it, and medlrp.cli.main would report success.
+            raise SystemExit(summary.exit_code)

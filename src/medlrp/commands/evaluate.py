@@ -1,16 +1,139 @@
-"""`medlrp evaluate` (not built yet: says so and exits 2)."""
+"""``medlrp evaluate --model M --data DIR [--methods lrp,gradcam,...] [--out DIR]``.
+
+Every method on every case of the dataset (its ``test`` split when ``DIR/test`` exists; masks used where
+a case has one). Writes to ``--out``: ``metrics.csv`` and ``metrics.md`` (mean and 95% confidence interval
+per method and metric, and a ranking), ``per_case.csv``, ``curves.png`` (mean region-perturbation
+curves), ``evaluation.json`` (all values) and ``report.html`` (the table). A method that is not available
+is reported and skipped.
+"""
 
 from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from medlrp.errors import InputError
 
+HELP = __doc__
+DEFAULT_METHODS = "lrp,gradcam,gradient,input-x-gradient,integrated-gradients"
+
+
+def run_evaluate(
+    model: Path,
+    data: Path,
+    *,
+    methods: list[str],
+    out: Path,
+    target: str = "label",
+    batch_size: int = 16,
+    max_cases: int | None = None,
+    randomisation: bool = True,
+    trust_model: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The command's work; returns the evaluation as plain data (``evaluation.json``)."""
+    from torch.utils.data import DataLoader, Subset
+
+    import medlrp  # noqa: F401  (registers every method)
+    from medlrp.data import FolderDataset, collate_cases
+    from medlrp.metrics.plots import plot_curves
+    from medlrp.metrics.suite import evaluate_methods
+    from medlrp.metrics.table import ranking, table_csv, table_markdown
+    from medlrp.models import load_model
+
+    if target not in ("label", "predicted"):
+        raise InputError(f"--target must be 'label' or 'predicted', got {target!r}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    loaded = load_model(model, trust_model=trust_model, device=device)
+    dataset = FolderDataset(
+        data, split="test", preprocessing=loaded.preprocessing, classes=loaded.class_names or None
+    )
+    subset = Subset(dataset, range(min(len(dataset), max_cases or len(dataset))))
+    loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate_cases)
+
+    def batches():
+        for b in loader:
+            mask = b.mask * b.has_mask.view(-1, *[1] * (b.mask.ndim - 1))
+            x = b.x.to(device)
+            yield x, (b.label.to(device) if target == "label" else None), mask.to(device), list(b.case_id)
+
+    result = evaluate_methods(loaded.model, batches(), methods, randomisation=randomisation)
+    for method, why in result.unavailable.items():
+        print(f"medlrp: warning: method {method!r} not evaluated: {why}", file=sys.stderr)
+    if not result.methods:
+        raise InputError(f"none of the methods {', '.join(methods)} could be evaluated")
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = table_markdown(result)
+    (out / "metrics.md").write_text(markdown, encoding="utf-8")
+    (out / "metrics.csv").write_text(table_csv(result), encoding="utf-8")
+    _per_case_csv(result, out / "per_case.csv")
+    plot_curves(result, out / "curves.png")
+    payload = {**result.to_dict(), "ranking": ranking(result), "model": str(model), "data": str(dataset.root)}
+    (out / "evaluation.json").write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
+    _report(out, markdown, {"model": model.name, "data": str(dataset.root), "cases": len(result.cases)})
+    print(markdown)
+    print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'curves.png'}, {out / 'report.html'}")
+    return payload
+
+
+def _per_case_csv(result: Any, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "method", "metric", "value"])
+        for method in result.methods:
+            for metric, values in result.values[method].items():
+                for case, value in zip(result.cases, values, strict=True):
+                    writer.writerow([case, method, metric, value])
+
+
+def _report(out: Path, markdown: str, run: dict[str, Any]) -> None:
+    """The metrics table as an HTML report (the report package renders the Markdown safely)."""
+    from medlrp.report.html import ReportSection, write_report
+
+    section = ReportSection(title="Metrics", markdown=markdown)
+    write_report(out / "report.html", [], title="medlrp evaluation", sections=[section], run=run)
+
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
 
-    @app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def evaluate() -> None:
-        """Not available yet."""
-        raise InputError("'medlrp evaluate' is not available yet")
+    @app.command("evaluate", help=HELP)
+    def evaluate(
+        model: Annotated[Path, typer.Option("--model", help="medlrp checkpoint or TorchScript archive.")],
+        data: Annotated[Path, typer.Option("--data", help="Dataset folder DIR/<class>/<case>.<ext>.")],
+        methods: Annotated[str, typer.Option(help="Methods, comma-separated.")] = DEFAULT_METHODS,
+        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("evaluate-out"),
+        target: Annotated[
+            str, typer.Option(help="Explain the true class ('label') or the predicted one ('predicted').")
+        ] = "label",
+        batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
+        max_cases: Annotated[int | None, typer.Option(help="Evaluate at most this many cases.")] = None,
+        randomisation: Annotated[
+            bool, typer.Option(help="Run the cascading model-randomisation check (one map per layer).")
+        ] = True,
+        trust_model: Annotated[
+            bool, typer.Option("--trust-model", help="Allow loading a pickled model (only files you trust).")
+        ] = False,
+        device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    ) -> None:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names:
+            raise InputError("--methods needs at least one method name")
+        run_evaluate(
+            model,
+            data,
+            methods=names,
+            out=out,
+            target=target,
+            batch_size=batch_size,
+            max_cases=max_cases,
+            randomisation=randomisation,
+            trust_model=trust_model,
+            device=device,
+        )

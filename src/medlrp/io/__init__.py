@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlrp.errors import InputError
+from medlrp.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
 from medlrp.io.image import Image, atomic_path, write_atomic
+from medlrp.io.inputs import IMAGE_SUFFIXES, expand_input, find_mask, is_mask_file, stem
 from medlrp.io.nifti import read_nifti, write_nifti
 from medlrp.io.png import read_png, write_png
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".dcm")
+from medlrp.io.resample import to_input_grid
+from medlrp.io.windowing import WINDOW_PRESETS, apply_window, display_range, window_preset
 
 
 def is_image_file(path: Path) -> bool:
@@ -18,27 +20,51 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and name.endswith(IMAGE_SUFFIXES)
 
 
-def read_image(path: str | Path) -> Image:
-    """Read one input by its suffix: PNG/JPEG, NIfTI (and DICOM once its reader lands)."""
+def read_image(path: str | Path, index: int | None = None) -> Image:
+    """Read one input: PNG/JPEG, NIfTI, a DICOM file or a folder holding one DICOM series.
+
+    Args:
+        path: The file or series folder.
+        index: Which volume of a 4D NIfTI to take (ignored otherwise).
+
+    Raises:
+        InputError: one line naming the file and the problem.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return read_dicom_series(p)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return read_nifti(p)
+        return read_nifti(p, index=index)
     if name.endswith((".png", ".jpg", ".jpeg")):
         return read_png(p)
+    if name.endswith(".dcm") or is_dicom_file(p):
+        return read_dicom_file(p)
     raise InputError(f"{p}: unsupported input (expected PNG, JPEG, NIfTI or DICOM)")
 
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "WINDOW_PRESETS",
     "Image",
+    "apply_window",
     "atomic_path",
+    "display_range",
+    "expand_input",
+    "find_mask",
+    "is_dicom_file",
     "is_image_file",
+    "is_mask_file",
+    "read_dicom_file",
+    "read_dicom_series",
     "read_image",
     "read_nifti",
     "read_png",
+    "stem",
+    "to_input_grid",
+    "window_preset",
     "write_atomic",
     "write_nifti",
     "write_png",

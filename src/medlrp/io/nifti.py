@@ -11,14 +11,32 @@ from medlrp.errors import InputError
 from medlrp.io.image import Image, atomic_path
 
 
-def read_nifti(path: Path) -> Image:
+def read_nifti(path: Path, index: int | None = None) -> Image:
     """Read a ``.nii``/``.nii.gz`` file; spatial axes keep the file's voxel order, the affine is kept.
 
-    A 4D file is refused here (the caller picks a volume first); a trailing singleton axis is dropped.
+    Args:
+        path: The file.
+        index: For a 4D file, which volume (0-based) to take; ignored for 2D/3D files.
+
+    Raises:
+        InputError: unreadable file, a 4D file without ``index`` (or with one out of range), more than
+            four dimensions.
     """
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        shape = tuple(int(n) for n in img.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) == 4:
+            if index is None:
+                raise InputError(f"{path}: 4D volume with {shape[3]} volumes; choose one with --index")
+            if not -shape[3] <= index < shape[3]:
+                raise InputError(f"{path}: --index {index} out of range for {shape[3]} volumes")
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)[..., index]
+        else:
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for broken files
         raise InputError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -26,9 +44,11 @@ def read_nifti(path: Path) -> Image:
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):
-        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions {data.shape}; choose one volume first")
+        raise InputError(f"{path}: NIfTI with {data.ndim} dimensions {data.shape}; medlrp reads 2D to 4D")
     affine = np.asarray(img.affine, dtype=np.float64)
-    meta = {"shape": list(data.shape), "zooms": [float(z) for z in img.header.get_zooms()[: data.ndim]]}
+    meta = {"shape": [1, *data.shape], "zooms": [float(z) for z in img.header.get_zooms()[: data.ndim]]}
+    if index is not None and len(shape) == 4:
+        meta["index"] = int(index)
     return Image(array=data[None], affine=affine, source=path, kind="nifti", meta=meta)
 
 
@@ -39,6 +59,8 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path
         data = data[0]
     image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
+    # The header carries geometry only: no description or file names that could identify anyone.
+    image.header["descrip"] = b"medlrp"
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return Path(path)

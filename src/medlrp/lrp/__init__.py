@@ -1,14 +1,56 @@
-"""Layer-wise Relevance Propagation: rules, composites, canonization and the engine."""
+"""Layer-wise Relevance Propagation: rules, composites, the engine and the ``LRP`` explainer.
 
-from __future__ import annotations
+Rules are written into the model's forward pass by a per-call ``TorchFunctionMode`` (nothing global,
+no hooks), so one ordinary backward yields the relevance as ``input * grad``. See
+:mod:`medlrp.lrp.engine` for the design, :mod:`medlrp.lrp.handlers` for the extension API.
+"""
 
-from typing import Any
+from medlrp.lrp.composites import (
+    CNN_COMPOSITES,
+    DEFAULT_COMPOSITES,
+    Composite,
+    default_composite_name,
+    looks_like_transformer,
+    resolve_composite,
+)
+from medlrp.lrp.explainer import LRP, STARTS
+from medlrp.lrp.handlers import HANDLERS, register_handler
+from medlrp.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    LinearRule,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    Zero,
+    ZPlus,
+)
 
-import torch
-
-
-class LRP:  # placeholder until the engine lands (issue 3)
-    """Reusable LRP explainer (the engine replaces this placeholder)."""
-
-    def __init__(self, model: torch.nn.Module, composite: str | None = None, **options: Any) -> None:
-        raise NotImplementedError("the LRP engine is not built yet")
+__all__ = [
+    "CNN_COMPOSITES",
+    "DEFAULT_COMPOSITES",
+    "HANDLERS",
+    "LRP",
+    "STARTS",
+    "AlphaBeta",
+    "Composite",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "LinearRule",
+    "Norm",
+    "Pass",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "Zero",
+    "default_composite_name",
+    "looks_like_transformer",
+    "register_handler",
+    "resolve_composite",
+]

@@ -1,0 +1,90 @@
+"""Where this process stands in a ``torchrun`` job: rank, world size, device, and a few collectives.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them the run is one process.
+The process group (gloo: it only carries barriers and a few integers, so it works with or without GPUs)
+exists only when the world has more than one process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from medlrp.errors import InputError
+
+# Ranks wait for each other at the end of the run; a slow shard must not time the others out.
+_BARRIER_TIMEOUT = datetime.timedelta(hours=48)
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> DistContext:
+        """Read torchrun's environment, pick the device, and join the process group if needed.
+
+        Args:
+            device: ``"auto"`` (``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU), ``"cpu"``,
+                ``"cuda"`` (``cuda:<LOCAL_RANK>``) or an explicit ``"cuda:K"``.
+        """
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        ctx = cls(rank=rank, world_size=world, local_rank=local, device=_pick_device(device, local))
+        if ctx.device.type == "cuda":
+            torch.cuda.set_device(ctx.device)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=_BARRIER_TIMEOUT)
+            ctx.owns_group = True
+        return ctx
+
+    @property
+    def distributed(self) -> bool:
+        """True when other ranks take part."""
+        return self.world_size > 1 and dist.is_initialized()
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.distributed:
+            dist.barrier()
+
+    def sum(self, value: int) -> int:
+        """The sum of ``value`` over all ranks."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(t)
+        return int(t.item())
+
+    def close(self) -> None:
+        """Leave the process group if this context joined it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:K)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return dev

@@ -1,0 +1,172 @@
+"""The CAM template: one code path for 2D, 3D and ViT tokens; subclasses only make the weights.
+
+Every CAM is ``sum_c w_c * A_c`` over the channels of a layer's activation ``A`` (``b, c, *spatial``).
+Grad-CAM-like methods make ``w`` from the gradient of the target logit with respect to ``A``: either one
+weight per channel (``(N, C, 1, ...)``) or one per position (``(N, C, *spatial)``, HiResCAM, LayerCAM);
+Score-CAM makes it from forward passes of masked inputs. The gradient is taken with
+``torch.autograd.grad`` with respect to the layer's output only, so the backward pass stops at the layer
+and computes no parameter gradients (the user's ``.grad`` fields are never touched).
+
+Maps are raw: no min-max scaling; a ReLU only where ``relu=True`` (each method's default follows its
+paper). They are upsampled to the input's spatial size with (bi/tri)linear interpolation
+(``align_corners=False``, which matches cv2's ``INTER_LINEAR`` used by pytorch-grad-cam), or returned at
+the layer's own resolution with ``upsample=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from medlrp.cam.guard import HookList, check_input, explaining, logits, reject_unknown
+from medlrp.cam.layers import Layer, resolve_layer
+from medlrp.cam.tokens import GridRecorder, is_patchify, to_spatial
+from medlrp.errors import InputError
+from medlrp.explanation import Explanation
+from medlrp.targets import Target, resolve_target
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def spatial_dims(a: torch.Tensor) -> tuple[int, ...]:
+    """The spatial dims of a ``(N, C, *spatial)`` tensor."""
+    return tuple(range(2, a.ndim))
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Resize ``(N, C, *spatial)`` maps to ``size`` with (bi/tri)linear interpolation."""
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    mode = _MODES.get(len(size))
+    if mode is None:
+        raise InputError(f"cannot interpolate maps with {len(size)} spatial dims")
+    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=align_corners)
+
+
+class _Capture:
+    """Forward hook on the CAM layer: keeps its output and hands a clone downstream.
+
+    The clone keeps the kept activation (and its place in the graph) safe from in-place operations
+    after the layer, e.g. an in-place ReLU: activation and gradient then belong to the same tensor.
+    """
+
+    def __init__(self, grid: GridRecorder) -> None:
+        self.output: torch.Tensor | None = None
+        self.grid: tuple[int, ...] | None = None
+        self.calls = 0
+        self._grid = grid
+
+    def __call__(self, module: torch.nn.Module, inputs: object, output: Any) -> Any:
+        self.calls += 1
+        self.grid = self._grid.grid
+        if isinstance(output, torch.Tensor):
+            self.output = output
+            return output.clone()
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            self.output = output[0]
+            return type(output)((output[0].clone(), *output[1:]))
+        raise InputError(
+            f"the CAM layer {type(module).__name__} returns {type(output).__name__}, not a tensor"
+        )
+
+    def activation(self, name: str) -> torch.Tensor:
+        if self.calls != 1 or self.output is None:
+            raise InputError(
+                f"layer {name!r} ran {self.calls} times in one forward pass; it must run exactly once"
+            )
+        return self.output
+
+
+class BaseCAM:
+    """A class activation map of one layer; subclasses implement :meth:`weights`.
+
+    Args:
+        model: The classifier; never changed (run in eval mode for the call, hooks removed after it).
+        layer: A module of ``model`` or its dotted name; ``None`` picks the last convolutional block
+            (CNNs) or the last transformer block whose patch tokens reach the output (ViTs).
+        relu: Clamp the map at zero (default: what the method's paper defines).
+        upsample: Resize the map to the input's spatial size (default); ``False`` keeps the layer's.
+        grid: The patch grid of a ViT without a patch-embedding convolution (normally read off it).
+    """
+
+    name: ClassVar[str] = "cam"
+    uses_gradients: ClassVar[bool] = True
+    default_relu: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layer: Layer = None,
+        *,
+        relu: bool | None = None,
+        upsample: bool = True,
+        grid: Sequence[int] | None = None,
+        **unknown: Any,
+    ) -> None:
+        reject_unknown(self.name, unknown)
+        self.model = model
+        self.layer = layer
+        self.relu = self.default_relu if relu is None else bool(relu)
+        self.upsample = bool(upsample)
+        self.grid = tuple(int(g) for g in grid) if grid is not None else None
+
+    def weights(
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Weights broadcastable to ``acts`` (``(N, C, *spatial)``): per channel or per position."""
+        raise NotImplementedError
+
+    def options(self, layer_name: str) -> dict[str, Any]:
+        """The JSON-friendly options recorded in the :class:`Explanation`."""
+        opts: dict[str, Any] = {"layer": layer_name, "relu": self.relu, "upsample": self.upsample}
+        if self.grid is not None:
+            opts["grid"] = list(self.grid)
+        return opts
+
+    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+        """Explain the batch ``x`` (2D or 3D) for ``target`` (``None``: each sample's argmax)."""
+        x = check_input(x, self.name, min_spatial=1)
+        with explaining(self.model) as hooks:
+            layer_name, module = resolve_layer(self.model, self.layer, x)
+            capture = self._hook(module, hooks)
+            xin = x.detach().requires_grad_(self.uses_gradients)
+            with torch.set_grad_enabled(self.uses_gradients):
+                out = logits(self.model(xin))
+            target_ = resolve_target(target, out)
+            raw = capture.activation(layer_name)
+            grads_raw = self._gradient(out, target_, raw, layer_name) if self.uses_gradients else None
+            hooks.remove_all()  # Score-CAM's own forward passes must not run through the capture
+            grid = self.grid or capture.grid
+            acts = to_spatial(raw.detach(), x, grid, layer_name)
+            grads = to_spatial(grads_raw, x, grid, layer_name) if grads_raw is not None else None
+            cam = (self.weights(acts, grads, x, target_) * acts).sum(1, keepdim=True)
+        if self.relu:
+            cam = cam.clamp_min(0)
+        if self.upsample:
+            cam = upsample(cam, x.shape[2:])
+        return Explanation(cam.detach(), out.detach(), target_, self.name, self.options(layer_name))
+
+    def _hook(self, module: torch.nn.Module, hooks: HookList) -> _Capture:
+        grid = GridRecorder()
+        if self.grid is None:
+            hooks.extend(m.register_forward_hook(grid) for m in self.model.modules() if is_patchify(m))
+        capture = _Capture(grid)
+        hooks.append(module.register_forward_hook(capture))
+        return capture
+
+    @staticmethod
+    def _gradient(
+        out: torch.Tensor, target: torch.Tensor, raw: torch.Tensor, layer_name: str
+    ) -> torch.Tensor:
+        # Samples are independent in eval mode, so one backward of the summed target logits gives
+        # every sample's own gradient.
+        score = out.gather(1, target[:, None]).sum()
+        if not raw.requires_grad:
+            raise InputError(f"layer {layer_name!r}: the target logit does not depend on its output")
+        (grads,) = torch.autograd.grad(score, raw, allow_unused=True)
+        if grads is None:
+            raise InputError(f"layer {layer_name!r}: the target logit does not depend on its output")
+        return grads

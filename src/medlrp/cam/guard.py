@@ -1,0 +1,75 @@
+"""Running a user's model without changing it: eval mode for the call, hooks that never outlive it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from medlrp.errors import InputError
+
+
+class HookList(list):
+    """Hook handles registered during one call; :meth:`remove_all` undoes every one of them."""
+
+    def remove_all(self) -> None:
+        """Remove every registered hook (idempotent)."""
+        while self:
+            self.pop().remove()
+
+
+@contextmanager
+def explaining(model: torch.nn.Module) -> Iterator[HookList]:
+    """Run ``model`` in eval mode for the duration of a call and give a list for hook handles.
+
+    Eval mode makes each sample's explanation independent of the rest of the batch (BatchNorm uses
+    its running statistics and does not update them; dropout is off). On exit, also on an exception,
+    every hook in the yielded list is removed and every module's ``training`` flag is restored as it
+    was (set directly, so no user ``train()`` override runs).
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    hooks = HookList()
+    model.eval()
+    try:
+        yield hooks
+    finally:
+        hooks.remove_all()
+        for module, flag in flags:
+            module.training = flag
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The logits tensor of a model's output: a tensor, an object with ``.logits``, or a tuple's first."""
+    if isinstance(output, torch.Tensor):
+        out = output
+    elif hasattr(output, "logits"):
+        out = output.logits
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        out = output[0]
+    else:
+        raise InputError(f"the model returned {type(output).__name__}, not a logits tensor")
+    if out.ndim != 2:
+        raise InputError(f"the model returned logits of shape {tuple(out.shape)}, expected (N, classes)")
+    return out
+
+
+def check_input(x: Any, method: str, min_spatial: int = 0) -> torch.Tensor:
+    """Validate the input batch ``x`` of ``method``: a floating tensor ``(N, C, *spatial)``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{method}: the input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{method}: the input must be a floating-point tensor, got {x.dtype}")
+    if x.ndim < 2 + min_spatial or x.shape[0] == 0:
+        raise InputError(
+            f"{method}: the input must be a non-empty batch (N, C, *spatial) with at least "
+            f"{min_spatial} spatial dims, got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def reject_unknown(method: str, options: dict[str, Any]) -> None:
+    """Raise :class:`InputError` naming any option ``method`` does not take."""
+    if options:
+        raise InputError(f"{method}: unknown option(s) {', '.join(sorted(options))}")

@@ -1,0 +1,139 @@
+"""Which layer a CAM looks at: a module or a dotted name, or a default found by one probe pass.
+
+The default is the last convolutional block of a CNN (the last module, in the order the forward pass
+finishes them, whose output is a feature map like the input with more than one position), or the last
+transformer block of a ViT whose patch tokens still reach the output. The latter matters for ViTs with
+a class-token head: the last block's patch tokens never reach the logits (their gradient is exactly
+zero), so the default there is the penultimate block; with a mean-pooling head it is the last block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medlrp.cam.guard import HookList, logits
+from medlrp.cam.tokens import GridRecorder, is_patchify
+from medlrp.errors import InputError
+
+Layer = torch.nn.Module | str | None
+
+
+def resolve_layer(model: torch.nn.Module, layer: Layer, x: torch.Tensor) -> tuple[str, torch.nn.Module]:
+    """Return ``(dotted name, module)`` for ``layer``; ``None`` picks the default for ``model``.
+
+    Dotted names may index containers with integers, also negative ones (``"layer4.-1"``).
+    """
+    if layer is None:
+        layer = default_layer(model, x)
+    if isinstance(layer, str):
+        return layer, _walk(model, layer)
+    if isinstance(layer, torch.nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")
+    raise InputError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
+
+
+def _walk(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    module = model
+    for i, part in enumerate(name.split(".") if name else []):
+        child = module._modules.get(part)
+        if (
+            child is None
+            and part.lstrip("-").isdigit()
+            and isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList))
+        ):
+            index = int(part)
+            if -len(module) <= index < len(module):
+                child = module[index]
+        if child is None:
+            where = ".".join(name.split(".")[:i]) or "the model"
+            raise InputError(f"layer {name!r}: {where} ({type(module).__name__}) has no submodule {part!r}")
+        module = child
+    return module
+
+
+@dataclass
+class _Record:
+    name: str
+    ndim: int
+    positions: int
+    is_block: bool
+    tensor: torch.Tensor
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _block_names(model: torch.nn.Module) -> set[str]:
+    """Names of the repeated blocks: children of a Sequential/ModuleList whose children share a class."""
+    names = set()
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, (torch.nn.Sequential, torch.nn.ModuleList)) and len(parent) >= 2:
+            kinds = {type(child) for child in parent.children()}
+            if len(kinds) == 1:
+                prefix = f"{parent_name}." if parent_name else ""
+                names.update(prefix + child_name for child_name in parent._modules)
+    return names
+
+
+def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
+    """The default CAM layer's dotted name, found by one forward (and for ViTs one backward) of ``x[:1]``.
+
+    The caller is expected to have put the model in eval mode (see :func:`medlrp.cam.guard.explaining`).
+    """
+    blocks = _block_names(model)
+    records: list[_Record] = []
+    grid = GridRecorder()
+    hooks = HookList()
+
+    def recorder(name: str):  # noqa: ANN202 - a hook factory
+        def hook(module: torch.nn.Module, inputs: object, output: object) -> None:
+            t = _first_tensor(output)
+            if t is not None and t.ndim >= 3:
+                positions = int(torch.tensor(t.shape[2:]).prod()) if t.ndim == x.ndim else t.shape[1]
+                records.append(_Record(name, t.ndim, positions, name in blocks, t))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                hooks.append(module.register_forward_hook(recorder(name)))
+            if is_patchify(module):
+                hooks.append(module.register_forward_hook(grid))
+        with torch.enable_grad():
+            out = logits(model(x[:1].detach().requires_grad_()))
+    finally:
+        hooks.remove_all()
+
+    spatial = [i for i, r in enumerate(records) if r.ndim == x.ndim]
+    wide = [i for i in spatial if records[i].positions > 1]
+    tokens = [i for i, r in enumerate(records) if r.ndim == 3 and x.ndim != 3 and r.is_block]
+    if tokens and (not spatial or tokens[-1] > spatial[-1]):
+        return _last_reaching_block([records[i] for i in tokens], out, grid.grid)
+    if wide or spatial:
+        return records[(wide or spatial)[-1]].name
+    raise InputError("no layer of the model outputs a feature map or tokens; pass layer= explicitly")
+
+
+def _last_reaching_block(blocks: list[_Record], out: torch.Tensor, grid: tuple[int, ...] | None) -> str:
+    """The last block whose patch tokens have a non-zero gradient of the top logit."""
+    tensors = [r.tensor for r in blocks]
+    if not out.requires_grad or grid is None:
+        return blocks[-1].name
+    score = out[0, out[0].argmax()]
+    grads = torch.autograd.grad(score, tensors, allow_unused=True)
+    patches = int(torch.tensor(grid).prod())
+    for record, g in zip(reversed(blocks), reversed(grads), strict=True):
+        if g is not None and g[:, g.shape[1] - patches :].abs().sum() > 0:
+            return record.name
+    return blocks[-1].name

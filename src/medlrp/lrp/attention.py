@@ -1,0 +1,263 @@
+"""Relevance rules for the operations of a transformer: softmax, products, layer norm, activations.
+
+Every rule is written into the forward pass: the output keeps its exact forward value, and only the
+gradient is changed, so that after one ordinary backward the relevance of a tensor is ``x * x.grad``
+(the gradient-times-input identity). In that framework the rules of AttnLRP (Achtibat et al., ICML 2024)
+and CP-LRP (Ali et al., ICML 2022) become:
+
+* **softmax, AttnLRP**: ``R_i = x_i (R_i - s_i sum_j R_j)``. With ``R = s * g`` this is exactly
+  ``x * (J_softmax^T g)``: the plain gradient *is* the rule, nothing to change. Part of the relevance
+  goes to the softmax's implicit bias by design, so AttnLRP is not conservative.
+* **softmax, CP-LRP**: the attention weights are held constant: no gradient through the softmax.
+* **products of two tensors on the relevance path** (``q @ k^T``, ``A @ v``, einsum, elementwise
+  gates): the uniform rule. The epsilon rule on the product terms gives ``x * grad`` to *each* factor,
+  so the gradient to each factor is halved (relevance split 50/50). The gradient framework never
+  divides by the output, so no stabiliser is needed (the limit ``epsilon -> 0`` of the paper's rule).
+  A product with one constant factor is linear in the other and keeps its plain gradient.
+* **fused attention** (``scaled_dot_product_attention``): both products at once: ``v`` gets half the
+  gradient, ``q`` and ``k`` a quarter (AttnLRP); CP-LRP stops ``q`` and ``k``.
+* **layer norm / RMS norm**: the standard deviation is held constant; the centring ``x - mean(x)`` is a
+  linear map whose gradient gives the paper's identity rule on it (and CP-LRP's constant scale).
+* **element-wise activations** (GELU, SiLU, tanh, ...): the identity rule, relevance passes unchanged:
+  gradient ``g * f(x) / x`` (``x`` stabilised as ``x + eps * sign(x)``, ``sign(0) = +1``).
+
+For ``create_graph=True`` the engine runs the true forward first and records every rule op's inputs and
+output *with their graph*; the second, relevance forward then calls :class:`Linearised`, whose backward
+evaluates the rule's vector-Jacobian product at the recorded pass-1 tensors (``vjp_*`` below), so the
+derivative of the relevance with respect to parameters is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Stabiliser of the identity rule's ``f(x) / x`` (tiny: it only guards against ``x == 0``).
+IDENTITY_EPSILON = 1e-12
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward; the gradient is multiplied by a constant factor."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Return ``x`` (a view) whose gradient is multiplied by ``factor``.
+
+    The result is a view made by a custom autograd function: feed it to an operation, never modify it
+    in place.
+    """
+    if factor == 1.0 or not x.requires_grad:
+        return x
+    return _ScaleGrad.apply(x, factor)
+
+
+def stabilize(x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``x + epsilon * sign(x)`` with ``sign(0) = +1`` (zennit's convention)."""
+    return x + epsilon * torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _IdentityRule(torch.autograd.Function):
+    """``y = fn(x)``; backward ``g * y / stab(x)``: relevance ``x * grad`` passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        y = fn(x)
+        ctx.save_for_backward(y / stabilize(x, IDENTITY_EPSILON))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (ratio,) = ctx.saved_tensors
+        return None, grad * ratio
+
+
+def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply the element-wise ``fn`` with the identity rule (relevance passes unchanged)."""
+    return _IdentityRule.apply(fn, x)
+
+
+def identity_ratio(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The identity rule's gradient factor ``y / stab(x)`` (differentiable, for the exact pass)."""
+    return y / stabilize(x, IDENTITY_EPSILON)
+
+
+def _norm_dims(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(range(x.dim() - len(normalized_shape), x.dim()))
+
+
+def layer_norm_rstd(x: torch.Tensor, normalized_shape: Sequence[int], eps: float) -> torch.Tensor:
+    """``1 / sqrt(var(x) + eps)`` over the normalised dims (biased variance, as ``F.layer_norm``)."""
+    dims = _norm_dims(x, normalized_shape)
+    return torch.rsqrt(x.var(dim=dims, keepdim=True, correction=0) + eps)
+
+
+def rms_norm_rstd(x: torch.Tensor, normalized_shape: Sequence[int], eps: float | None) -> torch.Tensor:
+    """``1 / sqrt(mean(x^2) + eps)`` over the normalised dims (``F.rms_norm``'s default eps if None)."""
+    dims = _norm_dims(x, normalized_shape)
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    return torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
+
+
+def vjp_layer_norm(
+    grad: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    normalized_shape: Sequence[int],
+    centre: bool = True,
+) -> torch.Tensor:
+    """The layer-norm rule's input gradient: ``h - mean(h)`` with ``h = g * w * rstd`` (``rstd`` constant).
+
+    ``centre=False`` gives RMS norm's (no mean is subtracted in its forward).
+    """
+    h = grad * rstd if weight is None else grad * weight * rstd
+    if centre:
+        h = h - h.mean(dim=_norm_dims(h, normalized_shape), keepdim=True)
+    return h
+
+
+class _LayerNormRule(torch.autograd.Function):
+    """``F.layer_norm`` (fused, exact value) whose input gradient holds the standard deviation constant."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        normalized_shape: Sequence[int],
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        y = F.layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.normalized_shape = normalized_shape
+        ctx.save_for_backward(layer_norm_rstd(x, normalized_shape, eps), weight)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rstd, weight = ctx.saved_tensors
+        return vjp_layer_norm(grad, rstd, weight, ctx.normalized_shape), None, None, None, None
+
+
+def layer_norm_rule(
+    x: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Layer norm with its standard deviation held constant in the backward (AttnLRP and CP-LRP).
+
+    Only the input's gradient is produced (this is a relevance pass: parameters get none).
+    """
+    return _LayerNormRule.apply(x, tuple(normalized_shape), weight, bias, eps)
+
+
+def rms_norm_rule(
+    x: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """RMS norm with its scale held constant: a value-exact ``x * rstd.detach() * w``."""
+    y = x * rms_norm_rstd(x, normalized_shape, eps).detach()
+    return y if weight is None else y * weight
+
+
+def bilinear_rule(
+    fn: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """``fn(a, b, ...)`` (a product, both factors on the relevance path) with the uniform 50/50 rule."""
+    return fn(scale_grad(a, 0.5), scale_grad(b, 0.5), *args, **kwargs)
+
+
+def sdpa_rule(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *args: Any,
+    conservative: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` under AttnLRP (or CP-LRP with ``conservative=True``).
+
+    AttnLRP: ``softmax(q k^T) v`` holds two products: ``v`` gets half the gradient, ``q`` and ``k`` a
+    quarter (the softmax in between needs nothing, its gradient is its rule). CP-LRP holds the attention
+    weights constant: ``q`` and ``k`` get no gradient; ``v`` keeps its plain gradient (``A v`` is linear).
+    """
+    if conservative:
+        return F.scaled_dot_product_attention(query.detach(), key.detach(), value, *args, **kwargs)
+    q, k, v = scale_grad(query, 0.25), scale_grad(key, 0.25), scale_grad(value, 0.5)
+    return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+
+
+class Linearised(torch.autograd.Function):
+    """The exact (second-order) form of a rule op in the relevance pass of ``create_graph=True``.
+
+    ``forward(value, vjp, *inputs)`` returns ``value`` (the op's true output recorded in the first pass,
+    detached); the backward returns ``vjp(grad)``, one gradient per input (or ``None``), computed from
+    the first pass's recorded tensors *with their graph*, so the relevance is differentiable with respect
+    to parameters exactly, while the relevance pass itself never flows into the first pass's graph.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        value: torch.Tensor,
+        vjp: Callable[[torch.Tensor], Sequence[torch.Tensor | None]],
+        *inputs: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.vjp = vjp
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, *ctx.vjp(grad))
+
+
+def linearised(
+    value: torch.Tensor,
+    vjp: Callable[[torch.Tensor], Sequence[torch.Tensor | None]],
+    inputs: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Output ``value`` whose gradient to ``inputs`` is ``vjp(grad)`` (see :class:`Linearised`)."""
+    return Linearised.apply(value, vjp, *inputs)
+
+
+def vjp_of(
+    output: torch.Tensor, inputs: Sequence[torch.Tensor], scales: Sequence[float | None]
+) -> Callable[[torch.Tensor], list[torch.Tensor | None]]:
+    """The vector-Jacobian product of a recorded op, each input's gradient times its scale.
+
+    ``output`` was computed from ``inputs`` with their graph (first pass); a scale of ``None`` means the
+    input gets no gradient (held constant). The product is built with ``create_graph=True`` so it stays
+    differentiable with respect to everything ``output`` depends on.
+    """
+
+    def vjp(grad: torch.Tensor) -> list[torch.Tensor | None]:
+        wanted = [t for t, s in zip(inputs, scales, strict=True) if s is not None]
+        grads = iter(
+            torch.autograd.grad(output, wanted, grad, create_graph=True, retain_graph=True, allow_unused=True)
+        )
+        result: list[torch.Tensor | None] = []
+        for t, s in zip(inputs, scales, strict=True):
+            if s is None:
+                result.append(None)
+                continue
+            g = next(grads)
+            result.append(torch.zeros_like(t) if g is None else (g if s == 1.0 else g * s))
+        return result
+
+    return vjp

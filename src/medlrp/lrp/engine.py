@@ -1,0 +1,216 @@
+"""The per-call interception: a ``TorchFunctionMode`` that writes LRP rules into the model's forward pass.
+
+Nothing global is touched: the mode is thread-local and active only while medlrp runs the model's
+forward; no hooks are registered, no parameter is swapped, no class is patched.
+
+Every tensor that carries relevance (the input and everything computed from it by handled operations)
+is *tracked*: it has a :class:`Node` in the attribute ``_medlrp_node``. An operation on tracked tensors
+is dispatched to the handler registered for its torch function (see :mod:`medlrp.lrp.handlers`); an
+operation on untracked tensors only runs unchanged; a floating-point operation on tracked tensors with
+no handler raises :class:`~medlrp.errors.UnsupportedLayerError` naming the module and its type.
+
+Two modes:
+
+* fast (``dual=False``): the tensor the model sees *is* the routed tensor (true value, LRP gradient).
+  One forward, one ordinary backward.
+* dual (``dual=True``, for ``create_graph=True``): the model sees the true tensors with their ordinary
+  graph; each node also holds a *routed* twin (same value) whose graph is the LRP backward. Every
+  value-dependent coefficient (denominators, ratios, gates) is computed from the true tensors *with*
+  their graph, so the relevance ``x * grad`` has exact derivatives w.r.t. parameters and input. (This is
+  the two-pass scheme of the design folded into one forward: both graphs are built side by side, so
+  no matching of operations between passes is needed.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from medlrp.errors import InputError, UnsupportedLayerError
+
+_ATTR = "_medlrp_node"
+
+#: Handler signature: ``handler(engine, func, args, kwargs) -> result``. See :mod:`medlrp.lrp.handlers`.
+Handler = Callable[["Engine", Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+class Node:
+    """What the engine knows about a tracked tensor.
+
+    Attributes:
+        engine: The engine call that produced it (tensors of other calls are not tracked here).
+        routed: The routed twin (dual mode); ``None`` means the tensor is its own routed twin.
+        linear: The :class:`~medlrp.lrp.linear.LinearCall` that produced it (for a BatchNorm merge).
+        gate: Produced by a sigmoid-like op: a multiplicative gate when multiplied with another tensor.
+        is_input: The model input itself (or a value-preserving copy), where reference rules may act.
+    """
+
+    __slots__ = ("engine", "routed", "linear", "gate", "is_input")
+
+    def __init__(self, engine: Engine, routed: torch.Tensor | None) -> None:
+        self.engine = engine
+        self.routed = routed
+        self.linear: Any = None
+        self.gate = False
+        self.is_input = False
+
+
+class Engine(TorchFunctionMode):
+    """One LRP forward pass of one model.
+
+    Attributes:
+        dual: Build the true graph beside the routed one (``create_graph=True``).
+        handlers: Torch function -> handler.
+        rules: ``rules(func_kind, name, module)`` -> rule for a layer (from the composite).
+        references: Leaves standing for reference inputs (low, high, ones) created during the pass, as
+            ``(true value, routed leaf)``; the final relevance adds ``true * grad(leaf)``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        handlers: dict[Any, Handler],
+        select_rule: Callable[[str, str, torch.nn.Module | None], Any],
+        dual: bool,
+        options: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.handlers = handlers
+        self.select_rule = select_rule
+        self.dual = dual
+        self.options = options
+        self.references: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
+        self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
+        for name, module in model.named_modules():
+            self._modules[id(module)] = (name, module)
+            for param in module.parameters(recurse=False):
+                self._params[id(param)] = (param, name, module)
+            for buf in module.buffers(recurse=False):
+                self._params.setdefault(id(buf), (buf, name, module))
+
+    # -- dispatch ---------------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if not self._any_tracked(args) and not self._any_tracked(kwargs.values()):
+            return func(*args, **kwargs)
+        handler = self.handlers.get(func)
+        if handler is not None:
+            return handler(self, func, args, kwargs)
+        return self._unhandled(func, args, kwargs)
+
+    def _any_tracked(self, values: Any) -> bool:
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if self.node(v) is not None:
+                    return True
+            elif isinstance(v, (list, tuple)):
+                if self._any_tracked(v):
+                    return True
+        return False
+
+    def _unhandled(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = func(*args, **kwargs)
+        if any(t.is_floating_point() or t.is_complex() for t in _tensors(result)):
+            raise self.unsupported(f"operation {_func_name(func)!r} has no relevance rule")
+        return result  # shapes, sizes, comparisons, indices: no relevance flows through them
+
+    # -- tracking ---------------------------------------------------------------------------------------
+    def node(self, t: torch.Tensor) -> Node | None:
+        """The node of ``t`` if this engine tracks it."""
+        node = t.__dict__.get(_ATTR) if hasattr(t, "__dict__") else None
+        return node if node is not None and node.engine is self else None
+
+    def routed(self, t: Any) -> Any:
+        """``t``'s routed twin (``t`` itself in fast mode or when untracked); recurses into lists/tuples."""
+        if isinstance(t, torch.Tensor):
+            node = self.node(t)
+            return t if node is None or node.routed is None else node.routed
+        if isinstance(t, (list, tuple)):
+            return type(t)(self.routed(v) for v in t)
+        return t
+
+    def track(self, true: torch.Tensor, routed: torch.Tensor | None = None) -> Node:
+        """Mark ``true`` as carrying relevance; ``routed`` is its twin in dual mode."""
+        if self.dual and routed is None:
+            raise RuntimeError("dual mode needs the routed twin")
+        node = Node(self, routed if self.dual else None)
+        true.__dict__[_ATTR] = node
+        return node
+
+    # -- layers -----------------------------------------------------------------------------------------
+    def layer_of(self, param: torch.Tensor | None) -> tuple[str, torch.nn.Module | None]:
+        """The module owning parameter/buffer ``param`` (by identity), else the module now running."""
+        entry = self._params.get(id(param)) if param is not None else None
+        if entry is not None and entry[0] is param:
+            return entry[1], entry[2]
+        return self.current_module()
+
+    def current_module(self) -> tuple[str, torch.nn.Module | None]:
+        """The innermost module of the model whose ``forward`` is on the Python stack."""
+        frame = inspect.currentframe()
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            entry = self._modules.get(id(owner)) if owner is not None else None
+            if entry is not None and entry[1] is owner:
+                return entry
+            frame = frame.f_back
+        return "", None
+
+    def unsupported(self, what: str) -> UnsupportedLayerError:
+        """An :class:`UnsupportedLayerError` naming the running module (dotted name) and its type."""
+        name, module = self.current_module()
+        where = f"module {name or '<root>'!r} ({type(module).__name__})" if module is not None else "model"
+        return UnsupportedLayerError(f"{where}: {what}")
+
+    def input_error(self, what: str) -> InputError:
+        """An :class:`InputError` naming the running module."""
+        name, module = self.current_module()
+        where = f"module {name or '<root>'!r} ({type(module).__name__})" if module is not None else "model"
+        return InputError(f"{where}: {what}")
+
+    # -- helpers for handlers ---------------------------------------------------------------------------
+    def is_model_input(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is the model input (or a value-preserving copy of it)."""
+        node = self.node(t)
+        return node is not None and node.is_input
+
+    def reference(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """A leaf standing for a reference input (low, high, ones): returns the routed leaf.
+
+        The final relevance adds ``value * grad(leaf)``; ``value`` may carry a graph (dual mode).
+        """
+        leaf = value.detach().clone().requires_grad_(True)
+        self.references.append((value, leaf))
+        return leaf
+
+    def signed_weights(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W+, W-)`` of a weight, computed once per pass."""
+        key = (id(weight), "pm")
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = (weight.clamp(min=0), weight.clamp(max=0))
+            self.cache[key] = hit
+        return hit
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _func_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    owner = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
+    if owner is not None and hasattr(owner, "__name__") and owner.__name__ not in ("_C", "torch"):
+        return f"{owner.__name__}.{name}"
+    return name

@@ -1,0 +1,142 @@
+"""``medlrp.LRP``: the reusable explainer, and the ``lrp`` method of ``medlrp.explain``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from medlrp.errors import InputError
+from medlrp.explanation import Explanation
+from medlrp.lrp.composites import Composite, resolve_composite
+from medlrp.lrp.engine import Engine
+from medlrp.lrp.handlers import HANDLERS
+from medlrp.registry import METHODS
+from medlrp.targets import Target, resolve_target
+
+Tensor = torch.Tensor
+#: ``start(output, target) -> initial relevance`` (same shape as ``output``).
+StartFn = Callable[[Tensor, Tensor], Tensor]
+STARTS = ("logit", "one-hot", "logit-difference", "all-classes")
+
+
+class LRP:
+    """Layer-wise Relevance Propagation for a model; reusable, and it never changes the model.
+
+    The rules are written into the model's forward pass (see :mod:`medlrp.lrp.engine`), so one
+    ordinary backward pass gives the relevance as ``input * grad``. The model is not modified: no
+    hooks, no parameter swap, no patching; its train/eval mode is left alone (BatchNorm with batch
+    statistics or active dropout is refused with an :class:`~medlrp.errors.InputError`: call
+    ``model.eval()`` first).
+
+    Args:
+        model: A classifier ``(N, C, *spatial) -> (N, classes)``.
+        composite: A registered composite name (``medlrp.COMPOSITES.names()``), a
+            :class:`~medlrp.lrp.composites.Composite`, or ``None`` (``epsilon-plus-flat`` for CNNs).
+        start: The initial relevance at the output: ``"logit"`` (the target logit, default),
+            ``"one-hot"`` (1 at the target), ``"logit-difference"`` (target logit minus the mean of
+            the other logits), ``"all-classes"`` (every logit), or ``start(output, target) -> R0``.
+        **options: Options of the named composite (``epsilon=``, ``gamma=``, ``low=``, ``high=`` ...).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        composite: str | Composite | None = None,
+        *,
+        start: str | StartFn = "logit",
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if not callable(start) and start not in STARTS:
+            raise InputError(f"unknown start {start!r}; known: {', '.join(STARTS)} or a callable")
+        self.model = model
+        self.composite = resolve_composite(model, composite, **options)
+        self.start = start
+        self._select = self.composite.selector(model)
+        self._handlers = {**HANDLERS, **self.composite.handlers}
+
+    def __call__(self, x: Tensor, target: Target = None) -> Explanation:
+        """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``."""
+        relevance, output, t = self.attribute(x, target)
+        options: dict[str, Any] = {
+            "composite": self.composite.name or "custom",
+            "start": self.start if isinstance(self.start, str) else "custom",
+            "rules": self.composite.options(),
+        }
+        return Explanation(relevance.detach(), output.detach(), t, "lrp", options)
+
+    def relevance(self, x: Tensor, target: Target = None, create_graph: bool = False) -> Tensor:
+        """The relevance of ``x`` (``x``'s shape).
+
+        With ``create_graph=True`` the result is differentiable w.r.t. the model's parameters and
+        ``x`` (if it requires grad), with exact derivatives (for explanation-guided training).
+        """
+        return self.attribute(x, target, create_graph)[0]
+
+    def attribute(
+        self, x: Tensor, target: Target = None, create_graph: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(relevance, logits, target)``; logits carry their graph when ``create_graph``."""
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+            raise InputError("x must be a floating-point tensor with a batch dimension")
+        engine = Engine(self.model, self._handlers, self._select, create_graph, {})
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            if create_graph:
+                # a fresh alias of x (never tag the caller's tensor), keeping x's graph
+                true = x.view_as(x) if x.requires_grad else x.detach()
+            else:
+                true = leaf
+            engine.track(true, leaf).is_input = True
+            with engine:
+                output = self.model(true)
+            if not isinstance(output, Tensor) or output.dim() != 2:
+                raise InputError("LRP needs a model returning logits of shape (N, classes)")
+            if engine.node(output) is None:
+                raise InputError("the model output does not depend on the input")
+            routed = engine.routed(output)
+            t = resolve_target(target, output.detach())
+            grad_out = self._start_gradient(output if create_graph else output.detach(), t)
+            leaves = [leaf] + [ref for _, ref in engine.references]
+            grads = torch.autograd.grad(
+                routed, leaves, grad_outputs=grad_out, create_graph=create_graph, allow_unused=True
+            )
+        source = x if create_graph else x.detach()
+        relevance = _times(source, grads[0])
+        for (value, _), g in zip(engine.references, grads[1:]):
+            if g is not None:
+                relevance = relevance + value * g
+        return relevance, output, t
+
+    def _start_gradient(self, out: Tensor, target: Tensor) -> Tensor:
+        """The gradient at the logits whose product with the logits is the initial relevance."""
+        one_hot = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
+        start = self.start
+        if start == "logit":
+            return one_hot
+        if start == "all-classes":
+            return torch.ones_like(out)
+        if start == "logit-difference":
+            others = out.shape[1] - 1
+            return one_hot - (1 - one_hot) / max(others, 1)
+        r0 = one_hot if start == "one-hot" else start(out, target)  # type: ignore[operator]
+        if not isinstance(r0, Tensor) or r0.shape != out.shape:
+            raise InputError("start(output, target) must return a tensor of the output's shape")
+        zero = out == 0
+        return torch.where(zero, 0.0, r0 / torch.where(zero, 1.0, out))
+
+
+def _times(x: Tensor, g: Tensor | None) -> Tensor:
+    return torch.zeros_like(x) if g is None else x * g
+
+
+@METHODS.register("lrp")
+def lrp_method(
+    model: torch.nn.Module, x: Tensor, target: Target = None, composite: str | Composite | None = None,
+    **options: Any,
+) -> Explanation:
+    """``medlrp.explain(..., method="lrp", composite=...)``."""
+    return LRP(model, composite, **options)(x, target)

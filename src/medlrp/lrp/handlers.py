@@ -1,0 +1,358 @@
+"""Handlers: what each torch operation on relevance-carrying tensors becomes under LRP.
+
+The extension API. ``HANDLERS`` maps a torch function (as it reaches ``__torch_function__``:
+``torch.conv2d``, ``torch.nn.functional.relu``, ``torch.Tensor.add_`` ...) to a handler::
+
+    def handler(engine: Engine, func, args: tuple, kwargs: dict) -> result
+
+A handler is called only when at least one tensor argument is tracked (carries relevance); it runs
+with the mode disabled, so torch calls inside it are ordinary. It must
+
+* compute the true result (``func(*args, **kwargs)``; what the model sees),
+* build the routed twin from ``engine.routed(arg)`` of its inputs, using
+  :func:`medlrp.lrp.route.route` for a modified gradient, and
+* mark the result with ``engine.track(true, routed)`` (in fast mode ``engine.dual`` is false, the true
+  tensor *is* the routed one and ``track(result)`` suffices).
+
+It may look up the running module (``engine.current_module()`` -> ``(dotted name, module)``), the
+module owning a parameter (``engine.layer_of(weight)``), the composite's rule for a layer
+(``engine.select_rule(kind, name, module)``) and raise ``engine.unsupported(...)`` (an
+:class:`~medlrp.errors.UnsupportedLayerError` naming the module). Register with
+:func:`register_handler`; a composite may also carry its own table (``Composite.handlers``), which
+takes precedence, so transformer rules (softmax, matmul, layer norm, attention) live in their own
+module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medlrp.lrp.engine import Engine, Handler, _tensors
+from medlrp.lrp.linear import LinearCall, bind_linear, make_call
+from medlrp.lrp.route import route
+from medlrp.lrp.rules import LinearRule, stabilize
+
+Tensor = torch.Tensor
+
+HANDLERS: dict[Any, Handler] = {}
+
+#: Stabiliser of the proportional split (zennit's ``Norm`` on sums and average pooling).
+NORM_STABILIZER = 1e-6
+
+
+def register_handler(*funcs: Any) -> Callable[[Handler], Handler]:
+    """Register the decorated handler for each torch function in ``funcs`` (``None`` entries skipped)."""
+
+    def deco(handler: Handler) -> Handler:
+        for f in funcs:
+            if f is not None:
+                HANDLERS[f] = handler
+        return handler
+
+    return deco
+
+
+def variants(*names: str) -> list[Any]:
+    """All torch callables of the given names: ``torch.X``, ``torch.nn.functional.X``, ``Tensor.X``."""
+    out = []
+    for name in names:
+        for ns in (torch, F, torch.Tensor, torch._C._nn):
+            f = getattr(ns, name, None)
+            if f is not None and f not in out:
+                out.append(f)
+    return out
+
+
+#: Position of the ``inplace`` flag in functionals that have one (in-place ops run out of place here:
+#: a tracked tensor is never modified, so autograd views and version counters stay simple).
+_INPLACE_POS = {
+    F.relu: 1, F.relu6: 1, F.silu: 1, F.hardswish: 1, F.selu: 1, F.mish: 1, F.hardsigmoid: 1,
+    F.elu: 2, F.celu: 2, F.leaky_relu: 2, F.hardtanh: 3, F.threshold: 3,
+}
+
+
+def _strip_inplace(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    pos = _INPLACE_POS.get(func)
+    if pos is not None and len(args) > pos:
+        args = args[:pos]
+    return args, {k: v for k, v in kwargs.items() if k != "inplace"}
+
+
+def _both(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Run ``func`` on the true and on the routed inputs (the same call in fast mode)."""
+    true = func(*args, **kwargs)
+    if not engine.dual:
+        return true, true
+    routed = func(*engine.routed(args), **{k: engine.routed(v) for k, v in kwargs.items()})
+    return true, routed
+
+
+def _track_all(engine: Engine, true: Any, routed: Any, is_input: bool = False) -> None:
+    for t, r in zip(_tensors(true), _tensors(routed)):
+        if t.is_floating_point():
+            node = engine.track(t, r)
+            node.is_input = is_input
+
+
+def _input_like(engine: Engine, args: tuple[Any, ...], out: Any) -> bool:
+    first = args[0] if args else None
+    return (
+        isinstance(first, Tensor)
+        and engine.is_model_input(first)
+        and isinstance(out, Tensor)
+        and out.shape == first.shape
+    )
+
+
+# -- transparent operations: each output element is a copy of one input element (or a constant scale),
+#    so the plain gradient is the exact LRP message (relevance x * grad is conserved)
+def transparent(out_of_place: Any = None, keeps_input: bool = False) -> Handler:
+    """A handler running ``func`` (or ``out_of_place``) on both twins: the plain gradient is exact."""
+
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        f = out_of_place or func
+        args, kwargs = _strip_inplace(func, args, kwargs)
+        true, routed = _both(engine, f, args, kwargs)
+        _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true))
+        return true
+
+    return handler
+
+
+_VIEWS = (
+    "view view_as reshape reshape_as flatten unflatten permute transpose swapaxes t squeeze unsqueeze "
+    "contiguous expand expand_as repeat narrow select split chunk unbind tensor_split movedim moveaxis "
+    "cat concat concatenate stack hstack vstack flip roll pad index_select gather take_along_dim "
+    "max_pool1d max_pool2d max_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
+    "max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices "
+    "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle relu leaky_relu neg "
+    "amax amin max min maximum minimum constant_pad_nd"
+).split()
+for _f in variants(*_VIEWS) + [torch.Tensor.__getitem__, torch.Tensor.__neg__]:
+    register_handler(_f)(transparent())
+for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type_as", "identity"):
+    register_handler(_f)(transparent(keeps_input=True))
+register_handler(*variants("relu_"))(transparent(torch.relu))
+register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
+
+
+@register_handler(*variants("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                            "feature_alpha_dropout", "feature_dropout"))
+def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    training = kwargs.get("training", args[2] if len(args) > 2 else True)
+    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+    if training and p > 0:
+        raise engine.input_error("dropout is active (model in train mode): call model.eval() before LRP")
+    return args[0] if args else kwargs["input"]  # identity in eval mode: the tensor keeps its node
+
+
+@register_handler(F.interpolate, *variants("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d"))
+def _interpolate(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    mode = kwargs.get("mode", args[3] if func is F.interpolate and len(args) > 3 else "nearest")
+    if mode not in ("nearest", "nearest-exact"):
+        raise engine.unsupported(f"interpolation mode {mode!r} has no relevance rule (only 'nearest')")
+    return transparent()(engine, func, args, kwargs)
+
+
+# -- constants derived from a tracked tensor's shape carry no relevance
+@register_handler(*variants("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                            "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "size", "dim",
+                            "numel"))
+def _constant(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return func(*args, **kwargs)
+
+
+# -- linear layers
+def _linear_layer(kind: str, channel_dim: int) -> Handler:
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x, w, b, rest, kw = bind_linear(kind, args, kwargs)
+        if engine.node(x) is None:
+            raise engine.unsupported(f"{kind} whose weight carries relevance (weights from the input)")
+        name, module = engine.layer_of(w)
+        rule = engine.select_rule(kind, name, module)
+        if not isinstance(rule, LinearRule):
+            raise engine.unsupported(f"rule {rule!r} does not apply to a {kind} layer")
+        call = LinearCall(engine, make_call(func, rest, kw), x, w, b, rule, name, channel_dim)
+        return call.output()
+
+    return handler
+
+
+register_handler(*variants("linear"))(_linear_layer("linear", -1))
+for _n in ("conv1d", "conv2d", "conv3d"):
+    register_handler(*variants(_n))(_linear_layer("conv", 1))
+for _n in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+    register_handler(*variants(_n))(_linear_layer("conv_transpose", 1))
+
+
+# -- proportional split (zennit's Norm): sums, averages, average pooling
+def _norm_handler(out_of_place: Any = None) -> Handler:
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        f = out_of_place or func
+        true, routed_in = _both(engine, f, args, kwargs)
+        if not isinstance(true, Tensor) or not true.is_floating_point():
+            return true
+        if engine.dual:
+            routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
+            engine.track(true, routed)
+            return true
+        value = true.detach()
+        routed = route(value, [true], compute=lambda: [value / stabilize(value, NORM_STABILIZER)])
+        engine.track(routed)
+        return routed
+
+    return handler
+
+
+for _f in variants("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+                   "adaptive_avg_pool3d", "mean", "sum", "add", "sub", "subtract") + [
+    torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__
+]:
+    register_handler(_f)(_norm_handler())
+register_handler(*variants("add_", "__iadd__"))(_norm_handler(torch.add))
+register_handler(*variants("sub_", "__isub__"))(_norm_handler(torch.sub))
+
+
+# -- pass rule: elementwise activations (and BatchNorm not preceded by a linear layer)
+def _ratio_route(engine: Engine, x: Tensor, y: Tensor) -> Tensor:
+    """``y`` whose gradient reaches ``x`` times ``y / x``, so relevance passes unchanged (R_in = R_out)."""
+
+    def ratio(x: Tensor, y: Tensor) -> Tensor:
+        zero = x == 0
+        return torch.where(zero, 0.0, y / torch.where(zero, 1.0, x))
+
+    if engine.dual:
+        routed = route(y, [engine.routed(x)], [ratio(x, y)])
+        engine.track(y, routed)
+        return y
+    xv, yv = x.detach(), y.detach()
+    routed = route(yv, [x], compute=lambda: [ratio(xv, yv)])
+    engine.track(routed)
+    return routed
+
+
+def _pass_handler(out_of_place: Any = None, gate: bool = False) -> Handler:
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        f = out_of_place or func
+        args, kwargs = _strip_inplace(func, args, kwargs)
+        x = args[0]
+        if engine.dual:
+            y = f(*args, **kwargs)
+        else:
+            with torch.no_grad():
+                y = f(*args, **kwargs)
+        out = _ratio_route(engine, x, y)
+        engine.node(out).gate = gate
+        return out
+
+    return handler
+
+
+for _f in variants("silu", "gelu", "hardswish", "relu6", "hardtanh", "elu", "selu", "celu", "softplus",
+                   "mish", "tanh", "logsigmoid", "softsign", "tanhshrink"):
+    register_handler(_f)(_pass_handler())
+for _name, _oop in (("silu_", F.silu), ("hardswish_", F.hardswish), ("hardtanh_", F.hardtanh),
+                    ("elu_", F.elu), ("selu_", F.selu), ("celu_", F.celu), ("mish_", F.mish),
+                    ("tanh_", torch.tanh)):
+    register_handler(*variants(_name))(_pass_handler(_oop))
+register_handler(*variants("sigmoid", "hardsigmoid"))(_pass_handler(gate=True))
+register_handler(*variants("sigmoid_"))(_pass_handler(torch.sigmoid, gate=True))
+register_handler(*variants("hardsigmoid_"))(_pass_handler(F.hardsigmoid, gate=True))
+
+
+# -- multiplicative gates (squeeze-excitation): the gate is a constant weight, relevance passes to the
+#    gated tensor; a constant factor is a plain linear scaling
+def _mul_handler(out_of_place: Any = None) -> Handler:
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        f = out_of_place or func
+        a, b = args[0], args[1]
+        ta = isinstance(a, Tensor) and engine.node(a) is not None
+        tb = isinstance(b, Tensor) and engine.node(b) is not None
+        if not (ta and tb):
+            return transparent(f)(engine, func, args, kwargs)
+        gate_b = _is_gate(engine, b, a)
+        if gate_b is None:
+            raise engine.unsupported(
+                "multiplication of two relevance-carrying tensors with no gate (sigmoid-like or broadcast "
+                "factor) among them"
+            )
+        x, gate = (a, b) if gate_b else (b, a)
+        true = f(a, b)
+        if engine.dual:
+            routed = engine.routed(x) * gate
+            engine.track(true, routed)
+            return true
+        out = x * gate.detach()
+        engine.track(out)
+        return out
+
+    return handler
+
+
+def _is_gate(engine: Engine, b: Tensor, a: Tensor) -> bool | None:
+    """Whether ``b`` (True) or ``a`` (False) is the gate; ``None`` if neither is recognisable."""
+    gb, ga = engine.node(b).gate, engine.node(a).gate
+    if gb != ga:
+        return gb
+    if b.numel() != a.numel():
+        return b.numel() < a.numel()
+    return None
+
+
+register_handler(*variants("mul", "multiply"), torch.Tensor.__mul__, torch.Tensor.__rmul__)(_mul_handler())
+register_handler(*variants("mul_", "__imul__"))(_mul_handler(torch.mul))
+
+
+@register_handler(*variants("div", "divide", "true_divide"), torch.Tensor.__truediv__)
+def _div(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if len(args) > 1 and isinstance(args[1], Tensor) and engine.node(args[1]) is not None:
+        raise engine.unsupported("division by a relevance-carrying tensor")
+    return transparent()(engine, func, args, kwargs)
+
+
+register_handler(*variants("div_", "__itruediv__"))(
+    lambda engine, func, args, kwargs: _div(engine, torch.div, args, kwargs)
+)
+
+
+# -- BatchNorm: merged into the linear layer feeding it, otherwise the pass rule (zennit's composites)
+@register_handler(*variants("batch_norm"))
+def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    x = bound["input"]
+    mean, var = bound.get("running_mean"), bound.get("running_var")
+    if bound.get("training", False) or mean is None or var is None:
+        raise engine.input_error(
+            "BatchNorm uses batch statistics (model in train mode), which couples the samples of a batch: "
+            "call model.eval() before LRP"
+        )
+    if engine.dual:
+        y = func(*args, **kwargs)
+    else:
+        with torch.no_grad():
+            y = func(*args, **kwargs)
+    node = engine.node(x)
+    linear: LinearCall | None = node.linear if node is not None else None
+    if linear is None:
+        return _ratio_route(engine, x, y)
+    weight, bias, eps = bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5)
+    s = torch.rsqrt(var + eps)
+    if weight is not None:
+        s = s * weight
+    t = -mean * s
+    if bias is not None:
+        t = t + bias
+    if not engine.dual:
+        s, t = s.detach(), t.detach()
+    return linear.merged_output(y, s, t)
+
+
+def handled(funcs: Iterable[Any]) -> list[Any]:
+    """The subset of ``funcs`` that has a handler (for diagnostics and tests)."""
+    return [f for f in funcs if f in HANDLERS]

@@ -1,0 +1,336 @@
+"""One call of a linear layer (``F.linear``, ``convNd``, ``conv_transposeNd``) under an LRP rule.
+
+The layer ``z = W x + b`` is handled through *products*: the same functional call with a modified
+input and/or weight (``W+ x``, ``W- low``, ``ones * ones`` ...). The products a rule needs are
+computed once, in the forward pass, on the routed input; the rule's coefficients (see
+:mod:`medlrp.lrp.rules`) tell how the output gradient is split among them.
+
+Physical products (what is really computed) are kept minimal:
+
+* ``Z`` is the layer's own output ``W x + b`` (for the epsilon rule it is the only product);
+* for rules on signs (z+, alpha-beta, gamma) with an input known to be >= 0 (after a ReLU): ``A = W+ x``
+  only, ``B = W- x`` is ``Z - b - A`` (one extra product per layer); with inputs of both signs:
+  ``A, B, C`` and ``D = Z - b - A - B - C``;
+* reference products (z-box ``W+- low/high``, flat, w-square) on leaves standing for the references.
+
+A following BatchNorm ``y = s * z + t`` (per output channel) is merged without recomputing anything:
+the merged layer's products are per-channel combinations of the unmerged ones
+(``(sW)+ x = s+ W+ x + s- W- x``), and so are the coefficients on the way back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from medlrp.lrp.engine import Engine
+from medlrp.lrp.route import route
+from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox
+
+Tensor = torch.Tensor
+
+# which unmerged keys a merged key reads when the BatchNorm scale has negative entries
+_PARTNER = {"A": "B", "B": "A", "C": "D", "D": "C", "LP": "LN", "HN": "HP"}
+# products of the form (input transform, weight transform)
+_PRODUCTS = {
+    "A": ("x+", "W+"),
+    "B": ("x+", "W-"),
+    "C": ("x-", "W+"),
+    "LP": ("low", "W+"),
+    "LN": ("low", "W-"),
+    "HP": ("high", "W+"),
+    "HN": ("high", "W-"),
+    "F": ("ones", "1"),
+    "Q": ("ones", "W2"),
+}
+
+
+class Scale:
+    """A per-output-channel scale ``s`` (a merged BatchNorm), with its signed parts."""
+
+    def __init__(self, s: Tensor) -> None:
+        self.s = s
+        # all positive: the common case (trained or fresh BatchNorm), where merging is a plain rescale
+        self.mixed = bool((s < 0).any())
+        self.pos = s.clamp(min=0) if self.mixed else s
+        self.neg = s.clamp(max=0) if self.mixed else None
+
+
+class LinearCall:
+    """A linear layer's call: computes the products and builds the routed output (merged or not)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        call: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        rule: LinearRule,
+        name: str,
+        channel_dim: int,
+    ) -> None:
+        self.engine = engine
+        self.call = call
+        self.weight = weight
+        self.rule = rule
+        self.name = name
+        self.x_true = x
+        self.x_routed = engine.routed(x)
+        self.channel_dim = channel_dim
+        self.references: dict[str, tuple[Tensor, Tensor]] = {}
+        if isinstance(rule, REFERENCE_RULES) and not engine.is_model_input(x):
+            raise engine.input_error(
+                f"rule {rule.name!r} needs a reference input, so it may only be put on a layer that reads "
+                "the model input"
+            )
+        self.nonneg = True
+        if rule.needs_input_signs:
+            self.nonneg = bool((x.detach().min() >= 0).item()) if x.numel() else True
+        self._routed: dict[str, Tensor] = {}
+        self._true: dict[str, Tensor] = {}
+        self.bias = None if bias is None else self._channel(bias)
+
+        keys = self._physical(self.rule.needed(self.nonneg), None)
+        grad_keys = self._physical(self._coefficient_keys(), None)
+        needs_z_grad = "Z" in grad_keys
+        if engine.dual:
+            self.z_true = call(x, weight, bias)
+        elif needs_z_grad:
+            self.z_true = self.routed_product("Z")
+        else:
+            with torch.no_grad():
+                self.z_true = call(x, weight, bias)
+        self.z_value = self.z_true.detach()
+        for key in sorted(keys | grad_keys):
+            self.routed_product(key)
+
+    # -- products ---------------------------------------------------------------------------------------
+    def _channel(self, v: Tensor) -> Tensor:
+        shape = [1] * max(self.x_true.dim(), 2)
+        shape[self.channel_dim] = -1
+        return v.reshape(shape) if self.channel_dim != -1 else v
+
+    def _coefficient_keys(self) -> tuple[str, ...]:
+        rule = self.rule
+        if isinstance(rule, ZBox):
+            return ("Z", "LP", "HN")
+        if rule.references:
+            return rule.references
+        if rule.needs_input_signs:
+            return rule.needed(self.nonneg)
+        return ("Z",)
+
+    def _physical(self, keys: tuple[str, ...] | set[str], scale: Scale | None) -> set[str]:
+        """Physical product keys behind merged keys."""
+        out: set[str] = set()
+        for key in keys:
+            group = {key}
+            if scale is not None and scale.mixed and key in _PARTNER:
+                group.add(_PARTNER[key])
+            for k in group:
+                if k in ("C", "D") and self.nonneg:
+                    continue  # x- = 0: these products vanish
+                if k == "B" and self.nonneg:
+                    out |= {"Z", "A"}
+                elif k == "D":
+                    out |= {"Z", "A", "B", "C"}
+                else:
+                    out.add(k)
+        return out
+
+    def _input(self, kind: str, routed: bool) -> Tensor:
+        x = self.x_routed if routed else self.x_true
+        if kind == "x+":
+            return x if self.nonneg else x.clamp(min=0)
+        if kind == "x-":
+            return x.clamp(max=0)
+        if kind not in self.references:
+            self.references[kind] = self._reference(kind)
+        true, leaf = self.references[kind]
+        return leaf if routed else true
+
+    def _reference(self, kind: str) -> tuple[Tensor, Tensor]:
+        x = self.x_true
+        if kind == "ones":
+            value = torch.ones_like(x)
+        else:
+            rule = self.rule
+            assert isinstance(rule, ZBox)
+            bound = rule.low if kind == "low" else rule.high
+            if bound is None:
+                flat = x.reshape(x.shape[0], -1)
+                bound = (flat.amin(1) if kind == "low" else flat.amax(1)).reshape([-1] + [1] * (x.dim() - 1))
+            value = torch.as_tensor(bound, dtype=x.dtype, device=x.device).expand_as(x)
+            if not self.engine.dual:
+                value = value.detach()
+        return value, self.engine.reference(kind, value)
+
+    def _weight(self, kind: str) -> Tensor:
+        w = self.weight
+        if kind == "W+":
+            return self.engine.signed_weights(w)[0]
+        if kind == "W-":
+            return self.engine.signed_weights(w)[1]
+        if kind == "1":
+            return torch.ones_like(w)
+        return w * w
+
+    def routed_product(self, key: str) -> Tensor:
+        """The product ``key`` on the routed input (differentiable), computed once."""
+        hit = self._routed.get(key)
+        if hit is None:
+            if key == "Z":
+                hit = self.call(self.x_routed, self.weight, self._raw_bias())
+            else:
+                inp, w = _PRODUCTS[key]
+                hit = self.call(self._input(inp, True), self._weight(w), None)
+            self._routed[key] = hit
+        return hit
+
+    def value(self, key: str) -> Tensor:
+        """The product ``key``'s true value (with its graph in dual mode)."""
+        if key == "Z":
+            return self.z_true if self.engine.dual else self.z_value
+        if not self.engine.dual:
+            return self.routed_product(key).detach()
+        hit = self._true.get(key)
+        if hit is None:
+            inp, w = _PRODUCTS[key]
+            hit = self._true[key] = self.call(self._input(inp, False), self._weight(w), None)
+        return hit
+
+    def _raw_bias(self) -> Tensor | None:
+        return None if self.bias is None else self.bias.reshape(-1)
+
+    # -- coefficients -----------------------------------------------------------------------------------
+    def _canonical(self, key: str) -> Tensor:
+        """Unmerged sign-split product values (``B``/``D`` derived from ``Z``)."""
+        if key in ("C", "D") and self.nonneg:
+            return torch.zeros_like(self.z_value)
+        if key == "B" and self.nonneg or key == "D":
+            rest = self.value("Z") - self.value("A")
+            if self.bias is not None:
+                rest = rest - self.bias
+            if key == "D":
+                rest = rest - self.value("B") - self.value("C")
+            return rest
+        return self.value(key)
+
+    def coefficients(
+        self, z: Tensor, scale: Scale | None, bias: Tensor | float, keys: list[str]
+    ) -> list[Tensor | None]:
+        """Coefficients for the physical products ``keys``, for output ``z`` of the (merged) layer."""
+        needed = self.rule.needed(self.nonneg)
+        products: dict[str, Tensor] = {}
+        for key in needed:
+            val = self._canonical(key)
+            if scale is not None:
+                if key == "Q":
+                    val = scale.s * scale.s * val
+                elif key == "F":
+                    pass
+                elif scale.mixed:
+                    val = scale.pos * val + scale.neg * self._canonical(_PARTNER[key])
+                else:
+                    val = scale.s * val
+            products[key] = val
+        merged = self.rule.coefficients(Quantities(z, bias, products), self.nonneg)
+        canon: dict[str, Tensor] = {}
+
+        def add(key: str, c: Tensor) -> None:
+            canon[key] = canon[key] + c if key in canon else c
+
+        for key, c in merged.items():
+            if scale is None or key == "F":
+                add(key, c)
+            elif key in ("Z",):
+                add(key, scale.s * c)
+            elif key == "Q":
+                add(key, scale.s * scale.s * c)
+            elif scale.mixed:
+                add(key, scale.pos * c)
+                add(_PARTNER[key], scale.neg * c)
+            else:
+                add(key, scale.s * c)
+        # virtual products: B = Z - b - A (input >= 0), D = Z - b - A - B - C
+        if self.nonneg:
+            canon.pop("C", None)
+            canon.pop("D", None)
+            if "B" in canon:
+                cb = canon.pop("B")
+                add("A", -cb)
+                add("Z", cb)
+        elif "D" in canon:
+            cd = canon.pop("D")
+            for k in ("A", "B", "C"):
+                add(k, -cd)
+            add("Z", cd)
+        return [canon.get(k) for k in keys]
+
+    # -- outputs ----------------------------------------------------------------------------------------
+    def output(self) -> Tensor:
+        """The layer's output, routed by the rule (not merged)."""
+        bias: Tensor | float = self.bias if self.bias is not None else 0.0
+        return self._build(self.z_true, None, bias)
+
+    def merged_output(self, y: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """The output ``y = s * z + t`` of a BatchNorm merged into this layer, routed by the rule."""
+        scale = Scale(self._channel(s))
+        shift = self._channel(t)
+        bias = shift if self.bias is None else scale.s * self.bias + shift
+        if self.engine.dual:
+            return self._build(y, scale, bias)
+        return self._build(y, scale, bias.detach())
+
+    def _build(self, z: Tensor, scale: Scale | None, bias: Tensor | float) -> Tensor:
+        keys = sorted(self._physical(self._coefficient_keys(), scale) | self._physical(
+            self.rule.needed(self.nonneg), scale))
+        products = [self.routed_product(k) for k in keys]
+        # keep only products the gradient really reaches (B/C/Z may be value-only)
+        if self.engine.dual:
+            coeffs = self.coefficients(z, scale, bias, keys)
+            kept = [(p, c) for p, c in zip(products, coeffs) if c is not None]
+            routed = route(z, [p for p, _ in kept], [c for _, c in kept])
+        else:
+            z_value = z.detach()
+
+            def compute() -> list[Tensor | None]:
+                return self.coefficients(z_value, scale, bias, keys)
+
+            routed = route(z_value, products, compute=compute)
+        return self._finish(z, routed)
+
+    def _finish(self, z: Tensor, routed: Tensor) -> Tensor:
+        if self.engine.dual:
+            node = self.engine.track(z, routed)
+            out = z
+        else:
+            node = self.engine.track(routed)
+            out = routed
+        node.linear = self
+        return out
+
+
+def bind_linear(func_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Split a functional linear call into ``(input, weight, bias, rest_args, rest_kwargs)``."""
+    args = list(args)
+    kwargs = dict(kwargs)
+    x = args.pop(0) if args else kwargs.pop("input")
+    w = args.pop(0) if args else kwargs.pop("weight")
+    b = args.pop(0) if args else kwargs.pop("bias", None)
+    return x, w, b, tuple(args), kwargs
+
+
+def make_call(func: Any, rest: tuple[Any, ...], kw: dict[str, Any]) -> Callable[..., Tensor]:
+    """``call(x, w, b)``: the functional op with the layer's other arguments (stride, padding ...)."""
+
+    def call(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return func(x, w, b, *rest, **kw)
+
+    return call
+
+
+__all__ = ["LinearCall", "Scale", "bind_linear", "make_call"]

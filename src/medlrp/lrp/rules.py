@@ -1,0 +1,313 @@
+"""LRP rules for linear layers (Linear, Conv1d/2d/3d, ConvTranspose), written as gradient coefficients.
+
+A linear layer computes ``z = V x + beta``. Every rule here is the rule of zennit 0.5.1 of the same name
+and is expressed on *sign-split products* of that layer, so one formula serves Linear and every
+convolution, merged with a following BatchNorm or not:
+
+=====  ====================  =====  ======================
+key    product               key    product
+=====  ====================  =====  ======================
+``A``  ``V+ x+``             ``LP`` ``V+ low``
+``B``  ``V- x+``             ``HN`` ``V- high``
+``C``  ``V+ x-``             ``F``  ``ones-weights * ones``
+``D``  ``V- x-``             ``Q``  ``V**2 * ones``
+``Z``  ``V x + beta`` (= z)
+=====  ====================  =====  ======================
+
+A rule returns, for each product it uses, a coefficient tensor ``c`` (output-shaped): in the backward
+pass the gradient ``g`` arriving at ``z`` becomes ``g * c`` at that product. Relevance is carried as
+``R = z * g`` (the gradient-times-input identity), so ``c`` is the LRP message divided by the upper
+relevance, times ``z``. The engine then obtains the lower relevance as ``input * grad`` (plus
+``low * grad_low`` etc. for rules whose reference is not the input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def stabilize(x: Tensor, eps: float) -> Tensor:
+    """Return ``x + eps * sign(x)`` with ``sign(0) = +1`` (zennit's ``stabilize``), for safe division."""
+    return torch.where(x >= 0, x + eps, x - eps)
+
+
+@dataclass(frozen=True)
+class Quantities:
+    """What a rule sees of one layer call: product values (of the merged layer) and the output.
+
+    Attributes:
+        z: The layer's output value (after a merged BatchNorm, if any).
+        bias: The layer's bias, broadcastable to ``z`` (``0.0`` when the layer has none).
+        products: Product values by key (see the module docstring); only the keys the rule asked for.
+    """
+
+    z: Tensor
+    bias: Tensor | float
+    products: Mapping[str, Tensor]
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.products[key]
+
+
+def _pos(b: Tensor | float) -> Tensor | float:
+    return b.clamp(min=0) if isinstance(b, Tensor) else max(b, 0.0)
+
+
+def _neg(b: Tensor | float) -> Tensor | float:
+    return b.clamp(max=0) if isinstance(b, Tensor) else min(b, 0.0)
+
+
+class Rule:
+    """Base class of all rules. ``name`` is the rule's short name, ``params`` its JSON-friendly options."""
+
+    name = "rule"
+
+    def params(self) -> dict[str, float]:
+        """The rule's parameters (for ``Explanation.options`` and ``repr``)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class LinearRule(Rule):
+    """A rule for linear layers.
+
+    Subclasses set ``needs_input_signs`` (uses ``A``..``D``), ``references`` (reference inputs other
+    than the layer input: ``"low"``, ``"high"``, ``"ones"``) and implement :meth:`coefficients`.
+    """
+
+    #: Uses the sign-split products A, B, C, D.
+    needs_input_signs = False
+    #: Keys of reference products (LP, HN, F, Q) this rule uses; non-empty only for input-layer rules.
+    references: tuple[str, ...] = ()
+
+    def needed(self, nonneg: bool) -> tuple[str, ...]:
+        """Product keys whose values :meth:`coefficients` reads (``nonneg``: the input is >= 0)."""
+        if self.needs_input_signs:
+            return ("A", "B") if nonneg else ("A", "B", "C", "D")
+        return self.references
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """Return ``{product key: coefficient}`` for the products that carry the gradient."""
+        raise NotImplementedError
+
+
+class Epsilon(LinearRule):
+    """LRP-epsilon: ``R_in = x * W^T (R / stab(z))``, with ``stab(z) = z + epsilon * sign(z)``."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = float(epsilon)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"epsilon": self.epsilon}
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        return {"Z": q.z / stabilize(q.z, self.epsilon)}
+
+
+class Zero(LinearRule):
+    """LRP-0: ``R_in = x * W^T (R / z)``, i.e. gradient times input (no division, so no 0/0 at z = 0)."""
+
+    name = "zero"
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        return {"Z": torch.ones_like(q.z)}
+
+
+class ZPlus(LinearRule):
+    """LRP-z+ (zennit's ``ZPlus``: alpha=1, beta=0 with negative inputs allowed).
+
+    ``R_in = x+ * (V+)^T (R / s) + x- * (V-)^T (R / s)``, ``s = stab(V+ x+ + V- x- + beta+)``.
+    """
+
+    name = "zplus"
+    needs_input_signs = True
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"stabilizer": self.stabilizer}
+
+    def needed(self, nonneg: bool) -> tuple[str, ...]:
+        """See :meth:`LinearRule.needed`."""
+        return ("A",) if nonneg else ("A", "D")
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        den = q["A"] + _pos(q.bias)
+        if not nonneg:
+            den = den + q["D"]
+        c = q.z / stabilize(den, self.stabilizer)
+        return {"A": c} if nonneg else {"A": c, "D": c}
+
+
+class AlphaBeta(LinearRule):
+    """LRP-alpha-beta: positive and negative contributions normalised separately.
+
+    ``R_in = alpha * [x+ V+^T (R/sp) + x- V-^T (R/sp)] - beta * [x+ V-^T (R/sn) + x- V+^T (R/sn)]`` with
+    ``sp = stab(V+ x+ + V- x- + beta+)`` and ``sn = stab(V- x+ + V+ x- + beta-)``.
+    """
+
+    name = "alpha-beta"
+    needs_input_signs = True
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
+            raise ValueError("alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
+        self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"alpha": self.alpha, "beta": self.beta, "stabilizer": self.stabilizer}
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        dp = q["A"] + _pos(q.bias)
+        dn = q["B"] + _neg(q.bias)
+        if not nonneg:
+            dp, dn = dp + q["D"], dn + q["C"]
+        cp = q.z * (self.alpha / stabilize(dp, self.stabilizer))
+        cn = q.z * (-self.beta / stabilize(dn, self.stabilizer))
+        return {"A": cp, "B": cn} if nonneg else {"A": cp, "B": cn, "C": cn, "D": cp}
+
+
+class Gamma(LinearRule):
+    """Generalised LRP-gamma (zennit's ``Gamma``), four products split by the sign of the true output.
+
+    With ``g = gamma`` and ``(V + g V+)``, ``(V + g V-)`` the modified weights:
+    positive outputs use ``sp = stab((V+gV+) x+ + (V+gV-) x- + beta + g beta+)``,
+    negative outputs ``sn = stab((V+gV-) x+ + (V+gV+) x- + beta + g beta-)``; biases enter only the
+    products on ``x+`` (as in zennit).
+    """
+
+    name = "gamma"
+    needs_input_signs = True
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        self.gamma, self.stabilizer = float(gamma), float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"gamma": self.gamma, "stabilizer": self.stabilizer}
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        g1 = 1.0 + self.gamma
+        a, b, bias = q["A"], q["B"], q.bias
+        sp = g1 * a + b + bias + self.gamma * _pos(bias)
+        sn = a + g1 * b + bias + self.gamma * _neg(bias)
+        if not nonneg:
+            c, d = q["C"], q["D"]
+            sp = sp + c + g1 * d
+            sn = sn + g1 * c + d
+        z = q.z
+        u = torch.where(z > 0, z / stabilize(sp, self.stabilizer), 0.0)
+        v = torch.where(z < 0, z / stabilize(sn, self.stabilizer), 0.0)
+        ca, cb = g1 * u + v, u + g1 * v
+        return {"A": ca, "B": cb} if nonneg else {"A": ca, "B": cb, "C": cb, "D": ca}
+
+
+class ZBox(LinearRule):
+    """LRP-z^B (bounded input): ``R_in = x W^T m - low V+^T m - high V-^T m``, ``m = R / stab(z - V+ low - V- high)``.
+
+    Only valid on a layer that reads the model input. ``low``/``high``: a float, a tensor broadcastable
+    to the input, or ``None`` for each sample's own minimum / maximum (samples stay independent).
+    """
+
+    name = "zbox"
+    references = ("LP", "HN")
+
+    def __init__(
+        self, low: float | Tensor | None = None, high: float | Tensor | None = None, stabilizer: float = 1e-6
+    ) -> None:
+        self.low, self.high, self.stabilizer = low, high, float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        out: dict[str, float] = {"stabilizer": self.stabilizer}
+        for key in ("low", "high"):
+            val = getattr(self, key)
+            if isinstance(val, (int, float)):
+                out[key] = float(val)
+        return out
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        # zennit: out1 = V+ low + beta+, out2 = V- high + beta-, so the biases cancel: z - out1 - out2
+        den = q.z - q["LP"] - q["HN"] - q.bias
+        c = q.z / stabilize(den, self.stabilizer)
+        return {"Z": c, "LP": -c, "HN": -c}
+
+
+class Flat(LinearRule):
+    """LRP-flat: every input in the receptive field gets an equal share, ``R_in = 1^T (R / stab(1^T 1))``."""
+
+    name = "flat"
+    references = ("F",)
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"stabilizer": self.stabilizer}
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        return {"F": q.z / stabilize(q["F"], self.stabilizer)}
+
+
+class WSquare(LinearRule):
+    """LRP-w^2: ``R_in = (V**2)^T (R / stab(V**2 1 + beta**2))`` (zennit squares the bias too)."""
+
+    name = "wsquare"
+    references = ("Q",)
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"stabilizer": self.stabilizer}
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+        """See :meth:`LinearRule.coefficients`."""
+        bias = q.bias
+        return {"Q": q.z / stabilize(q["Q"] + bias * bias, self.stabilizer)}
+
+
+class Pass(Rule):
+    """Relevance passes unchanged through an elementwise operation (activations, standalone BatchNorm)."""
+
+    name = "pass"
+
+
+class Norm(Rule):
+    """Proportional split for sums, averages and pooling: ``R_i = x_i * R / stab(sum)`` (no weights)."""
+
+    name = "norm"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"stabilizer": self.stabilizer}
+
+
+#: Rules that read a reference instead of (or besides) the layer input; only on input layers.
+REFERENCE_RULES = (ZBox, Flat, WSquare)

@@ -1,0 +1,202 @@
+"""Every method on every case: the measurements behind ``medlrp evaluate``.
+
+:func:`evaluate_methods` explains each batch with each method and scores the maps with the metrics of
+:data:`METRICS`; the result keeps one value per case, method and metric, plus the mean perturbation
+curves. :mod:`medlrp.metrics.table` turns it into the summary table (CSV, Markdown, data for the report).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from medlrp.errors import MedlrpError
+from medlrp.explanation import Explanation
+from medlrp.metrics.complexity import entropy, sparseness
+from medlrp.metrics.conservation import conservation_error
+from medlrp.metrics.curves import aopc, area_between
+from medlrp.metrics.localisation import (
+    attribution_localisation,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+)
+from medlrp.metrics.perturbation import region_perturbation
+from medlrp.metrics.randomisation import randomization_check
+from medlrp.registry import METHODS
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How to read one column of the table."""
+
+    name: str
+    higher_is_better: bool
+    ranked: bool
+    description: str
+
+
+#: The metrics of the evaluation, in table order. ``ranked`` ones enter the overall ranking.
+METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("aopc_morf", True, True, "AOPC of region perturbation, most relevant patches first"),
+    MetricInfo("abpc", True, True, "area between the LeRF and MoRF region-perturbation curves"),
+    MetricInfo("mass_accuracy", True, True, "share of the (signed) relevance inside the mask"),
+    MetricInfo("positive_mass", True, False, "share of the positive relevance inside the mask"),
+    MetricInfo("rank_accuracy", True, True, "share of the top-|mask| voxels inside the mask"),
+    MetricInfo("pointing_game", True, True, "the maximum lies in the mask (hit rate)"),
+    MetricInfo("randomisation", False, True, "Spearman |R| similarity after randomising every layer"),
+    MetricInfo("sparseness", True, False, "Gini index of |R|"),
+    MetricInfo("entropy", False, False, "entropy of |R| / sum |R| (nats)"),
+    MetricInfo("conservation_error", False, False, "|sum R - logit| / |logit| (LRP)"),
+)
+METRIC_INFO = {m.name: m for m in METRICS}
+
+
+@dataclass
+class EvaluationResult:
+    """Per-case values and mean curves of an evaluation.
+
+    Attributes:
+        methods: The methods that ran, in the requested order.
+        values: ``values[method][metric]`` is a list with one float per case (NaN where undefined).
+        cases: Case ids, in the order of the value lists.
+        curves: ``curves[method]["morf" | "lerf"]``: the mean region-perturbation curve.
+        unavailable: ``method -> reason`` for requested methods that could not run.
+        settings: The settings used (patch size, steps, similarity, ...), JSON-friendly.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-friendly; NaN written as None)."""
+        clean = {m: {k: [_num(v) for v in vs] for k, vs in d.items()} for m, d in self.values.items()}
+        return {
+            "methods": self.methods,
+            "cases": self.cases,
+            "values": clean,
+            "curves": self.curves,
+            "unavailable": self.unavailable,
+            "settings": self.settings,
+        }
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+def default_patch_size(spatial: Sequence[int]) -> list[int]:
+    """Patches that tile the grid in about 8 x 8 (2D) or 4 x 4 x 4 (3D) regions: 64 regions either way."""
+    parts = 8 if len(spatial) == 2 else 4
+    return [max(1, math.ceil(s / parts)) for s in spatial]
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]
+
+
+def evaluate_methods(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    methods: Sequence[str],
+    *,
+    randomisation: bool = True,
+    patch_size: Sequence[int] | None = None,
+    softmax: bool = True,
+    method_options: dict[str, dict[str, Any]] | None = None,
+) -> EvaluationResult:
+    """Explain every batch with every method and measure the maps.
+
+    Args:
+        model: The classifier (never changed).
+        batches: ``(x, target, mask or None, case ids)`` per batch; ``mask`` rows that are all zero count
+            as "no mask" (localisation metrics are NaN there).
+        methods: Method names; one that is not registered or fails is recorded in ``unavailable`` and
+            skipped, so one broken method does not sink the evaluation.
+        randomisation: Run the cascading randomisation check (one explanation per layer and batch).
+        patch_size: Region-perturbation patch; default :func:`default_patch_size`.
+        softmax: Score probabilities in the perturbation curves.
+        method_options: Extra options per method name (``{"lrp": {"composite": ...}}``).
+
+    Returns:
+        The :class:`EvaluationResult`.
+    """
+    from medlrp.api import explain  # late: the facade imports this package
+
+    result = EvaluationResult(methods=[], settings={"softmax": softmax, "randomisation": randomisation})
+    active = []
+    for m in methods:
+        if m in METHODS:
+            active.append(m)
+        else:
+            result.unavailable[m] = "not registered in this installation"
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    options = method_options or {}
+    for x, target, mask, ids in batches:
+        result.cases.extend(ids)
+        size = patch_size or default_patch_size(x.shape[2:])
+        result.settings["patch_size"] = list(size)
+        for method in list(active):
+            try:
+                e = explain(model, x, target, method=method, **options.get(method, {}))
+                row = _measure(model, x, e, mask, list(size), softmax)
+                if randomisation:
+                    sims = randomization_check(model, x, e.target, method, **options.get(method, {}))
+                    row["randomisation"] = list(sims.values())[-1].tolist()
+            except (MedlrpError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
+                active.remove(method)
+                result.unavailable[method] = f"{type(exc).__name__}: {exc}"
+                result.values.pop(method, None)
+                sums.pop(method, None)
+                continue
+            curves = row.pop("_curves")
+            store = result.values.setdefault(method, {})
+            for name, vals in row.items():
+                store.setdefault(name, []).extend(float(v) for v in vals)
+            acc = sums.setdefault(method, {})
+            for key, c in curves.items():
+                acc[key] = acc.get(key, 0) + c.sum(dim=0).double().cpu()
+    n = len(result.cases)
+    result.methods = [m for m in methods if m in active]
+    result.curves = {m: {k: (v / max(n, 1)).tolist() for k, v in sums[m].items()} for m in result.methods}
+    return result
+
+
+def _measure(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    e: Explanation,
+    mask: torch.Tensor | None,
+    patch_size: list[int],
+    softmax: bool,
+) -> dict[str, Any]:
+    """All per-case metrics of one explained batch (lists of floats), plus the raw curves."""
+    r, t = e.relevance.detach(), e.target
+    kw = {"patch_size": patch_size, "steps": 10**6, "softmax": softmax}
+    morf = region_perturbation(model, x, r, t, order="morf", **kw)
+    lerf = region_perturbation(model, x, r, t, order="lerf", **kw)
+    row: dict[str, Any] = {
+        "aopc_morf": aopc(morf).tolist(),
+        "abpc": area_between(morf, lerf).tolist(),
+        "sparseness": sparseness(r).tolist(),
+        "entropy": entropy(r).tolist(),
+        "_curves": {"morf": morf, "lerf": lerf},
+    }
+    nan = [math.nan] * x.shape[0]
+    if mask is not None and bool((mask != 0).any()):
+        row["mass_accuracy"] = relevance_mass_accuracy(r, mask).tolist()
+        row["positive_mass"] = attribution_localisation(r, mask).tolist()
+        row["rank_accuracy"] = relevance_rank_accuracy(r, mask).tolist()
+        row["pointing_game"] = pointing_game(r, mask).tolist()
+    else:
+        for name in ("mass_accuracy", "positive_mass", "rank_accuracy", "pointing_game"):
+            row[name] = nan
+    row["conservation_error"] = conservation_error(e).tolist() if e.method == "lrp" else nan
+    return row

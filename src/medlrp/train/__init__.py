@@ -1,0 +1,28 @@
+"""Training: the plain loop with a ``loss_fn(model, batch) -> (loss, parts)`` seam, and folder training.
+
+Explanation-guided training plugs a different ``loss_fn`` into :func:`fit` / :func:`train_on_folder`.
+"""
+
+from medlrp.train.folder import TrainedModel, build_model, default_arch, load_splits, train_on_folder
+from medlrp.train.loop import EpochLog, History, TrainConfig, accuracy, fit, predict
+from medlrp.train.losses import LossFn, cross_entropy_loss
+from medlrp.train.tensors import load_all, minibatches, subset
+
+__all__ = [
+    "EpochLog",
+    "History",
+    "LossFn",
+    "TrainConfig",
+    "TrainedModel",
+    "accuracy",
+    "build_model",
+    "cross_entropy_loss",
+    "default_arch",
+    "fit",
+    "load_all",
+    "load_splits",
+    "minibatches",
+    "predict",
+    "subset",
+    "train_on_folder",
+]

@@ -1,0 +1,47 @@
+"""Small datasets held in memory as one :class:`~medlrp.data.folder.Batch`, and seeded mini-batches.
+
+Phantom-sized datasets (hundreds of 64x64 images) fit in memory many times over; reading them once
+makes an epoch a few tensor slices instead of hundreds of PNG decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from medlrp.data.folder import Batch, FolderDataset, collate_cases
+from medlrp.errors import InputError
+
+
+def load_all(dataset: FolderDataset) -> Batch:
+    """Read every case of ``dataset`` into one batch (``x``: ``(N, C, *size)``)."""
+    if len(dataset) == 0:
+        raise InputError(f"{dataset.root}: empty dataset")
+    return collate_cases([dataset[i] for i in range(len(dataset))])
+
+
+def subset(batch: Batch, index: torch.Tensor) -> Batch:
+    """The cases of ``batch`` at ``index``."""
+    return Batch(
+        x=batch.x[index],
+        label=batch.label[index],
+        mask=batch.mask[index],
+        has_mask=batch.has_mask[index],
+        case_id=[batch.case_id[i] for i in index.tolist()],
+    )
+
+
+def minibatches(
+    data: Batch, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
+) -> Iterator[Batch]:
+    """Yield mini-batches in a seeded random order (all cases once; a lone last case joins its
+    predecessor, because BatchNorm cannot train on a batch of one)."""
+    n = len(data.label)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else n
+        yield subset(data, order[start:stop])

@@ -1,0 +1,115 @@
+"""The overlay picture written per case and method (``NAME.overlay.png``).
+
+2D: the image, the relevance over the image, and the relevance alone. 3D: axial, coronal and sagittal
+slices through the voxel of largest ``|R|`` and a maximum intensity projection (image: maximum; relevance:
+the value of largest magnitude along the ray, sign kept). Colours: a diverging map on ``[-max|R|, +max|R|]``
+with a colour bar, never min-max scaled.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from medlrp.io.image import atomic_path
+from medlrp.io.windowing import to_gray
+from medlrp.viz.colors import CMAP, diverging_rgba, symmetric_limit
+from medlrp.viz.orient import display_spacing, oriented_mip, oriented_slice, slice_axis
+
+_Panel = tuple[str, np.ndarray, np.ndarray | None, float]  # title, grey uint8, rgba or None, aspect
+
+
+def _panels_2d(gray: np.ndarray, relevance: np.ndarray, affine: np.ndarray, limit: float) -> list[_Panel]:
+    spacing = np.linalg.norm(affine[:3, :2], axis=0)
+    aspect = float(spacing[0] / spacing[1]) if spacing[1] > 0 else 1.0
+    rgba = diverging_rgba(relevance, limit)
+    blank = np.full_like(gray, 255)
+    return [
+        ("image", gray, None, aspect),
+        ("relevance over image", gray, rgba, aspect),
+        ("relevance", blank, rgba, aspect),
+    ]
+
+
+def _panels_3d(
+    image: np.ndarray, relevance: np.ndarray, affine: np.ndarray, window: tuple[float, float], limit: float
+) -> list[_Panel]:
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    peak = np.unravel_index(int(np.abs(relevance).argmax()), relevance.shape)
+    panels: list[_Panel] = []
+    for plane in ("axial", "coronal", "sagittal"):
+        axis = slice_axis(affine, plane)
+        index = int(peak[axis])
+        gray = to_gray(oriented_slice(image, affine, axis, index), *window)
+        rgba = diverging_rgba(oriented_slice(relevance, affine, axis, index), limit)
+        rows, cols = display_spacing(spacing, affine, axis)
+        panels.append((f"{plane} {index + 1}/{image.shape[axis]}", gray, rgba, rows / cols))
+    axis = slice_axis(affine, "axial")
+    gray = to_gray(oriented_mip(image, affine, axis), *window)
+    rgba = diverging_rgba(oriented_mip(relevance, affine, axis, signed=True), limit)
+    rows, cols = display_spacing(spacing, affine, axis)
+    panels.append(("maximum intensity projection", gray, rgba, rows / cols))
+    return panels
+
+
+def overlay_png(
+    image: np.ndarray,
+    relevance: np.ndarray,
+    affine: np.ndarray,
+    window: tuple[float, float],
+    title: str = "",
+) -> bytes:
+    """Render the overlay picture as PNG bytes.
+
+    Args:
+        image: ``(H, W)`` or ``(D, H, W)`` intensities (one channel).
+        relevance: Same shape as ``image``, signed.
+        affine: The image's voxel-to-world matrix (orients the 3D views, gives the aspect ratio).
+        window: ``(low, high)`` grey-level limits for the image.
+        title: A line above the panels.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    if image.shape != relevance.shape:
+        raise ValueError(f"image {image.shape} and relevance {relevance.shape} differ in shape")
+    limit = symmetric_limit(relevance)
+    if image.ndim == 2:
+        panels = _panels_2d(to_gray(image, *window), relevance, affine, limit)
+    else:
+        panels = _panels_3d(image, relevance, affine, window, limit)
+    fig = Figure(figsize=(2.8 * len(panels) + 0.9, 3.3), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, gray, rgba, aspect) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=255, aspect=aspect, interpolation="nearest")
+        if rgba is not None:
+            ax.imshow(rgba, aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
+    bar = fig.colorbar(mappable, ax=list(np.atleast_1d(axes)), shrink=0.85, pad=0.02)
+    bar.set_label("relevance", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_overlay(
+    path: str | Path,
+    image: np.ndarray,
+    relevance: np.ndarray,
+    affine: np.ndarray,
+    window: tuple[float, float],
+    title: str = "",
+) -> Path:
+    """Render (see :func:`overlay_png`) and write the PNG atomically; return ``path``."""
+    data = overlay_png(image, relevance, affine, window, title)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

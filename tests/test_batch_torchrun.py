@@ -1,0 +1,60 @@
+"""`medlrp batch` under torchrun with 2 CPU processes (gloo): every case done exactly once."""
+
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from medlrp.batch import list_cases, read_records, shard
+from medlrp.batch.loader import CaseReader
+from medlrp.models import load_model
+from test_batch_support import (
+    PYTHON,
+    TEST_METHOD,
+    batch_args,
+    input_hash,
+    make_checkpoint,
+    make_dataset,
+    script_command,
+)
+
+
+def test_two_ranks_do_every_case_exactly_once(tmp_path: Path):
+    ids = make_dataset(tmp_path / "data", per_class=5)
+    model = make_checkpoint(tmp_path / "m.pt")
+    out, log = tmp_path / "out", tmp_path / "explained.log"
+    launcher = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+    ]
+    args = batch_args(
+        model, tmp_path / "data", out, "--methods", TEST_METHOD, "--batch-size", "2", "--workers", "0"
+    )
+    env = {**os.environ, "MEDLRP_TEST_BATCH_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*launcher, *script_command(*args)[1:]], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1 of 2" in proc.stderr and "rank 0 of 2" in proc.stderr
+
+    # Each case's input was explained exactly once, over both processes, by two different processes.
+    loaded = load_model(model)
+    cases = list_cases(tmp_path / "data")
+    reader = CaseReader(cases, loaded.preprocessing)
+    hashes = {input_hash(reader[i].x): c.case_id for i, c in enumerate(cases)}
+    lines = [line.split() for line in log.read_text().splitlines()]
+    counts = Counter(hashes[h] for _, h in lines)
+    assert counts == Counter(ids) and len({pid for pid, _ in lines}) == 2
+
+    # One merged index, sorted, one record per case, each written by the rank whose shard holds it.
+    index = read_records(out / "index.jsonl")
+    assert [r["case"] for r in index] == ids
+    owner = {c.case_id: r for r in range(2) for c in shard(cases, r, 2)}
+    assert all(r["rank"] == owner[r["case"]] for r in index)
+    assert not (out / ".parts").exists() and not (out / "errors.jsonl").exists()

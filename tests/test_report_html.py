@@ -1,0 +1,152 @@
+"""The HTML report: self-contained, loads in headless Chromium without console errors, sliders work."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlrp.report import ReportSection, build_report, case_view, markdown_to_html, table_html, write_report
+from medlrp.viz import diverging_rgba, symmetric_limit
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = (
+    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
+    "--disable-component-update --disable-sync"
+).split()
+
+
+def _records() -> list[dict]:
+    rng = np.random.default_rng(0)
+    volume = rng.random((9, 16, 12)) * 100
+    relevance = rng.standard_normal((9, 16, 12))
+    affine = np.diag([3.0, 0.8, 0.8, 1.0])[[2, 1, 0, 3]]  # array axis 0 runs along z: axial slices
+    image2d = rng.random((20, 24))
+    common = {
+        "kind": "nifti",
+        "probabilities": {"a": 0.25, "b": 0.75},
+        "prediction_name": "b",
+        "probability": 0.75,
+        "target_name": "b",
+        "timing": {"total_s": 0.5},
+    }
+    return [
+        {
+            **common,
+            "case": "vol",
+            "shape": [9, 16, 12],
+            "spacing": [3.0, 0.8, 0.8],
+            "_view": case_view(volume, {"lrp": relevance, "gradient": -relevance}, affine, (0.0, 100.0)),
+            "metrics": {"lrp": {"relevance_mass_accuracy": 0.5, "pointing_game": 1.0}},
+        },
+        {
+            **common,
+            "case": "flat",
+            "shape": [20, 24],
+            "spacing": [1.0, 1.0],
+            "_view": case_view(image2d, {"lrp": image2d - 0.5}, np.eye(4), (0.0, 1.0)),
+        },
+    ]
+
+
+def test_report_is_self_contained_and_escapes_sections():
+    text = build_report(
+        _records(),
+        title="t <b>",
+        sections=[
+            ReportSection(
+                "Metrics", markdown="| method | AOPC |\n|---|---|\n| lrp | 0.5 |\n\n<script>x</script>"
+            )
+        ],
+        failures=[{"input": "bad.dcm", "error": "bad.dcm: truncated"}],
+    )
+    assert "http://" not in text and "https://" not in text
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', text):
+        assert attr.startswith("data:"), attr
+    assert "<script>x</script>" not in text and "&lt;script&gt;x&lt;/script&gt;" in text
+    assert "<td>lrp</td><td>0.5</td>" in text and "t &lt;b&gt;" in text and "bad.dcm: truncated" in text
+    assert "relevance_mass_accuracy" in text
+
+
+def test_markdown_and_tables():
+    html = markdown_to_html("# Title\n\nSome `code` and **bold**.\n\n- one\n- two")
+    assert "<h3>Title</h3>" in html and "<code>code</code>" in html and "<li>two</li>" in html
+    assert table_html([{"a": 0.123456, "b": None}]) == (
+        '<table class="grid"><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>0.1235</td><td></td></tr>'
+        "</tbody></table>"
+    )
+
+
+def test_colours_are_signed_and_symmetric():
+    r = np.array([[0.0, 2.0], [-1.0, 1.0]])
+    limit = symmetric_limit(r)
+    assert limit == 2.0
+    rgba = diverging_rgba(r, limit)
+    assert rgba[0, 0, 3] == 0 and tuple(rgba[0, 0, :3]) == (255, 255, 255)  # zero: white, transparent
+    assert rgba[0, 1, 0] > 200 and rgba[0, 1, 2] < 50 and rgba[0, 1, 3] == 255  # +max: red, opaque
+    assert rgba[1, 0, 2] == 255 and 120 < rgba[1, 0, 0] < 136  # -max/2: light blue, half alpha
+    assert rgba[1, 0, 3] == 128
+    # a positive-only map keeps zero white (no min-max stretching)
+    assert tuple(diverging_rgba(np.array([0.0, 1.0]), 1.0)[0, :3]) == (255, 255, 255)
+
+
+def _driver(tmp: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def test_report_in_headless_chromium(tmp_path):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("Debian chromium and chromium-driver are needed: run `make chromium` (as root) first")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    path = write_report(tmp_path / "report.html", _records(), title="browser test")
+    profile = tempfile.mkdtemp(prefix="medlrp-chromium-")
+    driver = _driver(profile)
+    try:
+        driver.get(path.resolve().as_uri())
+        case = driver.find_element(By.ID, "case-0")
+        slider = case.find_element(By.CSS_SELECTOR, "input.slice")
+        base = case.find_element(By.CSS_SELECTOR, "img.base")
+        layer = case.find_element(By.CSS_SELECTOR, "img.layer")
+        before = (
+            slider.get_attribute("value"),
+            base.get_attribute("src"),
+            layer.get_attribute("src"),
+            case.get_attribute("data-slice"),
+        )
+        slider.send_keys(Keys.HOME)
+        slider.send_keys(Keys.ARROW_RIGHT)
+        after = (
+            slider.get_attribute("value"),
+            base.get_attribute("src"),
+            layer.get_attribute("src"),
+            case.get_attribute("data-slice"),
+        )
+        assert after[0] == "1" and after[3] == "2"
+        assert after[1] != before[1] and after[2] != before[2], "the slice slider did not change the pictures"
+        assert case.find_element(By.CSS_SELECTOR, ".slice-value").text == "2 / 9"
+        opacity = case.find_element(By.CSS_SELECTOR, "input.opacity")
+        opacity.send_keys(Keys.HOME)
+        assert layer.value_of_css_property("opacity") == "0"
+        flat_layer = driver.find_element(By.CSS_SELECTOR, "#case-1 img.layer")
+        assert flat_layer.get_attribute("src").startswith("data:image/png;base64,")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR", "WARNING")]
+        assert errors == []
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -1,0 +1,190 @@
+"""Each transformer rule equals the paper's equation, written with einsum (float64, seeded)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from medlrp.lrp import attention as A
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
+    err = (a - b).norm() / b.norm()
+    assert err < tol, f"relative error {err:.2e}"
+
+
+# --- paper equations (explicit relevance messages; LRP-0 limit of epsilon where nothing is named) ---
+
+
+def ref_softmax(x: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    """AttnLRP softmax rule: R_i = x_i (R_i - s_i sum_j R_j)."""
+    s = x.softmax(-1)
+    return x * (r_out - s * r_out.sum(-1, keepdim=True))
+
+
+def ref_matmul(a: torch.Tensor, b: torch.Tensor, r_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform rule on O = A B: each product term A_ik B_kj gets its share of R_ij, split 50/50."""
+    o = torch.einsum("...ik,...kj->...ij", a, b)
+    terms = torch.einsum("...ik,...kj->...ikj", a, b) * (r_out / o)[..., :, None, :]
+    return 0.5 * terms.sum(-1), 0.5 * terms.sum(-3)
+
+
+def ref_linear(x: torch.Tensor, w: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    """LRP-0 on z = x W^T (no bias): R_i = sum_j x_i w_ji R_j / z_j."""
+    z = torch.einsum("...i,ji->...j", x, w)
+    return torch.einsum("...i,ji,...j->...i", x, w, r_out / z)
+
+
+def ref_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
+    """Identity rule on the centring z = (I - 11^T/N) x with the std constant, LRP-0 on y = z w / std + b."""
+    n = x.shape[-1]
+    std = (x.var(-1, keepdim=True, correction=0) + 1e-5).sqrt()
+    centre = torch.eye(n, dtype=x.dtype) - 1.0 / n
+    z = torch.einsum("...i,ij->...j", x, centre)
+    y = z * w / std + b
+    r_z = (z * w / std) * r_out / y
+    return torch.einsum("...i,ij,...j->...i", x, centre, r_z / z)
+
+
+def test_softmax_rule_is_the_gradient() -> None:
+    x = _rand(2, 3, 5)
+    r_out = _rand(2, 3, 5, seed=1)
+    xg = x.clone().requires_grad_()
+    s = xg.softmax(-1)
+    (g,) = torch.autograd.grad(s, xg, r_out / s.detach())
+    _close(x * g, ref_softmax(x, r_out))
+
+
+def test_matmul_uniform_rule() -> None:
+    a, b = _rand(2, 4, 3), _rand(2, 3, 5, seed=1)
+    r_out = _rand(2, 4, 5, seed=2)
+    ag, bg = a.clone().requires_grad_(), b.clone().requires_grad_()
+    o = A.bilinear_rule(torch.matmul, ag, bg)
+    ga, gb = torch.autograd.grad(o, (ag, bg), r_out / o.detach())
+    ra, rb = ref_matmul(a, b, r_out)
+    _close(a * ga, ra)
+    _close(b * gb, rb)
+    # conservative: the two halves add up to the output relevance
+    torch.testing.assert_close((a * ga).sum() + (b * gb).sum(), r_out.sum())
+
+
+def test_einsum_and_elementwise_product_uniform_rule() -> None:
+    a, b = _rand(3, 4), _rand(4, 2, seed=1)
+    r_out = _rand(3, 2, seed=2)
+    ag, bg = a.clone().requires_grad_(), b.clone().requires_grad_()
+    o = A.bilinear_rule(lambda p, q: torch.einsum("ik,kj->ij", p, q), ag, bg)
+    ga, gb = torch.autograd.grad(o, (ag, bg), r_out / o.detach())
+    ra, rb = ref_matmul(a, b, r_out)
+    _close(a * ga, ra)
+    _close(b * gb, rb)
+    # elementwise gate u * v: each factor gets half of R
+    u, v = _rand(6), _rand(6, seed=3)
+    ug, vg = u.clone().requires_grad_(), v.clone().requires_grad_()
+    p = A.bilinear_rule(torch.mul, ug, vg)
+    r = _rand(6, seed=4)
+    gu, gv = torch.autograd.grad(p, (ug, vg), r / p.detach())
+    _close(u * gu, r / 2)
+    _close(v * gv, r / 2)
+
+
+def test_layer_norm_rule() -> None:
+    x = _rand(2, 3, 6)
+    w, b = _rand(6, seed=1), _rand(6, seed=2)
+    r_out = _rand(2, 3, 6, seed=3)
+    xg = x.clone().requires_grad_()
+    y = A.layer_norm_rule(xg, (6,), w, b, 1e-5)
+    torch.testing.assert_close(y, F.layer_norm(x, (6,), w, b, 1e-5))
+    (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
+    _close(x * g, ref_layer_norm(x, w, b, r_out))
+
+
+def test_identity_rule_for_activations() -> None:
+    x = _rand(4, 7)
+    r_out = _rand(4, 7, seed=1)
+    for fn in (F.gelu, F.silu, torch.tanh):
+        xg = x.clone().requires_grad_()
+        y = A.identity_rule(fn, xg)
+        torch.testing.assert_close(y, fn(x))
+        (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
+        _close(x * g, r_out)
+
+
+def _attention_reference(x, wq, wk, wv, wo, r_out):  # type: ignore[no-untyped-def]
+    """One head of attention with every message written out (AttnLRP; LRP-0 on the projections)."""
+    q, k, v = (torch.einsum("ti,ji->tj", x, w) for w in (wq, wk, wv))
+    s = torch.einsum("te,ue->tu", q, k) * 0.5
+    a = s.softmax(-1)
+    o = torch.einsum("tu,ud->td", a, v)
+    r_o = ref_linear(o, wo, r_out)
+    r_a, r_v = ref_matmul(a, v, r_o)
+    r_s = ref_softmax(s, r_a)
+    r_q, r_kt = ref_matmul(q, k.T * 0.5, r_s)
+    return ref_linear(x, wq, r_q) + ref_linear(x, wk, r_kt.T) + ref_linear(x, wv, r_v)
+
+
+def test_attention_head_explicit_and_fused_match_the_equations() -> None:
+    t, d = 5, 4
+    x = _rand(t, d)
+    wq, wk, wv, wo = (_rand(d, d, seed=s) for s in (1, 2, 3, 4))
+    r_out = _rand(t, d, seed=5)
+    ref = _attention_reference(x, wq, wk, wv, wo, r_out)
+
+    def explicit(xg: torch.Tensor) -> torch.Tensor:
+        q, k, v = xg @ wq.T, xg @ wk.T, xg @ wv.T
+        s = A.bilinear_rule(torch.matmul, q, k.T) * 0.5
+        o = A.bilinear_rule(torch.matmul, s.softmax(-1), v)
+        return o @ wo.T
+
+    def fused(xg: torch.Tensor) -> torch.Tensor:
+        q, k, v = (xg @ w.T for w in (wq, wk, wv))
+        o = A.sdpa_rule(q[None], k[None], v[None], scale=0.5)[0]
+        return o @ wo.T
+
+    for fn in (explicit, fused):
+        xg = x.clone().requires_grad_()
+        y = fn(xg)
+        (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
+        _close(x * g, ref)
+
+
+def test_cp_lrp_attention_holds_weights_constant() -> None:
+    t, d = 5, 4
+    x = _rand(t, d)
+    wq, wk, wv = (_rand(d, d, seed=s) for s in (1, 2, 3))
+    r_out = _rand(t, d, seed=5)
+    a = ((x @ wq.T) @ (x @ wk.T).T * 0.5).softmax(-1)
+    v = x @ wv.T
+    o = a @ v
+    # CP-LRP: R_v = sum_t a_tu v_ud R_td / o_td (A constant), then LRP-0 onto x through W_v only
+    r_v = torch.einsum("tu,ud,td->ud", a, v, r_out / o)
+    ref = ref_linear(x, wv, r_v)
+    xg = x.clone().requires_grad_()
+    q, k, vv = (xg @ w.T for w in (wq, wk, wv))
+    y = A.sdpa_rule(q[None], k[None], vv[None], scale=0.5, conservative=True)[0]
+    (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
+    _close(x * g, ref)
+    torch.testing.assert_close((x * g).sum(), r_out.sum())
+
+
+def test_linearised_matches_fast_rule_and_is_differentiable() -> None:
+    # the exact-pass form of the layer-norm rule equals the fast one, and its vjp carries the graph
+    x = _rand(3, 6)
+    w = _rand(6, seed=1).requires_grad_()
+    g = _rand(3, 6, seed=2)
+    x1 = x.clone().requires_grad_()
+    rstd = A.layer_norm_rstd(x1, (6,), 1e-5)
+    y1 = F.layer_norm(x1, (6,), w, None, 1e-5)
+    x2 = x.clone().requires_grad_()
+    y2 = A.linearised(y1, lambda gr: [A.vjp_layer_norm(gr, rstd, w, (6,))], [x2])
+    (gx,) = torch.autograd.grad(y2, x2, g, create_graph=True)
+    x3 = x.clone().requires_grad_()
+    (gfast,) = torch.autograd.grad(A.layer_norm_rule(x3, (6,), w.detach(), None, 1e-5), x3, g)
+    torch.testing.assert_close(gx.detach(), gfast)
+    assert gx.requires_grad  # second order flows to w and (through rstd) to x1
+    (gw,) = torch.autograd.grad((gx * x).sum(), w)
+    assert gw.abs().sum() > 0
