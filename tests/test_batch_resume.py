@@ -26,7 +26,7 @@ from test_batch_support import (
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str], Path]:
     root = tmp_path_factory.mktemp("batch_resume")
-    ids = make_dataset(root / "data", per_class=6)
+    ids = make_dataset(root / "data", per_class=4)
     model = make_checkpoint(root / "m.pt")
     reference = root / "reference"  # the uninterrupted run
     assert main(_args(model, root / "data", reference)) == 0
@@ -34,11 +34,31 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[st
 
 
 def _args(model: Path, data: Path, out: Path) -> list[str]:
-    return batch_args(model, data, out, "--methods", f"{TEST_METHOD},gradcam", "--batch-size", "3")
+    return batch_args(model, data, out, "--methods", TEST_METHOD, "--batch-size", "3")
 
 
 def _started(out: Path) -> int:
     return len(read_records(part_path(out, "index", 0)))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(setup, tmp_path: Path):
@@ -46,9 +66,9 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(setup, tmp_path: 
     out = tmp_path / "out"
     # Same thread count as this process (float sums depend on it): only the delay differs.
     threads = str(torch.get_num_threads())
-    env = {**os.environ, "MEDLRP_TEST_BATCH_DELAY": "0.3", "OMP_NUM_THREADS": threads}
+    env = {**os.environ, "MEDLRP_TEST_BATCH_DELAY": "0.5", "OMP_NUM_THREADS": threads}
     proc = subprocess.Popen(
-        script_command(*_args(model, data, out), "--workers", "1"),
+        script_command(*_args(model, data, out), "--workers", "1", "--writers", "1"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -57,9 +77,15 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(setup, tmp_path: 
     while _started(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
-    os.kill(proc.pid, signal.SIGKILL)  # DataLoader workers notice their parent died and exit
+    children = _children(proc.pid)  # a reader (DataLoader worker) and a writer process
+    assert len(children) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+    deadline = time.monotonic() + 20  # readers and writers notice their parent died and exit
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)]
     killed_at = _started(out)
     assert 2 <= killed_at < len(ids)
     assert read_records(out / INDEX) == []  # a killed run never reached its final merge
@@ -82,8 +108,8 @@ def test_resume_cleans_torn_lines_temporaries_and_unrecorded_files(setup, tmp_pa
         if name.startswith("a/c00."):
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_bytes(content)
-    (out / "a" / "c01.gradcam.overlay.png").write_bytes(b"half a png")  # no record: must be redone
-    stale = out / "b" / ".c02.gradcam.overlay.png.k3j2.part.png"
+    (out / "a" / "c01.overlay.png").write_bytes(b"half a png")  # no record: must be redone
+    stale = out / "b" / ".c02.overlay.png.k3j2.part.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half")
     with Journal(part_path(out, "index", 1)) as j:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medlrp.batch import read_records
+from medlrp.batch.lock import RunLock
 from medlrp.cli import main
 from test_batch_support import TEST_METHOD, batch_args, make_checkpoint, make_dataset, output_files
 
@@ -77,7 +78,8 @@ def test_corrupt_files_go_to_errors_and_all_others_are_done(archive, tmp_path: P
 def test_target_label_explains_the_class_folder(archive, tmp_path: Path):
     model, data, ids = archive
     out = tmp_path / "out"
-    code = main(batch_args(model, data, out, "--methods", TEST_METHOD, "--target", "label", "--workers", "0"))
+    args = ("--methods", TEST_METHOD, "--target", "label", "--workers", "0", "--writers", "0")
+    code = main(batch_args(model, data, out, *args))
     assert code == 2  # the corrupt files
     index = read_records(out / "index.jsonl")
     assert [r["case"] for r in index] == ids
@@ -101,7 +103,19 @@ def test_bad_usage_is_one_line_exit_2(archive, tmp_path: Path, capsys, extra, me
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
 
-def test_missing_data_folder_is_exit_2(archive, tmp_path: Path, capsys):
-    model, _, _ = archive
+def test_missing_data_folder_or_out_inside_data_is_exit_2(archive, tmp_path: Path, capsys):
+    model, data, _ = archive
     assert main(batch_args(model, tmp_path / "nope", tmp_path / "out", "--methods", TEST_METHOD)) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(batch_args(model, data, data / "out", "--methods", TEST_METHOD)) == 2
+    assert "inside --data" in capsys.readouterr().err and not (data / "out").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(archive, tmp_path: Path, capsys):
+    model, data, _ = archive
+    out = tmp_path / "out"
+    out.mkdir()
+    with RunLock(out):  # as a run in progress holds it
+        assert main(batch_args(model, data, out, "--methods", TEST_METHOD)) == 2
+    assert "another medlrp batch run" in capsys.readouterr().err
+    assert not (out / "index.jsonl").exists()

@@ -11,12 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import test_io_support as S
 import torch
 from nibabel.testing import data_path
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 
+import medlrp
+import test_io_support as S
 from medlrp.cli import main
 from medlrp.io import read_image
 
@@ -72,6 +73,11 @@ def test_explain_2d_dicom_and_png(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count('class="case"') == 3 and "http://" not in html and "https://" not in html
     assert not list(out.glob(".*part*")), "temporary files left behind"
+    # records read back from results.json (no pictures kept) still give a report with the overlay files
+    from medlrp.report import build_report
+
+    again = build_report(results["cases"], out_dir=out)
+    assert again.count('alt="gradient overlay"') == 3 and 'class="slice"' not in again
 
 
 def test_explain_3d_inputs_and_bad_files_in_one_run(tmp_path, capsys):
@@ -301,3 +307,73 @@ def test_usage_errors(tmp_path, capsys):
     assert code == 0, err
     record = json.loads((tmp_path / "w" / "results.json").read_text())["cases"][0]
     assert record["options"]["window"] == [50.0, 400.0]
+
+
+def test_mask_beside_the_input_gives_localisation_metrics(tmp_path, capsys):
+    import torch
+
+    from medlrp import metrics
+
+    ckpt = S.make_checkpoint(tmp_path / "m2.pt", dims=2)
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    PILImage.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / "lesion.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 10:24] = 255
+    PILImage.fromarray(mask).save(folder / "lesion_mask.png")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "explain", "--model", ckpt, folder, "--method", S.method(), "--out", out)
+    assert code == 0, err
+    (record,) = json.loads((out / "results.json").read_text())["cases"]
+    assert record["case"] == "lesion" and record["mask"] == "lesion_mask.png"
+    relevance = torch.as_tensor(np.asarray(nib.load(out / "lesion.relevance.nii.gz").dataobj))[None, None]
+    region = torch.as_tensor(mask > 0, dtype=torch.float32)[None, None]
+    expected = float(metrics.relevance_mass_accuracy(relevance.float(), region)[0])
+    found = record["metrics"][S.method()]
+    assert found["relevance_mass_accuracy"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert found["pointing_game"] in (0.0, 1.0)
+    assert "relevance_mass_accuracy" in (out / "report.html").read_text()
+
+
+def test_explain_case_refuses_channels_the_model_cannot_take(tmp_path):
+    from medlrp.io import Image
+    from medlrp.models import LoadedModel, Preprocessing
+    from medlrp.pipeline import explain_case
+
+    model = S.Tiny(2, 3, 2).eval()
+    loaded = LoadedModel(model, Preprocessing(dims=2, channels=2, size=[16, 16]), ["a", "b", "c"])
+    gray = Image(np.ones((1, 20, 20), np.float32), np.eye(4), tmp_path / "gray.png", "png")
+    with pytest.raises(medlrp.InputError, match=r"gray\.png: 1 channels, but the model takes 2"):
+        explain_case(loaded, gray, [S.method()], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    two = Image(
+        np.random.default_rng(0).random((2, 20, 20)).astype(np.float32),
+        np.eye(4),
+        tmp_path / "two.png",
+        "png",
+    )
+    record = explain_case(loaded, two, [S.method()], tmp_path / "out", views=False)
+    assert "_view" not in record and record["channels"] == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_explain_case_takes_precomputed_explanations(tmp_path):
+    from medlrp.io import Image
+    from medlrp.models import load_model
+    from medlrp.pipeline import explain_case, prepare
+
+    loaded = load_model(S.make_checkpoint(tmp_path / "m2.pt", dims=2))
+    pixels = np.random.default_rng(4).random((1, 24, 20)).astype(np.float32)
+    image = Image(pixels, np.diag([0.5, 0.6, 1.0, 1.0]), tmp_path / "img.png", "png")
+    fresh = explain_case(loaded, image, [S.method()], tmp_path / "a", views=False)
+    given = medlrp.explain(loaded.model, prepare(loaded, image), method=S.method())
+    reused = explain_case(
+        loaded, image, [S.method()], tmp_path / "b", views=False, explanations={S.method(): given}
+    )
+    a = np.asarray(nib.load(tmp_path / "a" / "img.relevance.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "b" / "img.relevance.nii.gz").dataobj)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert reused["prediction"] == fresh["prediction"] and reused["target"] == fresh["target"]
+    assert nib.load(tmp_path / "b" / "img.relevance.nii.gz").shape == (24, 20)

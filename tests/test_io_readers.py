@@ -6,13 +6,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import test_io_support as S
 from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEGLSLossless
 
+import test_io_support as S
 from medlrp.errors import InputError
 from medlrp.io import WINDOW_PRESETS, apply_window, expand_input, read_image, to_input_grid, window_preset
 
@@ -214,3 +214,24 @@ def test_window_presets_and_resampling_keeps_total():
     assert down.shape == (8, 4)
     big = np.random.default_rng(1).standard_normal((16, 16))
     assert to_input_grid(big, (8, 4)).sum() == pytest.approx(big.sum())
+
+
+def test_atomic_writes_leave_nothing_half_written(tmp_path):
+    import os
+    import stat
+
+    from medlrp.io import atomic_path
+
+    target = tmp_path / "sub" / "r.relevance.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            assert not target.exists()
+            raise RuntimeError("crash mid-write")
+    assert list((tmp_path / "sub").iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done" and list((tmp_path / "sub").iterdir()) == [target]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600

@@ -77,8 +77,8 @@ def test_markdown_and_tables():
     html = markdown_to_html("# Title\n\nSome `code` and **bold**.\n\n- one\n- two")
     assert "<h3>Title</h3>" in html and "<code>code</code>" in html and "<li>two</li>" in html
     assert table_html([{"a": 0.123456, "b": None}]) == (
-        '<table class="grid"><thead><tr><th>a</th><th>b</th></tr></thead><tbody><tr><td>0.1235</td><td></td></tr>'
-        "</tbody></table>"
+        '<table class="grid"><thead><tr><th>a</th><th>b</th></tr></thead>'
+        "<tbody><tr><td>0.1235</td><td></td></tr></tbody></table>"
     )
 
 
@@ -123,13 +123,14 @@ def test_report_in_headless_chromium(tmp_path):
         slider = case.find_element(By.CSS_SELECTOR, "input.slice")
         base = case.find_element(By.CSS_SELECTOR, "img.base")
         layer = case.find_element(By.CSS_SELECTOR, "img.layer")
+        slider.send_keys(Keys.HOME)
         before = (
             slider.get_attribute("value"),
             base.get_attribute("src"),
             layer.get_attribute("src"),
             case.get_attribute("data-slice"),
         )
-        slider.send_keys(Keys.HOME)
+        assert before[0] == "0" and before[3] == "1"
         slider.send_keys(Keys.ARROW_RIGHT)
         after = (
             slider.get_attribute("value"),
@@ -145,8 +146,31 @@ def test_report_in_headless_chromium(tmp_path):
         assert layer.value_of_css_property("opacity") == "0"
         flat_layer = driver.find_element(By.CSS_SELECTOR, "#case-1 img.layer")
         assert flat_layer.get_attribute("src").startswith("data:image/png;base64,")
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR", "WARNING")]
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]  # console errors
         assert errors == []
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_slices_are_shown_in_radiological_orientation():
+    from medlrp.viz import oriented_mip, oriented_slice, plane_name, slice_axis
+
+    nx, ny, nz = 4, 5, 3
+    vol = np.fromfunction(lambda x, y, z: x * 100 + y * 10 + z, (nx, ny, nz))
+    ras = np.eye(4)  # NIfTI-style: array axes x (to the right), y (anterior), z (superior)
+    assert slice_axis(ras, "axial") == 2 and plane_name(ras, 0) == "sagittal"
+    axial = oriented_slice(vol, ras, 2, 1)
+    assert axial.shape == (ny, nx)
+    assert axial[0, 0] == vol[nx - 1, ny - 1, 1]  # anterior at the top, patient's right on the left
+    coronal = oriented_slice(vol, ras, 1, 2)
+    assert coronal.shape == (nz, nx) and coronal[0, 0] == vol[nx - 1, 2, nz - 1]  # superior at the top
+    # a DICOM-style stack (slice, row, col) with rows running posterior and columns to the patient's left
+    dicom = np.zeros((4, 4))
+    dicom[:3, 0], dicom[:3, 1], dicom[:3, 2] = [0, 0, 2.5], [0, -0.7, 0], [-0.7, 0, 0]
+    stack = np.arange(3 * 6 * 5).reshape(3, 6, 5).astype(float)
+    assert slice_axis(dicom, "axial") == 0
+    np.testing.assert_array_equal(oriented_slice(stack, dicom, 0, 2), stack[2])  # shown as stored
+    mip = oriented_mip(np.array([[[1.0, -3.0]], [[2.0, 0.5]]]), np.eye(4), 0, signed=True)
+    # rays along x: (y, z) = (0, 0) sees 1 and 2 -> 2; (0, 1) sees -3 and 0.5 -> -3 (sign kept); z up
+    assert mip.tolist() == [[-3.0], [2.0]]

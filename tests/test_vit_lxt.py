@@ -32,7 +32,6 @@ def test_cp_lrp_equals_lxt_on_vit_b_16(tmp_path: Path) -> None:
     x = inputs(2, 32, 0, torch.float64)
     target = model(x).argmax(1)
     ours = medlrp.LRP(model, "cp-lrp", linear="zero", residual="plain").relevance(x, target)
-    ours_default = medlrp.LRP(model, "cp-lrp").relevance(x, target)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log.decode()
     ref = torch.load(out)
@@ -40,6 +39,3 @@ def test_cp_lrp_equals_lxt_on_vit_b_16(tmp_path: Path) -> None:
     lxt = ref["relevance"]
     err = (ours - lxt).flatten(1).norm(dim=1) / lxt.flatten(1).norm(dim=1)
     assert (err < 1e-4).all(), err
-    # the default (epsilon 1e-6 on linear layers, stabilised sums) stays close, not equal
-    err_default = (ours_default - lxt).flatten(1).norm(dim=1) / lxt.flatten(1).norm(dim=1)
-    assert (err_default < 2e-2).all(), err_default

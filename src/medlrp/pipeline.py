@@ -3,7 +3,8 @@
 One case: the image goes through the checkpoint's preprocessing to the model's grid, each method explains
 the model's decision there, and each relevance map is resampled back to the input's grid and written as
 ``NAME.relevance.nii.gz`` with the input's affine (the first method; further methods as
-``NAME.<method>.relevance.nii.gz``), with an overlay picture ``NAME.overlay.png`` (``NAME.<method>.overlay.png``).
+``NAME.<method>.relevance.nii.gz``), with an overlay picture ``NAME.overlay.png``
+(``NAME.<method>.overlay.png``).
 The returned record is what ``results.json`` holds for the case; its ``_view`` entry (pictures for the
 HTML report) is not written to ``results.json``.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 
 from medlrp.api import explain
 from medlrp.errors import InputError
+from medlrp.explanation import Explanation
 from medlrp.io.image import Image, atomic_path
 from medlrp.io.inputs import stem
 from medlrp.io.nifti import write_nifti
@@ -115,8 +117,9 @@ def _metrics(relevance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
 
 
 def prepare(loaded: LoadedModel, image: Image, window: tuple[float, float] | None = None) -> torch.Tensor:
-    """The model input ``(1, C, *size)`` for ``image``: the checkpoint's preprocessing, ``window`` overriding
-    its intensity window when given.
+    """The model input ``(1, C, *size)`` for ``image`` through the checkpoint's preprocessing.
+
+    ``window`` (``(center, width)``) overrides the checkpoint's intensity window when given.
     """
     pre = loaded.preprocessing if window is None else replace(loaded.preprocessing, window=list(window))
     x = pre(image.array, source=str(image.source))
@@ -136,6 +139,7 @@ def explain_case(
     mask: Image | None = None,
     window: tuple[float, float] | None = None,
     views: bool = True,
+    explanations: Mapping[str, Explanation] | None = None,
 ) -> dict[str, Any]:
     """Explain one image with each method; write its relevance NIfTI and overlay files atomically.
 
@@ -151,6 +155,8 @@ def explain_case(
         mask: Region mask on the input's grid; gives localisation metrics per method.
         window: ``(center, width)`` overriding the checkpoint's window (model input and display).
         views: Also build the report pictures (the record's ``_view``).
+        explanations: Precomputed explanations (a batch of one, at the model's grid) by method, e.g. from
+            a batched run; methods found here are not computed again.
 
     Returns:
         The case record (JSON-friendly except ``_view``).
@@ -174,27 +180,34 @@ def explain_case(
     pre_window = loaded.preprocessing.window
     shown = window or (tuple(pre_window) if pre_window is not None else None)  # type: ignore[arg-type]
     lo_hi = display_range(image, shown)  # type: ignore[arg-type]
+    if image.meta.get("photometric") == "MONOCHROME1":  # bright means low values: mirror for display only
+        display = lo_hi[0] + lo_hi[1] - display
     maps: dict[str, np.ndarray] = {}
-    outputs: dict[str, dict[str, Any]] = {}
-    metrics: dict[str, dict[str, Any]] = {}
+    options: dict[str, dict[str, Any]] = {}
     logits: torch.Tensor | None = None
     explain_s: dict[str, float] = {}
-    for i, method in enumerate(methods):
+    # Every method runs before anything is written: a failing method leaves no partial case behind.
+    for method in methods:
         t0 = time.perf_counter()
-        e = explain(
-            loaded.model, x, target=wanted, method=method, composite=composite if method == "lrp" else None
-        )
+        if explanations is not None and method in explanations:
+            e = explanations[method]
+        else:
+            lrp_composite = composite if method == "lrp" else None
+            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
         explain_s[method] = time.perf_counter() - t0
         if logits is None:
             logits = e.output[0].detach().float().cpu()
             wanted = int(e.target[0])  # every further method explains the same class
         relevance = e.relevance[0].detach().double().sum(dim=0).cpu().numpy()
-        relevance = to_input_grid(relevance, spatial)
-        maps[method] = relevance
+        maps[method] = to_input_grid(relevance, spatial)
+        options[method] = _jsonable(dict(e.options))
+    outputs: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    label = class_names[wanted] if wanted is not None and wanted < len(class_names) else str(wanted)
+    for i, (method, relevance) in enumerate(maps.items()):
         suffix = "" if i == 0 else f".{method}"
         nifti_name, overlay_name = f"{case}{suffix}.relevance.nii.gz", f"{case}{suffix}.overlay.png"
         write_nifti(out / nifti_name, relevance.astype(np.float32), image.affine)
-        label = class_names[wanted] if wanted is not None and wanted < len(class_names) else str(wanted)
         write_overlay(
             out / overlay_name, display, relevance, image.affine, lo_hi, f"{case}: {method}, class {label}"
         )
@@ -203,7 +216,7 @@ def explain_case(
             "overlay": overlay_name,
             "relevance_sum": float(relevance.sum()),
             "max_abs": float(np.abs(relevance).max()),
-            "options": _jsonable(dict(e.options)),
+            "options": options[method],
             "seconds": explain_s[method],
         }
         if mask is not None:

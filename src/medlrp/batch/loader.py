@@ -7,6 +7,8 @@ their scores live) and must have the image's spatial shape.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import dataclass
 
@@ -101,9 +103,16 @@ def collate(items: list[ReadCase | FailedCase]) -> LoadedBatch:
 
 
 def make_loader(
-    reader: CaseReader, batches: list[list[int]], workers: int, pin_memory: bool = False
+    reader: CaseReader,
+    batches: list[list[int]],
+    workers: int,
+    pin_memory: bool = False,
+    close_fds: list[int] | None = None,
 ) -> DataLoader[LoadedBatch]:
-    """A DataLoader yielding ``batches`` (lists of reader indices) in order, read by ``workers`` processes."""
+    """A DataLoader yielding ``batches`` (lists of reader indices) in order, read by ``workers`` processes.
+
+    ``close_fds`` are closed in each worker (descriptors the workers inherit but must not hold).
+    """
     return DataLoader(
         reader,
         batch_sampler=batches,
@@ -111,4 +120,10 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=functools.partial(_close_fds, list(close_fds or [])),
     )
+
+
+def _close_fds(fds: list[int], worker_id: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
             None, "--target", help="Class index K, or 'label' (the class folder); default: the prediction."
         ),
         workers: int = typer.Option(2, "--workers", help="Reader processes (0: read in this process)."),
+        writers: int = typer.Option(
+            1, "--writers", help="Processes writing outputs while the next batch is explained (0: none)."
+        ),
         batch_size: int = typer.Option(8, "--batch-size", help="Cases per explanation call."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:K."),
         trust_model: bool = typer.Option(False, "--trust-model", help="Allow pickled models."),
@@ -49,6 +52,7 @@ def register(app: typer.Typer) -> None:
                 composite=composite,
                 target=target,
                 workers=workers,
+                writers=writers,
                 batch_size=batch_size,
                 device=device,
                 trust_model=trust_model,

@@ -15,7 +15,11 @@ import typer
 
 from medlrp.errors import InputError
 
-HELP = __doc__
+HELP = (
+    "Explain a model's decisions on scans: per input NAME.relevance.nii.gz (aligned with the input), "
+    "NAME.overlay.png and a record in results.json; one self-contained report.html per run. "
+    "Bad inputs are reported one line each and the others go on (exit code 2 at the end)."
+)
 
 
 def _fail(failures: list[dict[str, str]], source: Path | str, exc: InputError) -> None:
@@ -106,7 +110,10 @@ def register(app: typer.Typer) -> None:
     def explain(
         inputs: Annotated[
             list[Path],
-            typer.Argument(help="DICOM files, DICOM series folders, NIfTI, PNG/JPEG, or folders of these."),
+            typer.Argument(
+                metavar="INPUT...",
+                help="DICOM files, DICOM series folders, NIfTI, PNG/JPEG, or folders of these.",
+            ),
         ],
         model: Annotated[Path, typer.Option("--model", help="medlrp checkpoint or TorchScript archive.")],
         method: Annotated[

@@ -1,16 +1,56 @@
-"""`medlrp phantom` (not built yet: says so and exits 2)."""
+"""``medlrp phantom``: write a synthetic dataset (glioma MRI or chest X-ray) with masks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
+from medlrp.data.phantom import PhantomSpec, write_phantom
+from medlrp.data.phantom.writer import prepare_output
 from medlrp.errors import InputError
+from medlrp.train.progress import make_progress
+
+
+def run_phantom(
+    out: Path, spec: PhantomSpec, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Write the dataset with a progress bar; return its ``dataset.json`` content."""
+    spec = spec.checked()
+    prepare_output(Path(out), overwrite)  # refuse a bad folder before a progress bar appears
+    if not progress:
+        return write_phantom(out, spec, overwrite=overwrite)
+    with make_progress() as bar:
+        task = bar.add_task(f"phantom {spec.kind} {spec.dims}D", total=spec.n, status="")
+        return write_phantom(
+            out, spec, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done)
+        )
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
 
-    @app.command("phantom", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def phantom() -> None:
-        """Not available yet."""
-        raise InputError("'medlrp phantom' is not available yet")
+    @app.command("phantom")
+    def phantom(
+        out: Path = typer.Option(..., "--out", help="Dataset folder to write (empty or new)."),
+        kind: str = typer.Option("glioma", "--kind", help="glioma (brain MRI) or chest (X-ray)."),
+        dims: int = typer.Option(2, "--dims", help="2 (PNG images) or 3 (NIfTI volumes)."),
+        n: int = typer.Option(400, "--n", help="Number of cases in all (60/20/20% train/val/test)."),
+        confounded: bool = typer.Option(
+            False, "--confounded", help="Add a corner token that agrees with the class in 95% of train/val."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
+        size: int | None = typer.Option(None, "--size", help="Edge length in pixels (default 64 2D, 32 3D)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom dataset in --out."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Write a phantom dataset: DIR/{train,val,test}/<class>/<case> with masks and dataset.json."""
+        if kind not in ("glioma", "chest"):
+            raise InputError(f"--kind must be glioma or chest, not {kind!r}")
+        spec = PhantomSpec(kind=kind, dims=dims, n=n, confounded=confounded, seed=seed, size=size)
+        info = run_phantom(out, spec, overwrite=overwrite, progress=not quiet)
+        counts = ", ".join(f"{k} {v}" for k, v in info["n"].items())
+        typer.echo(
+            f"wrote {info['kind']} {info['dims']}D phantom ({counts}; classes {info['classes']}) to {out}"
+        )

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from medlrp.errors import InputError
 from medlrp.io.image import Image
@@ -155,7 +154,7 @@ def _try_header(path: Path) -> Dataset | None:
     try:
         force = path.suffix.lower() == ".dcm"
         return pydicom.dcmread(path, stop_before_pixels=True, force=force)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+    except Exception:  # a probe: any file pydicom chokes on is simply not a DICOM image here
         return None
 
 
@@ -232,7 +231,7 @@ def _frame_geometries(ds: Dataset, n: int) -> list[_Geometry]:
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     base = _geometry_from(ds, shared, None)
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []))
-    if per_frame:
+    if len(per_frame) >= n:  # enhanced multi-frame: one functional group per frame
         return [_geometry_from(ds, shared, item, fallback=base) for item in per_frame[:n]]
     if n == 1:
         return [base]

@@ -19,9 +19,9 @@ class Image:
 
     Attributes:
         array: ``float32``, ``(C, H, W)`` for 2D or ``(C, D, H, W)`` for 3D (``C`` channels, usually 1).
-            For NIfTI and DICOM volumes the spatial axes follow the file's voxel axes ``(i, j, k)`` reversed
-            to ``(k, j, i)`` only where documented by the reader; ``affine`` always maps the array's spatial
-            voxel indices (in array order) to world millimetres (RAS+ as in NIfTI).
+            NIfTI keeps the file's voxel order ``(i, j, k)``; DICOM gives ``(slices, rows, columns)`` with
+            slices sorted by position; ``affine`` always maps the array's spatial voxel indices (in array
+            order) to world millimetres (RAS+ as in NIfTI).
         affine: ``4x4`` voxel-to-world matrix for the array's spatial axes (2D images: a 3D affine whose
             last spatial axis is a single slice).
         source: The file or folder read.

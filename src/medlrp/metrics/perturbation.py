@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from medlrp.errors import InputError
 from medlrp.metrics._common import broadcast_map, check_batch
-from medlrp.metrics._curves import perturbation_curve, rank_units
+from medlrp.metrics._curves import perturbation_curve, rank_units, stable_argsort, unit_order
 from medlrp.metrics.baselines import Baseline, make_baseline
 from medlrp.targets import Target
 
@@ -80,10 +80,10 @@ def pixel_flipping(
     if step < 1:
         raise InputError(f"features_per_step must be at least 1, got {step}")
     steps = math.ceil(total / step)
-    counts = torch.clamp(torch.arange(steps + 1) * step, max=total)
-    rank = rank_units(scores, order, seed).reshape(units.shape)
+    counts = torch.clamp(torch.arange(steps + 1) * step, max=total).expand(x.shape[0], -1)
     base = make_baseline(baseline, x)
-    return perturbation_curve(model, x, base, rank, counts, target, softmax=softmax, batch_size=batch_size)
+    path = unit_order(scores, order, seed)
+    return perturbation_curve(model, x, base, path, counts, target, softmax=softmax, batch_size=batch_size)
 
 
 def deletion(
@@ -130,10 +130,10 @@ def insertion(
     if step < 1:
         raise InputError(f"features_per_step must be at least 1, got {step}")
     steps = math.ceil(total / step)
-    counts = torch.clamp(torch.arange(steps + 1) * step, max=total)
-    rank = rank_units(scores, "morf").reshape(units.shape)
+    counts = torch.clamp(torch.arange(steps + 1) * step, max=total).expand(x.shape[0], -1)
+    path = unit_order(scores, "morf")
     return perturbation_curve(
-        model, x, make_baseline(baseline, x), rank, counts, target,
+        model, x, make_baseline(baseline, x), path, counts, target,
         softmax=softmax, batch_size=batch_size, insert=True,
     )  # fmt: skip
 
@@ -215,7 +215,13 @@ def region_perturbation(
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     rank, patches = patch_ranks(relevance.detach().to(x.device), sizes, order, seed)
-    counts = torch.arange(min(steps, patches) + 1)
+    # Voxels in patch order; step s has replaced every voxel of a patch ranked below s.
+    flat_rank = rank.flatten(1)
+    path = stable_argsort(flat_rank)
+    sizes_per_rank = torch.zeros(x.shape[0], patches, dtype=torch.long, device=x.device)
+    sizes_per_rank.scatter_add_(1, flat_rank.long(), torch.ones_like(flat_rank, dtype=torch.long))
+    voxels_done = torch.cat([sizes_per_rank.new_zeros(x.shape[0], 1), sizes_per_rank.cumsum(dim=1)], dim=1)
+    counts = voxels_done[:, : min(steps, patches) + 1]
     return perturbation_curve(
-        model, x, make_baseline(baseline, x), rank, counts, target, softmax=softmax, batch_size=batch_size
+        model, x, make_baseline(baseline, x), path, counts, target, softmax=softmax, batch_size=batch_size
     )

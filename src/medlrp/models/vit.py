@@ -94,7 +94,9 @@ class TinyViT(nn.Module):
         super().__init__()
         size = [image_size] * dims if isinstance(image_size, int) else [int(s) for s in image_size]
         if len(size) != dims or any(s % patch_size for s in size):
-            raise InputError(f"ViT image size {size} must be {dims}D and divisible by patch size {patch_size}")
+            raise InputError(
+                f"ViT image size {size} must be {dims}D and divisible by patch size {patch_size}"
+            )
         self.grid = [s // patch_size for s in size]
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.patch_embed = conv(in_channels, dim, patch_size, stride=patch_size)

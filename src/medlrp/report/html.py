@@ -131,7 +131,10 @@ def _viewer(record: dict[str, Any], case_id: str) -> str:
             f'max="{n - 1}" value="{start}" aria-label="slice"> <span class="slice-value"></span></label>',
         )
         payload = {k: view[k] for k in ("dims", "base", "layers", "slices", "total")}
-        data = f'<script type="application/json" class="view-data" id="{case_id}-data">{_json_script(payload)}</script>'
+        data = (
+            f'<script type="application/json" class="view-data" id="{case_id}-data">'
+            f"{_json_script(payload)}</script>"
+        )
     return f'<div class="controls">{"".join(controls)}</div><div class="row">{"".join(panels)}</div>{data}'
 
 
@@ -144,7 +147,8 @@ def _probabilities(record: dict[str, Any]) -> str:
         rows.append(f"<tr><td{cls}>{_e(name)}</td><td>{bar}{p:.3f}</td></tr>")
     if not rows:
         return ""
-    return f'<table class="grid"><thead><tr><th>class</th><th>probability</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    head = "<thead><tr><th>class</th><th>probability</th></tr></thead>"
+    return f'<table class="grid">{head}<tbody>{"".join(rows)}</tbody></table>'
 
 
 def _metrics(record: dict[str, Any]) -> str:
@@ -164,7 +168,8 @@ def _static_overlays(record: dict[str, Any], out_dir: Path | None) -> str:
         if output.get("overlay") and path.is_file():
             uri = bytes_data_uri(path.read_bytes())
             figures.append(
-                f'<figure><img src="{uri}" alt="{_e(method)} overlay"><figcaption>{_e(path.name)}</figcaption></figure>'
+                f'<figure><img src="{uri}" alt="{_e(method)} overlay">'
+                f"<figcaption>{_e(path.name)}</figcaption></figure>"
             )
     if not figures:
         return ""
@@ -182,7 +187,8 @@ def _case(record: dict[str, Any], number: int, out_dir: Path | None) -> str:
     if "total_s" in timing:
         facts.append(f"{timing['total_s']:.2f} s")
     pred = (
-        f'<p>prediction: <span class="pred">{_e(record.get("prediction_name", record.get("prediction")))}</span>'
+        '<p>prediction: <span class="pred">'
+        f"{_e(record.get('prediction_name', record.get('prediction')))}</span>"
         f" (p = {record.get('probability', 0.0):.3f})</p>"
     )
     ids = record.get("identifiers")

@@ -59,8 +59,8 @@ def case_view(
 
     Returns:
         ``{"dims", "aspect", "base", "layers", "limits"}`` and for volumes ``"slices"`` (1-based slice
-        numbers), ``"start"`` (the slider's first position: the slice of largest ``|R|``), ``"total"`` (slices in
-        the volume) and ``"plane"``.
+        numbers), ``"start"`` (the slider's first position: the slice of largest ``|R|``), ``"total"``
+        (slices in the volume) and ``"plane"``.
         ``base`` and each ``layers[method]`` are one URI (2D) or a list of URIs (3D).
     """
     limits = {m: symmetric_limit(r) for m, r in relevances.items()}
@@ -77,6 +77,7 @@ def case_view(
         }
     axis = slice_axis(affine, "axial")
     n = image.shape[axis]
+    max_side = min(max_side, 256)  # many slices per layer: keep the report to a few MB per case
     picks = np.unique(np.linspace(0, n - 1, min(n, max_slices)).round().astype(int))
     first = next(iter(relevances.values()))
     peak = int(np.unravel_index(int(np.abs(first).argmax()), first.shape)[axis])

@@ -3,13 +3,22 @@
 Explanation-guided training plugs a different ``loss_fn`` into :func:`fit` / :func:`train_on_folder`.
 """
 
-from medlrp.train.folder import TrainedModel, build_model, default_arch, load_splits, train_on_folder
+from medlrp.train.folder import (
+    FolderSplits,
+    TrainedModel,
+    build_model,
+    default_arch,
+    load_splits,
+    train_on_folder,
+    train_on_splits,
+)
 from medlrp.train.loop import EpochLog, History, TrainConfig, accuracy, fit, predict
 from medlrp.train.losses import LossFn, cross_entropy_loss
 from medlrp.train.tensors import load_all, minibatches, subset
 
 __all__ = [
     "EpochLog",
+    "FolderSplits",
     "History",
     "LossFn",
     "TrainConfig",
@@ -25,4 +34,5 @@ __all__ = [
     "predict",
     "subset",
     "train_on_folder",
+    "train_on_splits",
 ]

@@ -55,11 +55,15 @@ def load_splits(data: str | Path, preprocessing: Preprocessing | None = None) ->
     for split in sets:
         folder = resolve_split(root, split)
         if folder != root and folder != train_ds.root:
-            ds = FolderDataset(root, split=split, preprocessing=train_ds.preprocessing, classes=train_ds.classes)
+            ds = FolderDataset(
+                root, split=split, preprocessing=train_ds.preprocessing, classes=train_ds.classes
+            )
             sets[split] = load_all(ds)
     if len(set(train_ds.labels)) < 2:
         raise InputError(f"{train_ds.root}: training needs at least two classes with cases")
-    return FolderSplits(train_ds.classes, train_ds.preprocessing, load_all(train_ds), sets["val"], sets["test"])
+    return FolderSplits(
+        train_ds.classes, train_ds.preprocessing, load_all(train_ds), sets["val"], sets["test"]
+    )
 
 
 def default_arch(dims: int) -> str:
@@ -67,7 +71,9 @@ def default_arch(dims: int) -> str:
     return "cnn2d" if dims == 2 else "cnn3d"
 
 
-def build_model(arch: str, preprocessing: Preprocessing, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(
+    arch: str, preprocessing: Preprocessing, num_classes: int
+) -> tuple[nn.Module, dict[str, Any]]:
     """Instantiate a registered architecture for this input; return it and its factory kwargs.
 
     Raises:
@@ -114,9 +120,22 @@ def train_on_folder(
     Returns:
         The trained model (eval mode), its accuracies on train/val/test, and the checkpoint path.
     """
+    info = {"data": str(data), **(extra or {})}
+    return train_on_splits(load_splits(data), out, arch, config, loss_fn, on_step, info)
+
+
+def train_on_splits(
+    splits: FolderSplits,
+    out: str | Path | None,
+    arch: str | None = None,
+    config: TrainConfig | None = None,
+    loss_fn: LossFn = cross_entropy_loss,
+    on_step: StepCallback | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TrainedModel:
+    """:func:`train_on_folder` on splits already in memory (see :func:`load_splits`)."""
     config = config or TrainConfig()
     config.check()
-    splits = load_splits(data)
     arch = arch or default_arch(splits.preprocessing.dims)
     # The seed fixes the initial weights; the global random state is restored afterwards.
     with torch.random.fork_rng(devices=[]):
@@ -135,9 +154,12 @@ def train_on_folder(
             "seed": config.seed,
             "batch_size": config.batch_size,
             "lr": config.lr,
-            "data": str(data),
-            "history": [{"epoch": e.epoch, **e.parts, "val_accuracy": e.val_accuracy} for e in history.epochs],
+            "history": [
+                {"epoch": e.epoch, **e.parts, "val_accuracy": e.val_accuracy} for e in history.epochs
+            ],
         }
         info.update(extra or {})
-        result.checkpoint = save_checkpoint(out, model, arch, kwargs, splits.preprocessing, splits.classes, info)
+        result.checkpoint = save_checkpoint(
+            out, model, arch, kwargs, splits.preprocessing, splits.classes, info
+        )
     return result

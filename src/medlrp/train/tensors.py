@@ -35,8 +35,10 @@ def subset(batch: Batch, index: torch.Tensor) -> Batch:
 def minibatches(
     data: Batch, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
 ) -> Iterator[Batch]:
-    """Yield mini-batches in a seeded random order (all cases once; a lone last case joins its
-    predecessor, because BatchNorm cannot train on a batch of one)."""
+    """Yield mini-batches in a seeded random order, every case once.
+
+    A lone last case joins its predecessor: BatchNorm cannot train on a batch of one.
+    """
     n = len(data.label)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     starts = list(range(0, n, batch_size))

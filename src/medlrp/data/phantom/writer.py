@@ -177,7 +177,7 @@ def write_phantom(
     """
     spec = spec.checked()
     root = Path(out)
-    _prepare(root, overwrite)
+    prepare_output(root, overwrite)
     info = dataset_info(spec)
     _, classes, _ = KINDS[spec.kind]
     total = spec.n
@@ -190,7 +190,12 @@ def write_phantom(
     return info
 
 
-def _prepare(root: Path, overwrite: bool) -> None:
+def prepare_output(root: Path, overwrite: bool) -> None:
+    """Make ``root`` an empty folder; with ``overwrite``, clear a phantom dataset already there.
+
+    Raises:
+        InputError: ``root`` is a file, holds other files, or holds a dataset and ``overwrite`` is off.
+    """
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: exists and is not a folder")
     if not root.exists() or not any(root.iterdir()):

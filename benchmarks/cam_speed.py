@@ -1,0 +1,165 @@
+"""Speed of the CAMs: medlrp against pytorch-grad-cam 1.5.7 (and Captum's LayerGradCam), in one process.
+
+Gradient CAMs: torchvision ResNet50 (random weights, eval), batch 4, 3x224x224, CPU, layer4 (the same
+tensor as pytorch-grad-cam's usual ``layer4[-1]``). Ratios are against a plain forward+backward (the
+target logits' sum backpropagated to every parameter). Every contender is warmed up once; timings are
+interleaved round by round and the median is reported.
+
+Score-CAM: its floor is one forward pass per channel of the layer, which for ResNet50's layer4 (2048
+channels at 224 px) takes minutes per image, so it is measured on ResNet18's layer4 (512 channels) at
+112 px, one image: the floor is 512 forward passes of masked inputs through the whole model, in the
+same batches (32) that medlrp and pytorch-grad-cam use.
+
+    .venv/bin/python benchmarks/cam_speed.py [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+
+import medlrp
+
+warnings.filterwarnings("ignore")
+RESULTS = Path(__file__).parent / "results"
+SCORE_BATCH = 32
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable; one warm-up call each, then rounds over all of them."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def gradient_cams(repeats: int) -> list[dict]:
+    from captum.attr import LayerGradCam
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    x = torch.randn(4, 3, 224, 224)
+    target = [1, 2, 3, 4]
+    targets = [ClassifierOutputTarget(t) for t in target]
+
+    def plain():
+        model(x).gather(1, torch.tensor(target)[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    peers = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
+    peers["xgradcam"] = XGradCAM
+    rows = []
+    for method, peer_cls in peers.items():
+        peer = peer_cls(model=model, target_layers=[model.layer4[-1]])
+
+        def ours(method=method):
+            medlrp.explain(model, x, target, method=method, layer="layer4")
+
+        def theirs(peer=peer):
+            peer(x, targets)
+            model.zero_grad(set_to_none=True)
+
+        fns = {"plain forward+backward": plain, "medlrp": ours, "pytorch-grad-cam": theirs}
+        if method == "gradcam":
+            captum = LayerGradCam(model, model.layer4)
+            fns["captum LayerGradCam"] = lambda captum=captum: captum.attribute(x, torch.tensor(target))
+        t = interleaved(fns, repeats)
+        peer.activations_and_grads.release()
+        base = t["plain forward+backward"]
+        for name in fns:
+            if name == "plain forward+backward":
+                continue
+            rows.append(
+                {
+                    "case": f"{method} resnet50 b4 224",
+                    "impl": name,
+                    "seconds": t[name],
+                    "x_plain_fwd_bwd": t[name] / base,
+                    "x_pytorch_grad_cam": t[name] / t["pytorch-grad-cam"],
+                }
+            )
+    return rows
+
+
+def score_cam(repeats: int) -> list[dict]:
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 112, 112)
+    channels = 512
+    masked = torch.rand(channels, 3, 112, 112)  # stands in for the masked inputs (built outside the timing)
+
+    def floor():
+        with torch.no_grad():
+            for i in range(0, channels, SCORE_BATCH):
+                model(masked[i : i + SCORE_BATCH])
+
+    def ours():
+        medlrp.explain(model, x, 7, method="scorecam", layer="layer4", batch_size=SCORE_BATCH)
+
+    peer = ScoreCAM(model=model, target_layers=[model.layer4])
+    peer.batch_size = SCORE_BATCH
+
+    def theirs():
+        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bars
+            peer(x, [ClassifierOutputTarget(7)])
+
+    t = interleaved({"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}, repeats)
+    peer.activations_and_grads.release()
+    return [
+        {
+            "case": "scorecam resnet18 layer4 (512 ch) b1 112",
+            "impl": name,
+            "seconds": t[name],
+            "x_floor": t[name] / t["floor"],
+            "x_pytorch_grad_cam": t[name] / t["pytorch-grad-cam"],
+        }
+        for name in ("medlrp", "pytorch-grad-cam")
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = gradient_cams(args.repeats) + score_cam(max(1, args.repeats // 2))
+    print(f"{'case':42} {'impl':22} {'seconds':>8} {'x plain/floor':>14} {'x pytorch-grad-cam':>19}")
+    for r in rows:
+        rel = r.get("x_plain_fwd_bwd", r.get("x_floor"))
+        print(
+            f"{r['case']:42} {r['impl']:22} {r['seconds']:8.3f} {rel:14.2f} {r['x_pytorch_grad_cam']:19.2f}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+    }
+    (RESULTS / "cam_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

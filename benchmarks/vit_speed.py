@@ -1,0 +1,155 @@
+"""Speed of LRP for Vision Transformers: medlrp's cp-lrp / attnlrp against LXT 2.1's CP-LRP, one process.
+
+Model: torchvision ``vit_b_16`` (random weights, eval), batch 2, 3x224x224, float32, CPU.
+
+Baseline (the "1.0x"): a plain forward+backward of the same model and batch, the target logits' sum
+backpropagated to every parameter and to the input (what training costs). An LRP backward needs only
+the input gradient, so it can be below 1. A second baseline, "input-grad", backpropagates to the input
+only (parameters frozen), for reference.
+
+LXT patches ``torch.nn`` classes (``LayerNorm``, ``GELU``, ``MultiheadAttention``) for the whole
+process. To measure it in the same process, interleaved with the others, its patch is applied just
+before each LXT call and the classes' original attributes are put back right after (nothing else of
+LXT's is global). Every contender is warmed up once; timings are interleaved round by round and the
+median is reported.
+
+    .venv/bin/python benchmarks/vit_speed.py [--repeats 5] [--size 224] [--batch 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torchvision
+
+import medlrp
+
+warnings.filterwarnings("ignore")
+RESULTS = Path(__file__).parent / "results"
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable; one warm-up call each, then rounds over all of them."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _lxt_cp_map() -> dict:
+    """LXT's ``vit_torch.cp_LRP`` patch map without running ``lxt``'s package init (it imports LLMs)."""
+    spec = importlib.util.find_spec("lxt")
+    assert spec is not None and spec.submodule_search_locations
+    root = list(spec.submodule_search_locations)[0]
+    for name, sub in (("lxt", ""), ("lxt.efficient", "/efficient"), ("lxt.efficient.models", "/efficient/models")):
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [root + sub]
+            sys.modules[name] = pkg
+    return importlib.import_module("lxt.efficient.models.vit_torch").cp_LRP
+
+
+@contextlib.contextmanager
+def lxt_patched(patch_map: dict) -> Iterator[None]:
+    """Apply LXT's class patches, and put every patched class attribute back afterwards."""
+    saved = {cls: {k: cls.__dict__[k] for k in ("forward", "original_forward") if k in cls.__dict__}
+             for cls in patch_map}
+    try:
+        for cls, patch in patch_map.items():
+            if not patch(cls):
+                raise RuntimeError(f"LXT could not patch {cls.__name__}")
+        yield
+    finally:
+        for cls, attrs in saved.items():
+            for k in ("forward", "original_forward"):
+                if k in attrs:
+                    setattr(cls, k, attrs[k])
+                elif k in cls.__dict__:
+                    delattr(cls, k)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="112 px, 2 repeats: a fast check")
+    a = p.parse_args()
+    if a.quick:
+        a.size, a.repeats = 112, 2
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None, image_size=a.size).eval()
+    with torch.no_grad():  # torchvision zero-initialises the head
+        model.heads.head.weight.normal_(0.0, 0.02)
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    target = torch.arange(a.batch)
+    params = list(model.parameters())
+    lxt_map = _lxt_cp_map()
+
+    def plain() -> None:
+        xx = x.clone().requires_grad_()
+        out = model(xx)
+        torch.autograd.grad(out.gather(1, target[:, None]).sum(), [xx, *params])
+
+    def input_grad() -> None:
+        xx = x.clone().requires_grad_()
+        out = model(xx)
+        torch.autograd.grad(out.gather(1, target[:, None]).sum(), xx)
+
+    def lxt() -> None:
+        with lxt_patched(lxt_map):
+            xx = x.clone().requires_grad_()
+            out = model(xx)
+            (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xx)
+            (xx * g).detach()
+
+    explainers = {
+        "medlrp cp-lrp": medlrp.LRP(model, "cp-lrp"),
+        "medlrp attnlrp (epsilon)": medlrp.LRP(model, "attnlrp"),
+        "medlrp attnlrp (gamma)": medlrp.LRP(model, "attnlrp", linear="gamma"),
+    }
+    fns: dict[str, Callable[[], object]] = {"plain fwd+bwd": plain, "input-grad fwd+bwd": input_grad}
+    for name, lrp in explainers.items():
+        fns[name] = lambda lrp=lrp: lrp.relevance(x, target)
+    fns["LXT 2.1 CP-LRP"] = lxt
+    times = interleaved(fns, a.repeats)
+
+    base = times["plain fwd+bwd"]
+    rows = []
+    print(f"vit_b_16, batch {a.batch}, {a.size} px, float32, CPU, {torch.get_num_threads()} threads, "
+          f"median of {a.repeats}")
+    print(f"{'method':28s} {'seconds':>8s} {'x plain':>8s} {'x LXT':>7s}")
+    for name, t in times.items():
+        row = {"method": name, "seconds": t, "x_plain": t / base, "x_lxt": t / times["LXT 2.1 CP-LRP"]}
+        rows.append(row)
+        print(f"{name:28s} {t:8.3f} {row['x_plain']:8.2f} {row['x_lxt']:7.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "benchmark": "vit_speed", "model": "torchvision vit_b_16", "batch": a.batch, "size": a.size,
+        "repeats": a.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "machine": platform.machine(), "rows": rows,
+    }
+    (RESULTS / "vit_speed.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""One rank's work on its batches: explain each batch, hand each case to the writers, record it.
+
+A case's record is appended to the index only after its writer reported the files written and
+fsynced, so a case in the index is complete. Explaining a batch fails over to explaining its cases one
+by one, so a case that breaks the explainer fails alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medlrp.api import explain
+from medlrp.batch.cases import BatchCase
+from medlrp.batch.journal import Journal
+from medlrp.batch.loader import LoadedBatch, ReadCase, failure_reason
+from medlrp.batch.outputs import relative
+from medlrp.batch.progress import CaseProgress
+from medlrp.batch.writers import CaseWriter, WriteJob, Written
+from medlrp.errors import InputError
+from medlrp.explanation import Explanation
+from medlrp.models import LoadedModel
+
+
+@dataclass
+class JobSettings:
+    """What a job needs to know about the run."""
+
+    methods: list[str]
+    composite: str | None
+    target: str | None
+    out: Path
+    data: Path
+    rank: int
+    device: torch.device
+
+
+@dataclass
+class _Pending:
+    case: BatchCase
+    future: Future[Written]
+    record: dict[str, Any]
+
+
+class BatchJob:
+    """Explains batches and records their cases; ``done``/``failed`` count this run's cases."""
+
+    def __init__(
+        self,
+        settings: JobSettings,
+        loaded: LoadedModel,
+        done_before: set[str],
+        writer: CaseWriter,
+        index: Journal,
+        errors: Journal,
+        progress: CaseProgress,
+    ) -> None:
+        self.settings = settings
+        self.loaded = loaded
+        self.done_before = done_before
+        self.writer = writer
+        self.index = index
+        self.errors = errors
+        self.progress = progress
+        self.done = 0
+        self.failed = 0
+        self._pending: deque[_Pending] = deque()
+        # Enough queued writes to keep every writer busy while the next batch is explained.
+        self._max_pending = 2 * writer.writers
+
+    def run(self, batch: LoadedBatch) -> None:
+        """Explain one batch and hand each of its unfinished cases to the writers."""
+        for failed in batch.failed:
+            self.fail(failed.case, failed.reason)
+        ready: list[tuple[ReadCase, int | None]] = []
+        for rc in batch.cases:
+            try:
+                ready.append((rc, self._target_of(rc.case)))
+            except InputError as exc:
+                self.fail(rc.case, failure_reason(rc.case, exc))
+        if not ready:
+            return
+        x = torch.stack([rc.x for rc, _ in ready]).to(self.settings.device, non_blocking=True)
+        targets = [t for _, t in ready]
+        tic = time.perf_counter()
+        try:
+            per_method = self._explain(x, targets)
+            explained = [({m: _one(e, i) for m, e in per_method.items()}, None) for i in range(len(ready))]
+        except Exception:  # one bad case must not sink its batch: explain each case alone
+            explained = [self._explain_alone(x[i : i + 1], targets[i : i + 1]) for i in range(len(ready))]
+        explain_s = (time.perf_counter() - tic) / len(ready)
+        for (rc, _), (explanations, error) in zip(ready, explained, strict=True):
+            if rc.case.case_id in self.done_before:
+                continue  # explained again only to keep its batch-mates' batch identical
+            if error is not None:
+                self.fail(rc.case, error)
+                continue
+            self._submit(rc, explanations, explain_s)
+        self._drain(self._max_pending)
+
+    def finish(self) -> None:
+        """Wait for every pending write and record it."""
+        self._drain(0)
+
+    def fail(self, case: BatchCase, reason: str) -> None:
+        """Record ``case`` as failed (unless an earlier run finished it)."""
+        if case.case_id in self.done_before:
+            return
+        source = relative(case.image, self.settings.data)
+        self.errors.append({"case": case.case_id, "source": source, "reason": reason})
+        self.failed += 1
+        self.progress.advance()
+
+    def _target_of(self, case: BatchCase) -> int | None:
+        target = self.settings.target
+        if target is None:
+            return None
+        if target == "label":
+            label = self._label(case)
+            if label is None:
+                raise InputError(f"{case.image}: --target label, but the case has no known class")
+            return label
+        return int(target)
+
+    def _explain(self, x: torch.Tensor, targets: list[int | None]) -> dict[str, Explanation]:
+        target = None if all(t is None for t in targets) else targets
+        result = {}
+        for method in self.settings.methods:
+            composite = self.settings.composite if method == "lrp" else None
+            e = explain(self.loaded.model, x, target=target, method=method, composite=composite)
+            result[method] = e.to("cpu")
+        return result
+
+    def _explain_alone(
+        self, x: torch.Tensor, targets: list[int | None]
+    ) -> tuple[dict[str, Explanation], str | None]:
+        try:
+            return {m: _one(e, 0) for m, e in self._explain(x, targets).items()}, None
+        except Exception as exc:
+            return {}, " ".join(f"explaining failed: {type(exc).__name__}: {exc}".split())
+
+    def _submit(self, rc: ReadCase, explanations: dict[str, Explanation], explain_s: float) -> None:
+        case_path = Path(rc.case.case_id)
+        # Plain-JSON options: a module given as layer= must not travel to a writer process.
+        plain = {m: replace(e, options=_jsonable(e.options)) for m, e in explanations.items()}
+        job = WriteJob(rc.image, plain, self.settings.out / case_path.parent, case_path.name, rc.mask)
+        record = self._record(rc, explanations)
+        record["timing"] = {"read_s": round(rc.read_s, 6), "explain_s": round(explain_s, 6)}
+        self._pending.append(_Pending(rc.case, self.writer.submit(job), record))
+
+    def _drain(self, limit: int) -> None:
+        while len(self._pending) > limit:
+            pending = self._pending.popleft()
+            try:
+                written = pending.future.result()
+            except Exception as exc:
+                self.fail(pending.case, failure_reason(pending.case, exc))
+                continue
+            record = pending.record
+            for method, files in written.files.items():
+                entry = record["methods"][method]
+                entry["relevance"] = relative(files.relevance, self.settings.out)
+                entry["overlay"] = relative(files.overlay, self.settings.out)
+                if files.scores is not None:
+                    entry["scores"] = files.scores
+            record["timing"]["write_s"] = round(written.write_s, 6)
+            self.index.append(record)  # the case is done from here on
+            self.done += 1
+            self.progress.advance()
+
+    def _record(self, rc: ReadCase, explanations: dict[str, Explanation]) -> dict[str, Any]:
+        first = next(iter(explanations.values()))
+        probabilities = torch.softmax(first.output[0].detach().to(torch.float64), dim=0)
+        prediction = int(probabilities.argmax())
+        names = self.loaded.class_names
+        label = self._label(rc.case)
+        data = self.settings.data
+        return {
+            "case": rc.case.case_id,
+            "source": relative(rc.case.image, data),
+            "mask": relative(rc.case.mask, data) if rc.case.mask is not None else None,
+            "class_name": rc.case.class_name,
+            "label": label,
+            "prediction": prediction,
+            "predicted_class": names[prediction] if prediction < len(names) else None,
+            "probabilities": [float(p) for p in probabilities],
+            "correct": None if label is None else prediction == label,
+            "target": int(first.target[0]),
+            "methods": {
+                m: {"target": int(e.target[0]), "options": _jsonable(e.options)}
+                for m, e in explanations.items()
+            },
+            "rank": self.settings.rank,
+        }
+
+    def _label(self, case: BatchCase) -> int | None:
+        names = self.loaded.class_names
+        return names.index(case.class_name) if case.class_name in names else None
+
+
+def _one(e: Explanation, i: int) -> Explanation:
+    """Sample ``i`` of a batch explanation, as a batch of one."""
+    return Explanation(e.relevance[i : i + 1], e.output[i : i + 1], e.target[i : i + 1], e.method, e.options)
+
+
+def _method_entry(e: Explanation) -> dict[str, Any]:
+    """The record's entry for one method, before its files exist."""
+    return {"target": int(e.target[0]), "options": _jsonable(e.options)}
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as plain JSON (a module given as ``layer=`` becomes its text)."""
+    return json.loads(json.dumps(options, default=str, sort_keys=True))

@@ -1,0 +1,125 @@
+"""Writing cases beside the explaining: in this process, or in a pool of writer processes.
+
+Drawing an overlay costs far more than explaining a small case (and on a GPU, all of it), so with
+``writers > 0`` the files are written by worker processes while the next batch is explained. A writer
+only writes files; the index record is appended by the main process once the writer reports success,
+so "done means recorded after its files" holds either way. Writers watch their parent and exit when
+it dies (e.g. SIGKILL), leaving at most a temporary that the next run removes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from medlrp.batch.outputs import MethodFiles, fsync_files, write_case
+from medlrp.explanation import Explanation
+from medlrp.io import Image
+from medlrp.models import LoadedModel
+
+
+@dataclass
+class WriteJob:
+    """One case's files to write (all tensors on the CPU)."""
+
+    image: Image
+    explanations: dict[str, Explanation]
+    case_dir: Path
+    name: str
+    mask: Image | None
+
+
+@dataclass
+class Written:
+    """What a writer reports back."""
+
+    files: dict[str, MethodFiles]
+    write_s: float
+
+
+def write_job(job: WriteJob, loaded: LoadedModel, keep_identifiers: bool) -> Written:
+    """Write one case's files and flush them to the disk."""
+    tic = time.perf_counter()
+    files = write_case(
+        loaded, job.image, job.explanations, job.case_dir, job.name, job.mask, keep_identifiers
+    )
+    fsync_files([p for f in files.values() for p in (f.relevance, f.overlay)])
+    return Written(files, time.perf_counter() - tic)
+
+
+# A writer process's settings, set once by _init_writer (jobs then carry only the case).
+_WORKER_SETTINGS: tuple[LoadedModel, bool] | None = None
+
+
+def _write_in_worker(job: WriteJob) -> Written:
+    assert _WORKER_SETTINGS is not None
+    return write_job(job, *_WORKER_SETTINGS)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _init_writer(loaded: LoadedModel, keep_identifiers: bool, parent: int) -> None:
+    global _WORKER_SETTINGS
+    _WORKER_SETTINGS = (loaded, keep_identifiers)
+    torch.set_num_threads(1)  # a writer resamples small maps; threads would only fight the explainer
+
+    def watch() -> None:  # an orphaned pool worker would otherwise wait for jobs forever
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class CaseWriter:
+    """Writes :class:`WriteJob` s, synchronously (``writers=0``) or in ``writers`` processes."""
+
+    def __init__(self, loaded: LoadedModel, writers: int, keep_identifiers: bool = False) -> None:
+        self.writers = writers
+        self._loaded = loaded
+        self._keep_identifiers = keep_identifiers
+        self._pool: ProcessPoolExecutor | None = None
+        if writers > 0:
+            # Writers never run the model: give them its description only, not its weights.
+            lite = replace(loaded, model=torch.nn.Identity())
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(
+                writers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=_init_writer,
+                initargs=(lite, keep_identifiers, os.getpid()),
+            )
+            # Start the processes now, before the progress bar's thread and the readers exist.
+            self._pool.submit(_ready).result()
+
+    def submit(self, job: WriteJob) -> Future[Written]:
+        """Start writing ``job``; the future holds :class:`Written` or the writer's exception."""
+        if self._pool is not None:
+            return self._pool.submit(_write_in_worker, job)
+        future: Future[Written] = Future()
+        try:
+            future.set_result(write_job(job, self._loaded, self._keep_identifiers))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        """Wait for pending writes and stop the writers."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool = None
+
+    def __enter__(self) -> CaseWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,248 @@
+"""Explanation losses: relevance should lie inside a mask (the region that should matter).
+
+Each loss is a plain :class:`torch.nn.Module` whose ``forward`` takes a batch of relevance maps, the
+masks and (where the loss is tied to the decision) the explained logit, and returns one scalar, so it
+drops into any training loop (a user's own, Lightning, MONAI engines). Masks are 1 where relevance
+should be (tumour, lung field) and 0 elsewhere; soft masks in ``[0, 1]`` weight pixels. 2D and 3D alike:
+``relevance`` is ``(N, C, *spatial)`` (or ``(N, K, C, *spatial)`` with one map per class ``K``) and
+``mask`` is ``(N, *spatial)``, ``(N, 1, *spatial)`` or anything that broadcasts after inserting
+singleton dimensions behind the batch dimension.
+
+Why the losses look the way they do (each closes a loophole a model uses to keep a shortcut):
+
+- Ratios of absolute relevance (outside over total) can be gamed: the model inflates cancelling
+  positive and negative relevance inside the mask and the ratio drops while the shortcut stays. So
+  relevance outside is measured against the explained *logit* (detached), a scale the model cannot
+  inflate without changing its decision.
+- Relevance that a bias or a saturated unit absorbs never appears outside the mask although the shortcut
+  decides: the mass loss asks the mask region to explain the logit itself (``R_in == logit``), so any
+  part of the decision not carried by the mask region (outside, absorbed by biases, hidden behind
+  saturation) costs.
+- Explaining the target logit only lets the shortcut move into the other classes' logits: explain the
+  logit difference (see :mod:`medlrp.train.guided`) or every class (:class:`BackgroundRelevanceLoss`).
+
+Every loss averages over the batch, with an optional per-case ``weight`` (e.g. 0 for cases that have no
+mask), dividing by the batch size, not by the number of weighted cases, so that the loss of a batch split
+over several processes averages to the loss of the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medlrp.errors import InputError
+
+__all__ = [
+    "BackgroundRelevanceLoss",
+    "GuidanceLoss",
+    "RelevanceMassLoss",
+    "RelevanceOutsideLoss",
+    "align_mask",
+]
+
+
+def align_mask(mask: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Return ``mask`` as a float tensor that broadcasts against ``relevance``.
+
+    Singleton dimensions are inserted behind the batch dimension until the number of dimensions matches,
+    so ``(N, H, W)`` and ``(N, 1, H, W)`` masks both fit ``(N, C, H, W)`` and ``(N, K, C, H, W)`` maps.
+
+    Raises:
+        InputError: the batch size or the spatial shape does not fit.
+    """
+    if mask.ndim < 2 or mask.ndim > relevance.ndim or mask.shape[0] != relevance.shape[0]:
+        raise InputError(
+            f"mask of shape {tuple(mask.shape)} does not fit relevance of shape {tuple(relevance.shape)}"
+        )
+    m = mask.to(dtype=relevance.dtype, device=relevance.device)
+    while m.ndim < relevance.ndim:
+        m = m.unsqueeze(1)
+    try:
+        torch.broadcast_shapes(m.shape, relevance.shape)
+    except RuntimeError:
+        raise InputError(
+            f"mask of shape {tuple(mask.shape)} does not fit relevance of shape {tuple(relevance.shape)}"
+        ) from None
+    return m
+
+
+def _per_sample_sum(t: torch.Tensor, start_dim: int = 1) -> torch.Tensor:
+    return t.flatten(start_dim).sum(-1)
+
+
+def _scale(logit: torch.Tensor | None, like: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-case scale ``|logit| + tau``, detached: a unit the model cannot inflate to shrink the loss."""
+    if logit is None:
+        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+    return logit.detach().abs().to(like.dtype) + tau
+
+
+def _reduce(per_case: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is not None:
+        per_case = per_case * weight.to(per_case.dtype)
+    return per_case.sum() / max(per_case.shape[0], 1)
+
+
+def _check_logit(logit: torch.Tensor | None, relevance: torch.Tensor, name: str) -> None:
+    if logit is not None and logit.shape != relevance.shape[:1]:
+        raise InputError(f"{name}: logit must have shape ({relevance.shape[0]},), got {tuple(logit.shape)}")
+
+
+class RelevanceOutsideLoss(nn.Module):
+    """Relevance outside the mask (right for the right reasons, with LRP instead of input gradients).
+
+    Per case: ``(sum over outside pixels of |R|**p) ** (1/p) / (|logit| + tau)`` (``p=1``: the absolute
+    relevance outside, as a share of the logit; the logit is detached). Without ``logit`` the raw norm.
+
+    Args:
+        p: Norm of the outside relevance (1 or 2).
+        tau: Added to ``|logit|`` so that near-zero logits do not blow the loss up.
+        squared: Square the per-case value (smoother near zero).
+    """
+
+    def __init__(self, p: float = 1.0, tau: float = 1.0, squared: bool = False) -> None:
+        super().__init__()
+        if p <= 0:
+            raise InputError(f"p must be positive, got {p}")
+        self.p, self.tau, self.squared = float(p), float(tau), bool(squared)
+
+    def forward(
+        self,
+        relevance: torch.Tensor,
+        mask: torch.Tensor,
+        logit: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the scalar loss of the batch.
+
+        Args:
+            relevance: ``(N, ...)`` relevance maps.
+            mask: Region that should matter (1) and should not (0).
+            logit: ``(N,)`` the explained quantity (what relevance started from); scales the loss.
+            weight: ``(N,)`` per-case weights (0 for cases without a mask).
+        """
+        _check_logit(logit, relevance, "RelevanceOutsideLoss")
+        outside = relevance * (1 - align_mask(mask, relevance))
+        if self.p == 1:
+            norm = _per_sample_sum(outside.abs())
+        else:
+            # eps inside the root: its gradient is infinite at 0 (a perfectly clean map)
+            norm = (_per_sample_sum(outside.abs() ** self.p) + 1e-12) ** (1 / self.p)
+        per_case = norm / _scale(logit, relevance, self.tau)
+        if self.squared:
+            per_case = per_case**2
+        return _reduce(per_case, weight)
+
+
+class RelevanceMassLoss(nn.Module):
+    """The mask region must explain the logit: ``((logit - R_in) / (|logit| + tau)) ** 2`` per case.
+
+    ``R_in`` is the signed relevance inside the mask. With conservative, bias-free rules ``logit - R_in``
+    is the relevance outside (signed); with biases and saturated units it also holds what they absorb, the
+    place where a shortcut hides when the relevance outside is already zero. The share of the logit that
+    the mask explains is ``R_in / logit``.
+
+    Args:
+        tau: Added to ``|logit|`` (detached) so that near-zero logits do not blow the loss up.
+    """
+
+    def __init__(self, tau: float = 1.0) -> None:
+        super().__init__()
+        self.tau = float(tau)
+
+    def forward(
+        self,
+        relevance: torch.Tensor,
+        mask: torch.Tensor,
+        logit: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the scalar loss of the batch (arguments as in :class:`RelevanceOutsideLoss`)."""
+        if logit is None:
+            raise InputError("RelevanceMassLoss needs the explained logit")
+        _check_logit(logit, relevance, "RelevanceMassLoss")
+        inside = _per_sample_sum(relevance * align_mask(mask, relevance))
+        per_case = ((logit.to(relevance.dtype) - inside) / _scale(logit, relevance, self.tau)) ** 2
+        return _reduce(per_case, weight)
+
+
+class BackgroundRelevanceLoss(nn.Module):
+    """Background relevance of every class, in the spirit of ISNet (Bassi et al. 2022).
+
+    ISNet explains every class, so that a shortcut cannot move into a logit nobody looks at. Here
+    ``relevance`` is ``(N, K, ...)`` with one map per class and ``logits`` is ``(N, K)``. Per case and
+    class: the absolute background relevance over ``|logit| + tau`` (ISNet divides by the map's own
+    absolute sum, which the model can inflate with cancelling relevance inside the mask; the logit it
+    cannot inflate without changing its decision), passed through ISNet-like saturation ``x / (1 + x)``
+    so that one bad map does not dominate, then averaged over classes.
+
+    Args:
+        tau: Added to ``|logit|`` (detached).
+    """
+
+    def __init__(self, tau: float = 1.0) -> None:
+        super().__init__()
+        self.tau = float(tau)
+
+    def forward(
+        self,
+        relevance: torch.Tensor,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the scalar loss of the batch.
+
+        Args:
+            relevance: ``(N, K, C, *spatial)`` one relevance map per class.
+            mask: Region that should matter.
+            logits: ``(N, K)`` the logits the maps start from.
+            weight: ``(N,)`` per-case weights (0 for cases without a mask).
+        """
+        if relevance.ndim < 3 or logits.shape != relevance.shape[:2]:
+            raise InputError(
+                f"BackgroundRelevanceLoss: logits must have shape {tuple(relevance.shape[:2])}, "
+                f"got {tuple(logits.shape)}"
+            )
+        background = relevance * (1 - align_mask(mask, relevance))
+        per_class = _per_sample_sum(background.abs(), start_dim=2)
+        ratio = per_class / (logits.detach().abs().to(relevance.dtype) + self.tau)
+        per_case = (ratio / (1 + ratio)).mean(dim=1)
+        return _reduce(per_case, weight)
+
+
+class GuidanceLoss(nn.Module):
+    """The default explanation loss of ``medlrp train --guided``: outside relevance plus mass.
+
+    ``outside * RelevanceOutsideLoss + mass * RelevanceMassLoss``: the first penalises relevance outside
+    the mask pixel by pixel (no cancellation between pixels), the second asks the mask region to explain
+    the logit (catches what biases and saturated units hide). Use it on relevance that starts from the
+    logit difference (:func:`medlrp.train.guided.logit_difference`) so that no class logit escapes.
+
+    Args:
+        outside: Weight of :class:`RelevanceOutsideLoss`.
+        mass: Weight of :class:`RelevanceMassLoss`.
+        tau: Passed to both.
+    """
+
+    def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1.0) -> None:
+        super().__init__()
+        self.outside_weight, self.mass_weight = float(outside), float(mass)
+        self.outside = RelevanceOutsideLoss(p=1.0, tau=tau)
+        self.mass = RelevanceMassLoss(tau=tau)
+
+    def forward(
+        self,
+        relevance: torch.Tensor,
+        mask: torch.Tensor,
+        logit: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the scalar loss of the batch (arguments as in :class:`RelevanceMassLoss`)."""
+        loss = relevance.new_zeros(())
+        if self.outside_weight:
+            loss = loss + self.outside_weight * self.outside(relevance, mask, logit, weight)
+        if self.mass_weight:
+            loss = loss + self.mass_weight * self.mass(relevance, mask, logit, weight)
+        return loss

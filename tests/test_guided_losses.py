@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from medlrp.errors import InputError
+from medlrp.train.guided import logit_difference, resolve_start
+from medlrp.train.guided_losses import (
+    BackgroundRelevanceLoss,
+    GuidanceLoss,
+    RelevanceMassLoss,
+    RelevanceOutsideLoss,
+    align_mask,
+)
+
+
+def _mask2d(n=2, size=8):
+    m = torch.zeros(n, 1, size, size)
+    m[:, :, 2:6, 2:6] = 1
+    return m
+
+
+def test_align_mask_fits_2d_3d_and_class_maps():
+    r2 = torch.randn(2, 3, 8, 8)
+    assert align_mask(torch.ones(2, 8, 8), r2).shape == (2, 1, 8, 8)
+    assert align_mask(torch.ones(2, 1, 8, 8), r2).shape == (2, 1, 8, 8)
+    r3 = torch.randn(2, 1, 4, 8, 8)
+    assert align_mask(torch.ones(2, 1, 4, 8, 8), r3).shape == (2, 1, 4, 8, 8)
+    per_class = torch.randn(2, 5, 1, 8, 8)
+    assert align_mask(torch.ones(2, 1, 8, 8), per_class).shape == (2, 1, 1, 8, 8)
+    with pytest.raises(InputError, match="does not fit"):
+        align_mask(torch.ones(3, 1, 8, 8), r2)
+    with pytest.raises(InputError, match="does not fit"):
+        align_mask(torch.ones(2, 1, 7, 8), r2)
+
+
+def test_outside_loss_counts_only_outside_relative_to_logit():
+    mask = _mask2d()
+    r = torch.zeros(2, 1, 8, 8)
+    r[:, :, 3, 3] = 5.0  # inside: free
+    loss = RelevanceOutsideLoss()
+    assert loss(r, mask).item() == 0.0
+    r[0, 0, 0, 0] = -2.0  # outside, negative: counts by magnitude
+    logit = torch.tensor([3.0, 1.0])
+    # case 0: 2 / (|3| + 1); case 1: 0; mean over the batch
+    assert loss(r, mask, logit).item() == pytest.approx(0.25)
+    # a zero weight drops case 0, the division stays by the batch size
+    assert loss(r, mask, logit, weight=torch.tensor([0.0, 1.0])).item() == 0.0
+    assert RelevanceOutsideLoss(p=2)(r, mask).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_outside_loss_cannot_be_gamed_by_cancelling_relevance_inside():
+    mask = _mask2d(1)
+    r = torch.zeros(1, 1, 8, 8)
+    r[0, 0, 0, 0] = 1.0
+    r[0, 0, 3, 3] = 2.0
+    logit = torch.tensor([3.0])
+    base = RelevanceOutsideLoss()(r, mask, logit)
+    gamed = r.clone()
+    gamed[0, 0, 3, 4], gamed[0, 0, 4, 4] = 100.0, -100.0  # same sum inside, huge absolute mass
+    assert RelevanceOutsideLoss()(gamed, mask, logit).item() == pytest.approx(base.item())
+    # the ratio outside / total absolute relevance would have dropped 60-fold
+    ratio = lambda t: ((t * (1 - mask)).abs().sum() / t.abs().sum()).item()  # noqa: E731
+    assert ratio(gamed) < ratio(r) / 50
+
+
+def test_mass_loss_wants_the_mask_to_explain_the_logit():
+    mask = _mask2d(1)
+    r = torch.zeros(1, 1, 8, 8, requires_grad=True)
+    logit = torch.tensor([4.0])
+    with torch.no_grad():
+        r[0, 0, 3, 3] = 4.0
+    assert RelevanceMassLoss()(r, mask, logit).item() == 0.0
+    # relevance absorbed elsewhere (a bias, a saturated unit): nothing outside, still a loss
+    with torch.no_grad():
+        r[0, 0, 3, 3] = 1.0
+    loss = RelevanceMassLoss()(r, mask, logit)
+    assert loss.item() == pytest.approx((3.0 / 5.0) ** 2)
+    loss.backward()
+    assert r.grad[0, 0, 3, 3] < 0 and r.grad[0, 0, 0, 0] == 0  # pushes inside relevance up only
+    with pytest.raises(InputError, match="logit"):
+        RelevanceMassLoss()(r, mask, torch.ones(2))
+
+
+def test_background_loss_all_classes_and_3d():
+    mask = torch.zeros(2, 1, 4, 6, 6)
+    mask[..., 1:3, 1:5, 1:5] = 1
+    r = torch.zeros(2, 3, 1, 4, 6, 6)
+    logits = torch.ones(2, 3)
+    crit = BackgroundRelevanceLoss()
+    assert crit(r, mask, logits).item() == 0.0
+    r[1, 2, 0, 0, 0, 0] = 2.0  # one class of one case has background relevance
+    # ratio 2 / (1 + 1) = 1 -> 1 / (1 + 1) = 0.5, averaged over 3 classes and 2 cases
+    assert crit(r, mask, logits).item() == pytest.approx(0.5 / 3 / 2)
+    with pytest.raises(InputError, match="logits"):
+        crit(r, mask, torch.ones(2, 2))
+
+
+def test_guidance_loss_is_weighted_sum_and_differentiable():
+    torch.manual_seed(0)
+    mask = _mask2d()
+    r = torch.randn(2, 1, 8, 8, requires_grad=True)
+    logit = torch.tensor([2.0, -1.0])
+    total = GuidanceLoss(outside=2.0, mass=0.5)(r, mask, logit)
+    expect = 2.0 * RelevanceOutsideLoss()(r, mask, logit) + 0.5 * RelevanceMassLoss()(r, mask, logit)
+    assert total.item() == pytest.approx(expect.item())
+    total.backward()
+    assert torch.isfinite(r.grad).all() and r.grad.abs().sum() > 0
+
+
+def test_logit_difference_start():
+    out = torch.tensor([[1.0, 3.0], [2.0, -1.0]])
+    t = torch.tensor([1, 1])
+    assert logit_difference(out, t).sum(1).tolist() == [2.0, -3.0]
+    out3 = torch.tensor([[1.0, 2.0, 4.0]])
+    assert logit_difference(out3, torch.tensor([2])).sum().item() == pytest.approx(4.0 - 1.5)
+    assert resolve_start("logit")(out, t).sum(1).tolist() == [3.0, -1.0]
+    with pytest.raises(InputError, match="unknown relevance start"):
+        resolve_start("nope")
+    with pytest.raises(InputError, match="at least 2"):
+        logit_difference(torch.ones(2, 1), torch.zeros(2, dtype=torch.long))

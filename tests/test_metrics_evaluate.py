@@ -1,0 +1,81 @@
+"""``medlrp evaluate`` end to end on a tiny phantom dataset and a random-weight checkpoint."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medlrp.cli import main
+from medlrp.data.phantom import PhantomSpec, write_phantom
+from medlrp.metrics.suite import EvaluationResult
+from medlrp.metrics.table import mean_ci, ranking, summary_table, table_markdown
+from medlrp.models import Preprocessing, save_checkpoint
+from medlrp.registry import ARCHITECTURES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_phantom(root / "data", PhantomSpec(kind="glioma", dims=2, n=10, seed=0, size=32))
+    torch.manual_seed(0)
+    model = ARCHITECTURES.get("cnn2d")(in_channels=1, num_classes=2, width=4, stages=2)
+    pre = Preprocessing(dims=2, channels=1, size=[32, 32])
+    save_checkpoint(root / "m.pt", model, "cnn2d", {"width": 4, "stages": 2}, pre, ["high_grade", "low_grade"])
+    return root
+
+
+def test_evaluate_writes_table_plots_and_report(setup, capsys):
+    out = setup / "out"
+    code = main(
+        ["evaluate", "--model", str(setup / "m.pt"), "--data", str(setup / "data"), "--out", str(out),
+         "--methods", "gradcam,gradient,no-such-method"]
+    )  # fmt: skip
+    assert code == 0
+    assert "no-such-method" in capsys.readouterr().err
+    for name in ("metrics.csv", "metrics.md", "per_case.csv", "curves.png", "evaluation.json", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["methods"] == ["gradcam", "gradient"]
+    assert data["data"].endswith("test")  # the test split is used when there is one
+    n = len(data["cases"])
+    assert n >= 2
+    for method in data["methods"]:
+        assert len(data["values"][method]["mass_accuracy"]) == n  # every phantom case has a mask
+        assert all(v is not None for v in data["values"][method]["pointing_game"])
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["metric"] for r in rows} >= {"aopc_morf", "abpc", "mass_accuracy", "randomisation"}
+    assert {r["method"] for r in rows} == {"gradcam", "gradient"}
+    assert [r["method"] for r in data["ranking"]] and "Metrics" in (out / "report.html").read_text()
+
+
+def test_evaluate_without_any_available_method_is_a_usage_error(setup, capsys):
+    args = ["evaluate", "--model", str(setup / "m.pt"), "--data", str(setup / "data"), "--methods", "nope"]
+    assert main(args + ["--out", str(setup / "out2")]) == 2
+    assert "none of the methods" in capsys.readouterr().err
+
+
+def test_table_statistics_and_ranking():
+    mean, low, high, n = mean_ci([1.0, 2.0, 3.0, float("nan")])
+    assert (mean, n) == (2.0, 3)
+    assert high - mean == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    r = EvaluationResult(
+        methods=["a", "b"],
+        cases=["c1", "c2"],
+        values={
+            "a": {"aopc_morf": [0.3, 0.5], "randomisation": [0.9, 0.7]},
+            "b": {"aopc_morf": [0.1, 0.2], "randomisation": [0.1, 0.2]},
+        },
+    )
+    assert [row["method"] for row in ranking(r)] in (["a", "b"], ["b", "a"])
+    assert ranking(r)[0]["mean_rank"] == 1.5  # a wins AOPC, b wins randomisation
+    assert len(summary_table(r)) == 4
+    assert "| a | 0.400 ±" in table_markdown(r)
