@@ -13,7 +13,8 @@ before each LXT call and the classes' original attributes are put back right aft
 LXT's is global). Every contender is warmed up once; timings are interleaved round by round and the
 median is reported.
 
-    .venv/bin/python benchmarks/vit_speed.py [--repeats 5] [--size 224] [--batch 2] [--quick]
+    .venv/bin/python benchmarks/vit_speed.py [--repeats 5] [--size 224] [--batch 2] [--threads N]
+        [--clock wall|cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -41,16 +42,18 @@ warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Median seconds of each callable; one warm-up call each, then rounds over all of them."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -91,8 +94,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or the process's CPU time (steadier on a shared machine)")
     p.add_argument("--quick", action="store_true", help="112 px, 2 repeats: a fast check")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.quick:
         a.size, a.repeats = 112, 2
 
@@ -131,12 +139,12 @@ def main() -> None:
     for name, lrp in explainers.items():
         fns[name] = lambda lrp=lrp: lrp.relevance(x, target)
     fns["LXT 2.1 CP-LRP"] = lxt
-    times = interleaved(fns, a.repeats)
+    times = interleaved(fns, a.repeats, time.perf_counter if a.clock == "wall" else time.process_time)
 
     base = times["plain fwd+bwd"]
     rows = []
     print(f"vit_b_16, batch {a.batch}, {a.size} px, float32, CPU, {torch.get_num_threads()} threads, "
-          f"median of {a.repeats}")
+          f"{a.clock} time, median of {a.repeats}")
     print(f"{'method':28s} {'seconds':>8s} {'x plain':>8s} {'x LXT':>7s}")
     for name, t in times.items():
         row = {"method": name, "seconds": t, "x_plain": t / base, "x_lxt": t / times["LXT 2.1 CP-LRP"]}
@@ -145,7 +153,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = {
         "benchmark": "vit_speed", "model": "torchvision vit_b_16", "batch": a.batch, "size": a.size,
-        "repeats": a.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "repeats": a.repeats, "threads": torch.get_num_threads(), "clock": a.clock, "torch": torch.__version__,
         "torchvision": torchvision.__version__, "machine": platform.machine(), "rows": rows,
     }
     (RESULTS / "vit_speed.json").write_text(json.dumps(out, indent=2))

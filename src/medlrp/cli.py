@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("medlrp: aborted", file=sys.stderr)
         code = 1
-    except Exception as exc:  # click's usage errors carry their own exit code 2
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            code = exc.exit_code
-        elif isinstance(exc, KeyboardInterrupt):
-            code = 130
+    except Exception as exc:
+        if hasattr(exc, "exit_code") and hasattr(exc, "show"):
+            # click's usage errors (typer may bundle its own click, so match by shape): one line, code 2.
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            print(f"medlrp: error: {message}{hint}", file=sys.stderr)
+            code = int(exc.exit_code)
         else:
             if os.environ.get("MEDLRP_DEBUG"):
                 raise
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             code = 1
+    except KeyboardInterrupt:
+        code = 130
     else:
         # With standalone_mode=False click returns the code of a typer.Exit instead of raising it.
         code = rv if isinstance(rv, int) else 0

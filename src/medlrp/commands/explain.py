@@ -53,6 +53,11 @@ def run_explain(
     for name in methods:
         METHODS.get(name)  # an unknown method is a usage error before any work
     preset = window_preset(window) if window else None
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
     loaded = load_model(model, trust_model=trust_model, device=device)
     items: list[Path] = []
     failures: list[dict[str, str]] = []

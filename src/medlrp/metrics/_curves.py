@@ -107,6 +107,12 @@ def perturbation_curve(
     counts = counts.to(device=x.device, dtype=torch.long)
     order = order.to(x.device)
     num_steps = counts.shape[1]
+    # A step whose input is the baseline for every sample (everything deleted, or nothing inserted yet)
+    # needs one forward pass, not one per sample, when the baseline is shared by the batch (a number).
+    shared = [False] * num_steps
+    if n > 1 and baseline.stride(0) == 0:
+        shared = counts.eq(0 if insert else order.shape[1]).all(dim=0).tolist()
+    regular = [s for s in range(num_steps) if not shared[s]]
     result: torch.Tensor | None = None
     with inference_mode_of(model):
         # The target comes from the clean input; a deletion path over one block starts with it (no extra
@@ -126,14 +132,19 @@ def perturbation_curve(
             if not whole_voxels:  # one unit per element: index the flattened (C * voxels) axis
                 state, src = state.view(b, 1, c * voxels), src.reshape(b, 1, c * voxels)
             per_chunk = max(1, batch_size // b)
-            buf = torch.empty((min(per_chunk, num_steps), b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            buf = torch.empty(
+                (max(1, min(per_chunk, len(regular))), b, *x.shape[1:]), dtype=x.dtype, device=x.device
+            )
             plan = _plan(state, src, order[lo:hi], counts[lo:hi])  # before any scatter
-            for s0 in range(0, num_steps, per_chunk):
-                m = min(per_chunk, num_steps - s0)
-                for j in range(m):
-                    idx, values = plan[s0 + j]
-                    if idx is not None:
-                        state.scatter_(2, idx, values)
+            applied = -1
+            for c0 in range(0, len(regular), per_chunk):
+                steps_here = regular[c0 : c0 + per_chunk]
+                m = len(steps_here)
+                for j, step in enumerate(steps_here):
+                    for idx, values in plan[applied + 1 : step + 1]:
+                        if idx is not None:
+                            state.scatter_(2, idx, values)
+                    applied = step
                     buf[j].copy_(state.view(b, *x.shape[1:]))
                 out = predict(model, buf[:m].view(m * b, *x.shape[1:]), softmax).reshape(m, b, -1)
                 if t is None:
@@ -141,7 +152,14 @@ def perturbation_curve(
                 if result is None:
                     result = torch.empty(n, num_steps, dtype=out.dtype, device=out.device)
                 tb = t[lo:hi].view(1, b, 1).expand(m, b, 1)
-                result[lo:hi, s0 : s0 + m] = out.gather(2, tb)[..., 0].T
+                result[lo:hi, steps_here] = out.gather(2, tb)[..., 0].T
+        if any(shared):
+            out = predict(model, baseline[:1].contiguous(), softmax)
+            assert t is not None  # only insertion paths and full deletions share, and both resolve t first
+            if result is None:
+                result = torch.empty(n, num_steps, dtype=out.dtype, device=out.device)
+            cols = [s for s in range(num_steps) if shared[s]]
+            result[:, cols] = out[0, t][:, None].expand(n, len(cols))
     assert result is not None
     return result
 

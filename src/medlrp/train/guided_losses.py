@@ -71,11 +71,18 @@ def _per_sample_sum(t: torch.Tensor, start_dim: int = 1) -> torch.Tensor:
     return t.flatten(start_dim).sum(-1)
 
 
-def _scale(logit: torch.Tensor | None, like: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-case scale ``|logit| + tau``, detached: a unit the model cannot inflate to shrink the loss."""
-    if logit is None:
-        return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
-    return logit.detach().abs().to(like.dtype) + tau
+def _scale(logit: torch.Tensor | None, relevance: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-case unit ``max(|logit|, sum |R|) + tau``, detached.
+
+    Detached, so no gradient rewards inflating it; ``max`` with the logit, so cancelling relevance the
+    model adds inside the mask does not shrink the loss below its share of the decision; scale-free, so
+    shrinking every logit (and with it every relevance) gains nothing, which otherwise drives a model
+    to stop learning at all (a constant output explains nothing and costs nothing).
+    """
+    total = _per_sample_sum(relevance.detach().abs())
+    if logit is not None:
+        total = torch.maximum(total, logit.detach().abs().to(total.dtype))
+    return total + tau
 
 
 def _reduce(per_case: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -92,16 +99,17 @@ def _check_logit(logit: torch.Tensor | None, relevance: torch.Tensor, name: str)
 class RelevanceOutsideLoss(nn.Module):
     """Relevance outside the mask (right for the right reasons, with LRP instead of input gradients).
 
-    Per case: ``(sum over outside pixels of |R|**p) ** (1/p) / (|logit| + tau)`` (``p=1``: the absolute
-    relevance outside, as a share of the logit; the logit is detached). Without ``logit`` the raw norm.
+    Per case: ``(sum over outside pixels of |R|**p) ** (1/p) / max(|logit|, sum |R|)`` (``p=1``: the
+    share of the absolute relevance that lies outside, in ``[0, 1]``; the unit is detached, see
+    :func:`_scale`).
 
     Args:
         p: Norm of the outside relevance (1 or 2).
-        tau: Added to ``|logit|`` so that near-zero logits do not blow the loss up.
+        tau: Added to the unit so that an all-zero map does not divide by zero.
         squared: Square the per-case value (smoother near zero).
     """
 
-    def __init__(self, p: float = 1.0, tau: float = 1.0, squared: bool = False) -> None:
+    def __init__(self, p: float = 1.0, tau: float = 1e-6, squared: bool = False) -> None:
         super().__init__()
         if p <= 0:
             raise InputError(f"p must be positive, got {p}")
@@ -119,7 +127,7 @@ class RelevanceOutsideLoss(nn.Module):
         Args:
             relevance: ``(N, ...)`` relevance maps.
             mask: Region that should matter (1) and should not (0).
-            logit: ``(N,)`` the explained quantity (what relevance started from); scales the loss.
+            logit: ``(N,)`` the explained quantity (what relevance started from); part of the unit.
             weight: ``(N,)`` per-case weights (0 for cases without a mask).
         """
         _check_logit(logit, relevance, "RelevanceOutsideLoss")
@@ -136,7 +144,7 @@ class RelevanceOutsideLoss(nn.Module):
 
 
 class RelevanceMassLoss(nn.Module):
-    """The mask region must explain the logit: ``((logit - R_in) / (|logit| + tau)) ** 2`` per case.
+    """The mask region must explain the logit: ``((logit - R_in) / max(|logit|, sum |R|)) ** 2`` per case.
 
     ``R_in`` is the signed relevance inside the mask. With conservative, bias-free rules ``logit - R_in``
     is the relevance outside (signed); with biases and saturated units it also holds what they absorb, the
@@ -144,10 +152,10 @@ class RelevanceMassLoss(nn.Module):
     the mask explains is ``R_in / logit``.
 
     Args:
-        tau: Added to ``|logit|`` (detached) so that near-zero logits do not blow the loss up.
+        tau: Added to the (detached) unit so that an all-zero map does not divide by zero.
     """
 
-    def __init__(self, tau: float = 1.0) -> None:
+    def __init__(self, tau: float = 1e-6) -> None:
         super().__init__()
         self.tau = float(tau)
 
@@ -226,7 +234,7 @@ class GuidanceLoss(nn.Module):
         tau: Passed to both.
     """
 
-    def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1.0) -> None:
+    def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1e-6) -> None:
         super().__init__()
         self.outside_weight, self.mass_weight = float(outside), float(mass)
         self.outside = RelevanceOutsideLoss(p=1.0, tau=tau)
