@@ -10,7 +10,7 @@ channels at 224 px) takes minutes per image, so it is measured on ResNet18's lay
 112 px, one image: the floor is 512 forward passes of masked inputs through the whole model, in the
 same batches (32) that medlrp and pytorch-grad-cam use.
 
-    .venv/bin/python benchmarks/cam_speed.py [--repeats 5] [--threads N]
+    .venv/bin/python benchmarks/cam_speed.py [--repeats 5] [--threads N] [--cams gradcam,...] [--no-scorecam]
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def gradient_cams(repeats: int) -> list[dict]:
+def show(row: dict) -> None:
+    rel = row.get("x_plain_fwd_bwd", row.get("x_floor"))
+    ratio = row["x_pytorch_grad_cam"]
+    print(f"{row['case']:42} {row['impl']:22} {row['seconds']:8.3f} {rel:14.2f} {ratio:19.2f}", flush=True)
+
+
+def gradient_cams(repeats: int, methods: list[str]) -> list[dict]:
     from captum.attr import LayerGradCam
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -66,7 +72,8 @@ def gradient_cams(repeats: int) -> list[dict]:
     peers = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
     peers["xgradcam"] = XGradCAM
     rows = []
-    for method, peer_cls in peers.items():
+    for method in methods:
+        peer_cls = peers[method]
         peer = peer_cls(model=model, target_layers=[model.layer4[-1]])
 
         def ours(method=method):
@@ -87,7 +94,7 @@ def gradient_cams(repeats: int) -> list[dict]:
             if name == "plain forward+backward":
                 continue
             rows.append(
-                {
+                row := {
                     "case": f"{method} resnet50 b4 224",
                     "impl": name,
                     "seconds": t[name],
@@ -95,6 +102,7 @@ def gradient_cams(repeats: int) -> list[dict]:
                     "x_pytorch_grad_cam": t[name] / t["pytorch-grad-cam"],
                 }
             )
+            show(row)
     return rows
 
 
@@ -125,7 +133,7 @@ def score_cam(repeats: int) -> list[dict]:
 
     t = interleaved({"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}, repeats)
     peer.activations_and_grads.release()
-    return [
+    rows = [
         {
             "case": "scorecam resnet18 layer4 (512 ch) b1 112",
             "impl": name,
@@ -135,6 +143,9 @@ def score_cam(repeats: int) -> list[dict]:
         }
         for name in ("medlrp", "pytorch-grad-cam")
     ]
+    for row in rows:
+        show(row)
+    return rows
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def bench_case(name, model, shape, pf_step, patch, regions, repeats, quantus):
     total = x[0].numel()
     counts = torch.clamp(torch.arange(-(-total // pf_step) + 1) * pf_step, max=total)
     rank = rank_units(a.reshape(n, -1), "morf").reshape(a.shape)
-    inputs = perturbed_inputs(x, rank, counts)
+    inputs = perturbed_inputs(x, rank, counts[1:])  # the perturbed inputs (medlrp also scores x itself)
     rows.append(_measure(name, "pixel_flipping", run_q_pf, run_m_pf, lambda: floor(model, inputs, y, n),
                          lambda q, m: np.abs(np.asarray(q) - m[:, 1:].numpy()).max(), repeats))  # fmt: skip
 
@@ -118,7 +118,7 @@ def bench_case(name, model, shape, pf_step, patch, regions, repeats, quantus):
         )
 
     prank, _ = patch_ranks(a, [patch] * (x.ndim - 2), "morf")
-    inputs_rp = perturbed_inputs(x, prank, torch.arange(regions + 1))
+    inputs_rp = perturbed_inputs(x, prank, torch.arange(regions + 1))  # both score x for the drop
 
     def diff_rp(q, m):
         return np.abs(np.asarray(q) - (m[:, :1] - m[:, 1:]).numpy()).max()

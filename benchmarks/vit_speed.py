@@ -62,7 +62,11 @@ def _lxt_cp_map() -> dict:
     spec = importlib.util.find_spec("lxt")
     assert spec is not None and spec.submodule_search_locations
     root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lxt", ""), ("lxt.efficient", "/efficient"), ("lxt.efficient.models", "/efficient/models")):
+    for name, sub in (
+        ("lxt", ""),
+        ("lxt.efficient", "/efficient"),
+        ("lxt.efficient.models", "/efficient/models"),
+    ):
         if name not in sys.modules:
             pkg = types.ModuleType(name)
             pkg.__path__ = [root + sub]
@@ -73,8 +77,10 @@ def _lxt_cp_map() -> dict:
 @contextlib.contextmanager
 def lxt_patched(patch_map: dict) -> Iterator[None]:
     """Apply LXT's class patches, and put every patched class attribute back afterwards."""
-    saved = {cls: {k: cls.__dict__[k] for k in ("forward", "original_forward") if k in cls.__dict__}
-             for cls in patch_map}
+    saved = {
+        cls: {k: cls.__dict__[k] for k in ("forward", "original_forward") if k in cls.__dict__}
+        for cls in patch_map
+    }
     try:
         for cls, patch in patch_map.items():
             if not patch(cls):
@@ -95,8 +101,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall time, or the process's CPU time (steadier on a shared machine)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or the process's CPU time (steadier on a shared machine)",
+    )
     p.add_argument("--quick", action="store_true", help="112 px, 2 repeats: a fast check")
     a = p.parse_args()
     if a.threads:
@@ -143,8 +153,10 @@ def main() -> None:
 
     base = times["plain fwd+bwd"]
     rows = []
-    print(f"vit_b_16, batch {a.batch}, {a.size} px, float32, CPU, {torch.get_num_threads()} threads, "
-          f"{a.clock} time, median of {a.repeats}")
+    print(
+        f"vit_b_16, batch {a.batch}, {a.size} px, float32, CPU, {torch.get_num_threads()} threads, "
+        f"{a.clock} time, median of {a.repeats}"
+    )
     print(f"{'method':28s} {'seconds':>8s} {'x plain':>8s} {'x LXT':>7s}")
     for name, t in times.items():
         row = {"method": name, "seconds": t, "x_plain": t / base, "x_lxt": t / times["LXT 2.1 CP-LRP"]}
@@ -152,9 +164,17 @@ def main() -> None:
         print(f"{name:28s} {t:8.3f} {row['x_plain']:8.2f} {row['x_lxt']:7.2f}")
     RESULTS.mkdir(exist_ok=True)
     out = {
-        "benchmark": "vit_speed", "model": "torchvision vit_b_16", "batch": a.batch, "size": a.size,
-        "repeats": a.repeats, "threads": torch.get_num_threads(), "clock": a.clock, "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "machine": platform.machine(), "rows": rows,
+        "benchmark": "vit_speed",
+        "model": "torchvision vit_b_16",
+        "batch": a.batch,
+        "size": a.size,
+        "repeats": a.repeats,
+        "threads": torch.get_num_threads(),
+        "clock": a.clock,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": platform.machine(),
+        "rows": rows,
     }
     (RESULTS / "vit_speed.json").write_text(json.dumps(out, indent=2))
 

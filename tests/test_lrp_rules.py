@@ -74,7 +74,7 @@ def reference(rule, w, b, x, r, low=None, high=None):
         m = r / stab(z - wp @ low - wn @ high - b)
         return x * (w.T @ m) - low * (wp.T @ m) - high * (wn.T @ m)
     if isinstance(rule, Flat):
-        ones = torch.ones_like(w)
+        ones = (w != 0).to(w)  # the flat rule's weights: ones where the layer connects
         return ones.T @ (r / stab(ones @ torch.ones_like(x)))
     if isinstance(rule, WSquare):
         return (w * w).T @ (r / stab((w * w) @ torch.ones_like(x) + b * b))

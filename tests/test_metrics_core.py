@@ -135,6 +135,19 @@ def test_batch_size_and_target_none_agree():
     torch.testing.assert_close(c, d)
 
 
+def test_insertion_runs_from_baseline_to_input():
+    model = _cnn(2).eval()
+    x, r = torch.randn(4, 2, 8, 8), torch.randn(4, 1, 8, 8)
+    t = torch.tensor([0, 1, 2, 0])
+    curve = M.insertion(model, x, r, t, features_per_step=10, baseline=0.5, softmax=False)
+    with torch.no_grad():
+        f_x = model(x).gather(1, t[:, None])[:, 0]
+        f_b = model(torch.full_like(x, 0.5)).gather(1, t[:, None])[:, 0]
+    assert curve.shape == (4, 8)  # ceil(64 / 10) + 1
+    torch.testing.assert_close(curve[:, 0], f_b)  # one shared forward for the common baseline
+    torch.testing.assert_close(curve[:, -1], f_x)
+
+
 def test_localisation_and_complexity_values():
     r = torch.zeros(2, 1, 4, 4)
     r[0, 0, 1, 1], r[0, 0, 3, 3] = 3.0, 1.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medlrp.cli import main
+from medlrp.commands.evaluate import pick_cases
 from medlrp.data.phantom import PhantomSpec, write_phantom
 from medlrp.metrics.suite import EvaluationResult
 from medlrp.metrics.table import mean_ci, ranking, summary_table, table_markdown
@@ -79,3 +80,10 @@ def test_table_statistics_and_ranking():
     assert ranking(r)[0]["mean_rank"] == 1.5  # a wins AOPC, b wins randomisation
     assert len(summary_table(r)) == 4
     assert "| a | 0.400 ±" in table_markdown(r)
+
+
+def test_max_cases_takes_every_class():
+    labels = [0, 0, 0, 0, 1, 1, 2]
+    assert pick_cases(labels, None) == list(range(7))
+    assert pick_cases(labels, 4) == [0, 1, 4, 6]
+    assert pick_cases(labels, 100) == list(range(7))

@@ -9,6 +9,15 @@ from medlrp.models import Preprocessing, load_model
 from medlrp.train import TrainConfig, accuracy, build_model, fit, minibatches, train_on_folder
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")
@@ -38,7 +47,7 @@ def test_fit_learns_and_uses_the_loss_seam():
         logits = model(batch.x)
         ce = F.cross_entropy(logits, batch.label)
         penalty = 0.0 * (batch.mask * batch.x).mean()  # a guided loss reads masks from the batch
-        return ce + penalty, {"ce": float(ce), "penalty": float(penalty)}
+        return ce + penalty, {"ce": float(ce.detach()), "penalty": float(penalty)}
 
     history = fit(model, data, TrainConfig(epochs=3, batch_size=16, lr=3e-3), val=data, loss_fn=loss_fn)
     assert len(history.epochs) == 3 and set(history.epochs[0].parts) == {"ce", "penalty"}

@@ -11,8 +11,13 @@ from medlrp.models.vit import vit2d
 
 def _tiny() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = vit2d(in_channels=1, num_classes=2, image_size=8, patch_size=4, dim=8, depth=1, heads=2,
-                  mlp_ratio=1.0).double().eval()
+    model = (
+        vit2d(
+            in_channels=1, num_classes=2, image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_ratio=1.0
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():  # keep the logits and activations away from the rules' kinks
         for p in model.parameters():
             p.mul_(3.0)
@@ -20,15 +25,20 @@ def _tiny() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, x
 
 
-@pytest.mark.parametrize("composite,options", [("attnlrp", {}), ("cp-lrp", {}),
-                                                ("attnlrp", {"linear": "gamma"})])
+@pytest.mark.parametrize(
+    "composite,options", [("attnlrp", {}), ("cp-lrp", {}), ("attnlrp", {"linear": "gamma"})]
+)
 def test_gradcheck_wrt_parameters_and_input(composite: str, options: dict) -> None:
     model, x = _tiny()
     lrp = medlrp.LRP(model, composite, **options)
     target = torch.tensor([0, 1])
     # parameters of each kind of rule: layer norm, attention projection, patch embedding, head
-    params = [model.blocks[0].norm1.weight, model.blocks[0].attn.proj.bias, model.patch_embed.bias,
-              model.head.weight]
+    params = [
+        model.blocks[0].norm1.weight,
+        model.blocks[0].attn.proj.bias,
+        model.patch_embed.bias,
+        model.head.weight,
+    ]
 
     def of_params(*ps: torch.Tensor) -> torch.Tensor:
         return lrp.relevance(x, target, create_graph=True)
@@ -38,7 +48,9 @@ def test_gradcheck_wrt_parameters_and_input(composite: str, options: dict) -> No
     def of_input(xx: torch.Tensor) -> torch.Tensor:
         return lrp.relevance(xx, target, create_graph=True)
 
-    assert torch.autograd.gradcheck(of_input, (x.clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+    assert torch.autograd.gradcheck(
+        of_input, (x.clone().requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True
+    )
     # the exact pass gives the same relevance as the fast one
     fast = lrp.relevance(x, target)
     torch.testing.assert_close(lrp.relevance(x, target, create_graph=True).detach(), fast)

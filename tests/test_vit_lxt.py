@@ -26,7 +26,8 @@ def test_cp_lrp_equals_lxt_on_vit_b_16(tmp_path: Path) -> None:
     out = tmp_path / "lxt.pt"
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "vit_lxt_reference.py"), str(out), "--size", "32", "--n", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     model = build("vit_b_16", 32, 0, torch.float64)
     x = inputs(2, 32, 0, torch.float64)

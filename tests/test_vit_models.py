@@ -115,8 +115,16 @@ class _Boom(nn.Module):
 def test_model_and_process_untouched_also_after_an_exception() -> None:
     model, x = vit_zoo.make("torchvision")
     other, y = vit_zoo.make("timm-vit")  # a second, unexplained model in the same process
-    globals_before = (F.softmax, F.layer_norm, F.scaled_dot_product_attention, F.multi_head_attention_forward,
-                      nn.MultiheadAttention.forward, nn.LayerNorm.forward, nn.GELU.forward, torch.matmul)
+    globals_before = (
+        F.softmax,
+        F.layer_norm,
+        F.scaled_dot_product_attention,
+        F.multi_head_attention_forward,
+        nn.MultiheadAttention.forward,
+        nn.LayerNorm.forward,
+        nn.GELU.forward,
+        torch.matmul,
+    )
     with torch.no_grad():
         out_model, out_other = model(x), other(y)
     snap = _snapshot(model)
@@ -131,9 +139,16 @@ def test_model_and_process_untouched_also_after_an_exception() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         medlrp.LRP(broken, "attnlrp")(x)
     _same(broken, snap_broken)
-    assert globals_before == (F.softmax, F.layer_norm, F.scaled_dot_product_attention,
-                              F.multi_head_attention_forward, nn.MultiheadAttention.forward,
-                              nn.LayerNorm.forward, nn.GELU.forward, torch.matmul)
+    assert globals_before == (
+        F.softmax,
+        F.layer_norm,
+        F.scaled_dot_product_attention,
+        F.multi_head_attention_forward,
+        nn.MultiheadAttention.forward,
+        nn.LayerNorm.forward,
+        nn.GELU.forward,
+        torch.matmul,
+    )
     assert not torch.overrides._get_current_function_mode_stack()
     with torch.no_grad():
         assert torch.equal(model(x), out_model)

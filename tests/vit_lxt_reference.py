@@ -42,7 +42,11 @@ def _lxt_vit_cp_lrp_map() -> dict:
     spec = importlib.util.find_spec("lxt")
     assert spec is not None and spec.submodule_search_locations, "lxt is not installed"
     root = list(spec.submodule_search_locations)[0]
-    for name, sub in (("lxt", ""), ("lxt.efficient", "/efficient"), ("lxt.efficient.models", "/efficient/models")):
+    for name, sub in (
+        ("lxt", ""),
+        ("lxt.efficient", "/efficient"),
+        ("lxt.efficient.models", "/efficient/models"),
+    ):
         if name not in sys.modules:
             pkg = types.ModuleType(name)
             pkg.__path__ = [root + sub]

@@ -43,8 +43,9 @@ def torchvision_vit() -> tuple[nn.Module, torch.Tensor]:
     from torchvision.models.vision_transformer import VisionTransformer
 
     _seeded(2)
-    m = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-                          num_classes=3)
+    m = VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3
+    )
     with torch.no_grad():  # torchvision zero-initialises the head
         m.heads.head.weight.normal_(0.0, 0.2)
     return m, torch.randn(2, 3, 32, 32)
@@ -62,8 +63,9 @@ def timm_deit() -> tuple[nn.Module, torch.Tensor]:
     import timm
 
     _seeded(4)
-    m = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=2,
-                          num_classes=3)
+    m = timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=3
+    )
     return m, torch.randn(2, 3, 32, 32)
 
 
@@ -71,8 +73,18 @@ def monai2d() -> tuple[nn.Module, torch.Tensor]:
     from monai.networks.nets import ViT
 
     _seeded(5)
-    m = ViT(in_channels=1, img_size=(32, 32), patch_size=(8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
-            num_heads=2, classification=True, num_classes=3, spatial_dims=2)
+    m = ViT(
+        in_channels=1,
+        img_size=(32, 32),
+        patch_size=(8, 8),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=2,
+        classification=True,
+        num_classes=3,
+        spatial_dims=2,
+    )
     return FirstOutput(m), torch.randn(2, 1, 32, 32)
 
 
@@ -80,8 +92,18 @@ def monai3d() -> tuple[nn.Module, torch.Tensor]:
     from monai.networks.nets import ViT
 
     _seeded(6)
-    m = ViT(in_channels=1, img_size=(16, 16, 16), patch_size=(8, 8, 8), hidden_size=32, mlp_dim=64,
-            num_layers=2, num_heads=2, classification=True, num_classes=3, spatial_dims=3)
+    m = ViT(
+        in_channels=1,
+        img_size=(16, 16, 16),
+        patch_size=(8, 8, 8),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=2,
+        classification=True,
+        num_classes=3,
+        spatial_dims=3,
+    )
     return FirstOutput(m), torch.randn(2, 1, 16, 16, 16)
 
 

@@ -189,15 +189,14 @@ def _run_locked(
     label = f"batch rank {ctx.rank}/{ctx.world_size}" if ctx.world_size > 1 else "batch"
     tic = time.perf_counter()
     with (
-        CaseWriter(loaded, options.writers, options.keep_identifiers) as writer,
+        CaseWriter(loaded, options.writers, options.keep_identifiers, lock.inherited_fds) as writer,
         Journal(part_path(out, "index", ctx.rank)) as index,
         Journal(part_path(out, "errors", ctx.rank)) as errors,
         CaseProgress(len(mine) - skipped, label, options.progress and ctx.rank == 0) as progress,
     ):
         job = BatchJob(job_settings, loaded, set(done_before), writer, index, errors, progress)
         reader = CaseReader(flat, loaded.preprocessing)
-        # Readers drop their copy of the lock, so it dies with this process; writers keep it (they
-        # write into OUT) and follow their parent within a second.
+        # Readers and writers drop their copy of the lock, so it dies with this process.
         loader = make_loader(reader, batches, options.workers, ctx.device.type == "cuda", lock.inherited_fds)
         for batch in loader:
             job.run(batch)

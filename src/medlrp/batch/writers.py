@@ -3,8 +3,9 @@
 Drawing an overlay costs far more than explaining a small case (and on a GPU, all of it), so with
 ``writers > 0`` the files are written by worker processes while the next batch is explained. A writer
 only writes files; the index record is appended by the main process once the writer reports success,
-so "done means recorded after its files" holds either way. Writers watch their parent and exit when
-it dies (e.g. SIGKILL), leaving at most a temporary that the next run removes.
+so "done means recorded after its files" holds either way. Writers watch their parent: after its death
+(e.g. SIGKILL) a writer finishes the file it is writing (a complete file renamed into place, never
+recorded, so the next run redoes that case and writes the same bytes), starts no other job, and exits.
 """
 
 from __future__ import annotations
@@ -56,34 +57,58 @@ def write_job(job: WriteJob, loaded: LoadedModel, keep_identifiers: bool) -> Wri
 
 # A writer process's settings, set once by _init_writer (jobs then carry only the case).
 _WORKER_SETTINGS: tuple[LoadedModel, bool] | None = None
+_PARENT = -1
+# Held while a job writes: an orphaned writer finishes the file it is writing (so it never leaves a
+# temporary behind after the next run has tidied up) and then exits, starting no further job.
+_BUSY = threading.Lock()
+
+
+class OrphanedWriterError(RuntimeError):
+    """The writer's parent died; the job is not started."""
 
 
 def _write_in_worker(job: WriteJob) -> Written:
     assert _WORKER_SETTINGS is not None
-    return write_job(job, *_WORKER_SETTINGS)
+    with _BUSY:
+        if os.getppid() != _PARENT:
+            raise OrphanedWriterError("the batch run that queued this job is gone")
+        return write_job(job, *_WORKER_SETTINGS)
 
 
 def _ready() -> bool:
     return True
 
 
-def _init_writer(loaded: LoadedModel, keep_identifiers: bool, parent: int) -> None:
-    global _WORKER_SETTINGS
-    _WORKER_SETTINGS = (loaded, keep_identifiers)
+def _init_writer(loaded: LoadedModel, keep_identifiers: bool, parent: int, close_fds: list[int]) -> None:
+    global _WORKER_SETTINGS, _PARENT
+    _WORKER_SETTINGS, _PARENT = (loaded, keep_identifiers), parent
+    for fd in close_fds:
+        os.close(fd)
     torch.set_num_threads(1)  # a writer resamples small maps; threads would only fight the explainer
 
     def watch() -> None:  # an orphaned pool worker would otherwise wait for jobs forever
         while os.getppid() == parent:
             time.sleep(0.5)
-        os._exit(1)
+        with _BUSY:
+            os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
 
 
 class CaseWriter:
-    """Writes :class:`WriteJob` s, synchronously (``writers=0``) or in ``writers`` processes."""
+    """Writes :class:`WriteJob` s, synchronously (``writers=0``) or in ``writers`` processes.
 
-    def __init__(self, loaded: LoadedModel, writers: int, keep_identifiers: bool = False) -> None:
+    ``close_fds`` are closed in each writer process (descriptors it inherits but must not hold, such as
+    the run lock: it must die with the main process, not linger with an orphaned writer).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        writers: int,
+        keep_identifiers: bool = False,
+        close_fds: list[int] | None = None,
+    ) -> None:
         self.writers = writers
         self._loaded = loaded
         self._keep_identifiers = keep_identifiers
@@ -96,7 +121,7 @@ class CaseWriter:
                 writers,
                 mp_context=multiprocessing.get_context(method),
                 initializer=_init_writer,
-                initargs=(lite, keep_identifiers, os.getpid()),
+                initargs=(lite, keep_identifiers, os.getpid(), list(close_fds or [])),
             )
             # Start the processes now, before the progress bar's thread and the readers exist.
             self._pool.submit(_ready).result()

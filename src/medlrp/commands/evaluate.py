@@ -54,7 +54,7 @@ def run_evaluate(
     dataset = FolderDataset(
         data, split="test", preprocessing=loaded.preprocessing, classes=loaded.class_names or None
     )
-    subset = Subset(dataset, range(min(len(dataset), max_cases or len(dataset))))
+    subset = Subset(dataset, pick_cases(dataset.labels, max_cases))
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate_cases)
 
     def batches():
@@ -80,6 +80,27 @@ def run_evaluate(
     print(markdown)
     print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'curves.png'}, {out / 'report.html'}")
     return payload
+
+
+def pick_cases(labels: list[int], limit: int | None) -> list[int]:
+    """Case indices to evaluate: all, or ``limit`` of them taken round-robin over the classes.
+
+    The dataset lists cases class by class; the first ``limit`` would often be one class only.
+    """
+    if limit is None or limit >= len(labels):
+        return list(range(len(labels)))
+    if limit < 1:
+        raise InputError(f"--max-cases must be at least 1, got {limit}")
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    picked: list[int] = []
+    queues = [list(g) for g in groups.values()]
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    return sorted(picked)
 
 
 def _per_case_csv(result: Any, path: Path) -> None:

@@ -3,28 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from medlrp.errors import InputError
 from medlrp.train.folder import TrainedModel, load_splits, train_on_splits
 from medlrp.train.loop import TrainConfig
+from medlrp.train.losses import LossFn, cross_entropy_loss
 from medlrp.train.progress import training_progress
 
 
 def run_train(
-    data: Path, out: Path | None, arch: str | None, config: TrainConfig, progress: bool = True
+    data: Path,
+    out: Path | None,
+    arch: str | None,
+    config: TrainConfig,
+    progress: bool = True,
+    loss_fn: LossFn = cross_entropy_loss,
+    extra: dict[str, Any] | None = None,
 ) -> TrainedModel:
-    """Plain training with a progress bar (see :func:`medlrp.train.train_on_folder`)."""
+    """Training with a progress bar (see :func:`medlrp.train.train_on_folder`)."""
     config.check()
     splits = load_splits(data)  # bad data is reported before a progress bar appears
     with training_progress(config.epochs, enabled=progress) as on_step:
-        return train_on_splits(splits, out, arch, config, on_step=on_step, extra={"data": str(data)})
+        return train_on_splits(
+            splits,
+            out,
+            arch,
+            config,
+            loss_fn=loss_fn,
+            on_step=on_step,
+            extra={"data": str(data), **(extra or {})},
+        )
 
 
 def summary_lines(result: TrainedModel) -> list[str]:
     """One line per split with its accuracy, then where the checkpoint is."""
     lines = [f"{split} accuracy: {acc:.3f}" for split, acc in result.accuracy.items()]
+    if result.history.epochs:
+        last = result.history.epochs[-1].parts
+        lines.append("last epoch: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
     if result.checkpoint is not None:
         lines.append(f"checkpoint ({result.arch}, classes {result.class_names}): {result.checkpoint}")
     return lines
@@ -42,16 +61,43 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
         batch_size: int = typer.Option(16, "--batch-size", help="Cases per step."),
         lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine decay)."),
-        guided: bool = typer.Option(False, "--guided", help="Explanation-guided training (not yet)."),
+        guided: bool = typer.Option(
+            False, "--guided", help="Explanation-guided training: LRP relevance outside the masks costs."
+        ),
         guidance_weight: float = typer.Option(1.0, "--guidance-weight", help="Explanation loss weight."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a model on a dataset folder; report accuracies and write a checkpoint for --model."""
-        if guided:
-            raise InputError("--guided: explanation-guided training is not available yet")
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        result = run_train(data, out, arch, config, progress=not quiet)
-        for line in summary_lines(result):
-            typer.echo(line)
+        loss_fn, extra, main = guided_setup(guided, guidance_weight)
+        result = run_train(
+            data,
+            out if main else None,
+            arch,
+            config,
+            progress=main and not quiet,
+            loss_fn=loss_fn,
+            extra=extra,
+        )
+        if main:
+            for line in summary_lines(result):
+                typer.echo(line)
+
+
+def guided_setup(guided: bool, weight: float) -> tuple[LossFn, dict[str, Any], bool]:
+    """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0."""
+    if not weight >= 0:
+        raise InputError(f"--guidance-weight must be >= 0, not {weight}")
+    from medlrp.train.guided import GuidedLoss
+    from medlrp.train.guided_dist import guided_loss_fn, init_distributed
+
+    info = init_distributed()
+    if not guided and info is None:
+        return cross_entropy_loss, {}, True
+    criterion = GuidedLoss(weight if guided else 0.0)
+    extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
+    if info is not None:
+        extra["world_size"] = info.world
+    return guided_loss_fn(criterion, info), extra, info is None or info.is_main

@@ -21,10 +21,10 @@ and CP-LRP (Ali et al., ICML 2022) become:
 * **element-wise activations** (GELU, SiLU, tanh, ...): the identity rule, relevance passes unchanged:
   gradient ``g * f(x) / x`` (``x`` stabilised as ``x + eps * sign(x)``, ``sign(0) = +1``).
 
-For ``create_graph=True`` the engine runs the true forward first and records every rule op's inputs and
-output *with their graph*; the second, relevance forward then calls :class:`Linearised`, whose backward
-evaluates the rule's vector-Jacobian product at the recorded pass-1 tensors (``vjp_*`` below), so the
-derivative of the relevance with respect to parameters is exact.
+For ``create_graph=True`` the engine builds the true forward (with its graph) beside the routed one; a
+rule op's routed output is then :class:`Linearised`, whose backward evaluates the rule's
+vector-Jacobian product at the true tensors *with their graph* (``vjp_*`` below), so the derivative of
+the relevance with respect to parameters is exact.
 """
 
 from __future__ import annotations
@@ -203,28 +203,36 @@ def sdpa_rule(
     return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
 
 
-class Linearised(torch.autograd.Function):
-    """The exact (second-order) form of a rule op in the relevance pass of ``create_graph=True``.
+class _Held:
+    """Non-tensor holder, so that the output is never an input of the autograd function (no view)."""
 
-    ``forward(value, vjp, *inputs)`` returns ``value`` (the op's true output recorded in the first pass,
-    detached); the backward returns ``vjp(grad)``, one gradient per input (or ``None``), computed from
-    the first pass's recorded tensors *with their graph*, so the relevance is differentiable with respect
-    to parameters exactly, while the relevance pass itself never flows into the first pass's graph.
+    __slots__ = ("value", "vjp")
+
+    def __init__(self, value: torch.Tensor, vjp: Callable[[torch.Tensor], Sequence[torch.Tensor | None]]):
+        self.value = value
+        self.vjp = vjp
+
+
+class Linearised(torch.autograd.Function):
+    """The exact (second-order) form of a rule op, for ``create_graph=True``.
+
+    In that mode the engine computes the true forward (with its ordinary graph) beside the routed one.
+    ``Linearised.apply(held, *inputs)`` returns ``held.value`` (the op's true output, detached) as the
+    routed output; its backward returns ``held.vjp(grad)``, one gradient per routed input (or ``None``),
+    computed from the true tensors *with their graph*. So the relevance is differentiable with respect to
+    parameters exactly, while the first-order backward never enters the true graph.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        value: torch.Tensor,
-        vjp: Callable[[torch.Tensor], Sequence[torch.Tensor | None]],
-        *inputs: torch.Tensor,
-    ) -> torch.Tensor:
-        ctx.vjp = vjp
-        return value.detach().clone()
+    def forward(ctx: Any, held: _Held, *inputs: torch.Tensor) -> torch.Tensor:
+        """Return the held value (a fresh tensor object sharing its storage)."""
+        ctx.vjp = held.vjp
+        return held.value.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, None, *ctx.vjp(grad))
+        """The rule's vector-Jacobian product."""
+        return (None, *ctx.vjp(grad))
 
 
 def linearised(
@@ -233,7 +241,7 @@ def linearised(
     inputs: Sequence[torch.Tensor],
 ) -> torch.Tensor:
     """Output ``value`` whose gradient to ``inputs`` is ``vjp(grad)`` (see :class:`Linearised`)."""
-    return Linearised.apply(value, vjp, *inputs)
+    return Linearised.apply(_Held(value, vjp), *inputs)
 
 
 def vjp_of(

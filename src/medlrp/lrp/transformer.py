@@ -42,6 +42,7 @@ from medlrp.lrp.composites import DEFAULT_COMPOSITES, Composite, looks_like_tran
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import HANDLERS, transparent, variants
 from medlrp.lrp.rules import Epsilon, Flat, Gamma, LinearRule, WSquare, ZBox, Zero
+from medlrp.lrp.transformer_fast import fast_handlers
 from medlrp.registry import COMPOSITES
 
 Tensor = torch.Tensor
@@ -79,8 +80,9 @@ def _vjp(
             with torch.enable_grad():
                 out = func(*local, **kwargs)
         wanted = [t for t, s in zip(ins, scales, strict=True) if s is not None]
-        grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, retain_graph=True,
-                                         allow_unused=True))
+        grads = iter(
+            torch.autograd.grad(out, wanted, grad, create_graph=True, retain_graph=True, allow_unused=True)
+        )
         result: list[Tensor | None] = []
         for t, s in zip(ins, scales, strict=True):
             if s is None:
@@ -152,7 +154,7 @@ def _scaled_op(
 
 
 def _multilinear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """matmul / bmm / einsum: the uniform rule over the relevance-carrying factors (1/n each)."""
+    """Matmul / bmm / einsum: the uniform rule over the relevance-carrying factors (1/n each)."""
     flat, _ = _flatten_args(args)
     tracked = [i for i, a in enumerate(flat) if _is_tracked(engine, a)]
     share = 1.0 / len(tracked)
@@ -190,7 +192,7 @@ _LN_NAMES = ("input", "normalized_shape", "weight", "bias", "eps")
 
 
 def _layer_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = dict(zip(_LN_NAMES, args))
+    bound = dict(zip(_LN_NAMES, args, strict=False))
     bound.update(kwargs)
     x, shape = bound["input"], tuple(bound["normalized_shape"])
     weight, bias, eps = bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5)
@@ -213,7 +215,7 @@ _RMS_NAMES = ("input", "normalized_shape", "weight", "eps")
 
 
 def _rms_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = dict(zip(_RMS_NAMES, args))
+    bound = dict(zip(_RMS_NAMES, args, strict=False))
     bound.update(kwargs)
     x, shape = bound["input"], tuple(bound["normalized_shape"])
     weight, eps = bound.get("weight"), bound.get("eps")
@@ -237,7 +239,7 @@ _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "
 
 def _sdpa(conservative: bool) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bound = dict(zip(_SDPA_NAMES, args))
+        bound = dict(zip(_SDPA_NAMES, args, strict=False))
         bound.update(kwargs)
         if bound.get("dropout_p", 0.0):
             raise engine.input_error("attention dropout is active (model in train mode): call model.eval()")
@@ -289,7 +291,9 @@ def _multi_head_attention(engine: Engine, func: Any, args: tuple[Any, ...], kwar
         if query is key and key is value and not p["use_separate_proj_weight"]:
             q, k, v = F.linear(query, p["in_proj_weight"], b).chunk(3, dim=-1)
         else:
-            q, k, v = (F.linear(t, w, bb) for t, w, bb in zip((query, key, value), weights, biases))
+            q, k, v = (
+                F.linear(t, w, bb) for t, w, bb in zip((query, key, value), weights, biases, strict=True)
+            )
 
         def heads_first(t: Tensor) -> Tensor:  # (L, N, E) -> (N, H, L, E / H)
             return t.reshape(t.shape[0], n, heads, dim // heads).permute(1, 2, 0, 3)
@@ -324,7 +328,7 @@ def transformer_handlers(conservative: bool, residual: str = "norm") -> dict[Any
     ``residual="plain"`` gives sums the plain gradient (the exact proportional split, LXT's choice)
     instead of the engine's epsilon-stabilised one (zennit's ``Norm``, the default).
     """
-    table: dict[Any, Handler] = {}
+    table: dict[Any, Handler] = fast_handlers(stabilised_sums=residual == "norm")
     if residual == "plain":
         for f, out_of_place in _SUMS:
             table[f] = transparent(out_of_place)
@@ -333,7 +337,9 @@ def transformer_handlers(conservative: bool, residual: str = "norm") -> dict[Any
     for f in variants("matmul", "bmm", "einsum") + [torch.Tensor.__matmul__, torch.Tensor.__rmatmul__]:
         table[f] = _multilinear
     for f in variants("mul", "multiply", "mul_") + [
-        torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__imul__
+        torch.Tensor.__mul__,
+        torch.Tensor.__rmul__,
+        torch.Tensor.__imul__,
     ]:
         if f in HANDLERS:
             table[f] = _mul
@@ -454,8 +460,11 @@ DEFAULT_COMPOSITES.insert(0, (looks_like_transformer, "attnlrp"))
 
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's transformer blocks, in order: the longest run of same-class children of one
-    ``nn.Sequential`` / ``nn.ModuleList`` that contain a layer norm (or attention)."""
+    """The model's transformer blocks, in order (``(dotted name, module)``).
+
+    They are the longest run of same-class children of one ``nn.Sequential`` / ``nn.ModuleList`` that
+    contain a layer norm (or attention).
+    """
     best: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Sequential, nn.ModuleList)) or len(module) == 0:
@@ -485,9 +494,7 @@ def _block(model: nn.Module, block: int | str) -> tuple[str, nn.Module]:
     return blocks[block]
 
 
-def token_relevance(
-    lrp: Any, x: Tensor, target: Any = None, block: int | str = -1
-) -> tuple[Tensor, Any]:
+def token_relevance(lrp: Any, x: Tensor, target: Any = None, block: int | str = -1) -> tuple[Tensor, Any]:
     """Relevance of each token at the output of a transformer block.
 
     Args:

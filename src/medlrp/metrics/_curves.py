@@ -135,24 +135,29 @@ def perturbation_curve(
             buf = torch.empty(
                 (max(1, min(per_chunk, len(regular))), b, *x.shape[1:]), dtype=x.dtype, device=x.device
             )
-            plan = _plan(state, src, order[lo:hi], counts[lo:hi])  # before any scatter
-            applied = -1
+            idx, values, ends = _plan(src, order[lo:hi], counts[lo:hi])
+            done = 0  # columns of the plan already written into ``state``
+            flat_state = state.view(b, *x.shape[1:])
             for c0 in range(0, len(regular), per_chunk):
                 steps_here = regular[c0 : c0 + per_chunk]
                 m = len(steps_here)
                 for j, step in enumerate(steps_here):
-                    for idx, values in plan[applied + 1 : step + 1]:
-                        if idx is not None:
-                            state.scatter_(2, idx, values)
-                    applied = step
-                    buf[j].copy_(state.view(b, *x.shape[1:]))
+                    upto = ends[step]
+                    if upto > done:
+                        state.scatter_(2, idx[..., done:upto], values[..., done:upto])
+                        done = upto
+                    buf[j].copy_(flat_state)
                 out = predict(model, buf[:m].view(m * b, *x.shape[1:]), softmax).reshape(m, b, -1)
                 if t is None:
                     t = resolve_target(None, out[0])
                 if result is None:
                     result = torch.empty(n, num_steps, dtype=out.dtype, device=out.device)
                 tb = t[lo:hi].view(1, b, 1).expand(m, b, 1)
-                result[lo:hi, steps_here] = out.gather(2, tb)[..., 0].T
+                scores = out.gather(2, tb)[..., 0].T
+                if steps_here[-1] - steps_here[0] == m - 1:  # consecutive: a slice, not an index list
+                    result[lo:hi, steps_here[0] : steps_here[0] + m] = scores
+                else:
+                    result[lo:hi, steps_here] = scores
         if any(shared):
             out = predict(model, baseline[:1].contiguous(), softmax)
             assert t is not None  # only insertion paths and full deletions share, and both resolve t first
@@ -165,39 +170,30 @@ def perturbation_curve(
 
 
 def _plan(
-    start: torch.Tensor, src: torch.Tensor, order: torch.Tensor, counts: torch.Tensor
-) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """Per step, the ``(index, values)`` to scatter into the running input: ``src`` at the new units.
+    src: torch.Tensor, order: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Where and what to write along the whole path, gathered at once (a step is then one scatter).
 
-    All steps are gathered at once (two indexing operations for the whole path), so a step costs one
-    small scatter and the copy of its input. Ranges are ragged across samples: a sample with fewer new
-    units than the widest repeats the last unit of its range (or, with none new, its last perturbed
-    unit), writing the same value twice, so the scatter stays deterministic.
+    Returns ``(index, values, ends)``: ``index``/``values`` of shape ``(b, channels, columns)`` list the
+    units in the order they are perturbed, step after step, and step ``s`` ends at column ``ends[s]``.
+    Ranges are ragged across samples: a sample with fewer new units in a step than the widest repeats the
+    last unit of its range (or, with none new, its last perturbed unit), writing the same value twice,
+    so every scatter stays deterministic.
     """
     b, steps = counts.shape
     prev = torch.cat([torch.zeros_like(counts[:, :1]), counts[:, :-1]], dim=1)
-    widths = (counts - prev).amax(dim=0).clamp_min(0).tolist()
-    total = int(sum(widths))
-    if total == 0:
-        return [(None, None)] * steps
-    step_of = torch.repeat_interleave(
-        torch.arange(steps, device=order.device), torch.tensor(widths, device=order.device)
-    )
-    first = torch.tensor([0, *widths[:-1]], device=order.device).cumsum(0)
-    within = torch.arange(total, device=order.device) - first[step_of]
+    gaps = (counts - prev).amax(dim=0).clamp_min(0)
+    # Why: a sample still at zero units while others move on would have no unit to repeat harmlessly.
+    if bool(((counts == 0) & (gaps > 0)[None]).any()):
+        raise InputError("internal: a perturbation path must move every sample from its first step")
+    widths = gaps.tolist()
+    ends = torch.tensor(widths).cumsum(0).tolist()
+    total = ends[-1] if ends else 0
+    device = order.device
+    step_of = torch.repeat_interleave(torch.arange(steps, device=device), gaps.to(device))
+    first = torch.tensor([0, *ends[:-1]], device=device, dtype=torch.long)
+    within = torch.arange(total, device=device) - first[step_of]
     last = (counts - 1).clamp_min(0)
     pos = torch.minimum(prev[:, step_of] + within, last[:, step_of])
     idx = order.gather(1, pos)[:, None, :].expand(-1, src.shape[1], -1)
-    values = src.gather(2, idx)
-    untouched = counts[:, step_of] == 0
-    if bool(untouched.any()):  # nothing perturbed yet: rewrite the starting values (a no-op)
-        values = torch.where(untouched[:, None, :], start.gather(2, idx), values)
-    plan: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
-    offset = 0
-    for width in widths:
-        if width == 0:
-            plan.append((None, None))
-        else:
-            plan.append((idx[..., offset : offset + width], values[..., offset : offset + width]))
-        offset += width
-    return plan
+    return idx, src.gather(2, idx), ends

@@ -7,7 +7,8 @@ as in Quantus.
 Mapping to Quantus 0.6.0 (tested to agree): each function equals the Quantus metric of the same name with
 ``normalise=False, abs=False`` (the defaults ``normalise=True`` divides the whole batch by one maximum:
 it changes no score here; ``abs=True`` would score ``relevance.abs()``). ``pointing_game(tolerance=0)``
-equals ``quantus.PointingGame(weighted=False)``; Quantus has no tolerance.
+equals ``quantus.PointingGame(weighted=False)`` except for an empty mask, which Quantus scores as a hit
+(it writes NaN into a boolean array); Quantus has no tolerance.
 """
 
 from __future__ import annotations

@@ -246,6 +246,8 @@ class GuidedLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(loss, parts)``; ``parts`` holds the detached ``ce``, ``guidance`` and ``acc``.
 
+        ``guidance`` is the batch-mean explanation loss (estimated from the explained cases), unweighted.
+
         Args:
             model: The model being trained (the plain module: not a DistributedDataParallel wrapper).
             x: Input batch ``(N, C, *spatial)``.
@@ -273,9 +275,9 @@ class GuidedLoss(nn.Module):
         explained = self.start(out, y[picked]).sum(dim=1)
         guidance = self.criterion(relevance, mask[picked], explained)
         # mean over the explained cases -> unbiased estimate of the mean over the batch
-        share = float(picked.sum()) * self.explain_every / x.shape[0]
+        guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
         parts["guidance"] = guidance.detach()
-        return ce + self.guidance_weight * share * guidance, parts
+        return ce + self.guidance_weight * guidance, parts
 
     def loss_fn(self) -> Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]:
         """This loss as ``loss_fn(model, batch) -> (loss, parts as floats)`` for :func:`medlrp.train.fit`.

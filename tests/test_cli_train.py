@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from medlrp.cli import main
+from medlrp.data.phantom import PhantomSpec, write_phantom
+from medlrp.models import load_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ph")
+    write_phantom(root, PhantomSpec(kind="glioma", dims=2, n=12, seed=0, size=32))
+    return root
+
+
+def test_train_writes_a_checkpoint_that_loads(tmp_path, capsys, data):
+    ckpt = tmp_path / "m.pt"
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(ckpt),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--seed",
+        "3",
+    ]
+    assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for split in ("train", "val", "test"):
+        assert f"{split} accuracy:" in out
+    assert str(ckpt) in out
+    loaded = load_model(ckpt)
+    assert loaded.arch == "cnn2d" and loaded.class_names == ["high_grade", "low_grade"]
+    assert loaded.preprocessing.size == [32, 32] and loaded.extra["seed"] == 3
+    x = torch.randn(2, 1, 32, 32)
+    assert loaded.model(x).shape == (2, 2)
+    # Same seed, same weights: the command is deterministic.
+    assert main([*args[:4], str(tmp_path / "again.pt"), *args[5:], "--quiet"]) == 0
+    again = load_model(tmp_path / "again.pt").model.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in loaded.model.state_dict().items())
+
+
+def test_train_vit(tmp_path, capsys, data):
+    ckpt = tmp_path / "vit.pt"
+    assert (
+        main(
+            ["train", "--data", str(data), "--out", str(ckpt), "--arch", "vit2d", "--epochs", "1", "--quiet"]
+        )
+        == 0
+    )
+    loaded = load_model(ckpt)
+    assert loaded.arch == "vit2d" and loaded.model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--guided", "--guidance-weight", "-1"], "--guidance-weight"),
+        (["--arch", "nope"], "unknown architecture"),
+        (["--arch", "cnn3d"], "cannot take 2D input"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_train_bad_input_one_line_exit_2(tmp_path, capsys, data, extra, message):
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medlrp: error:") and message in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_missing_data(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dataset folder not found" in err
