@@ -1,7 +1,9 @@
 """Batch throughput: cases per second of `medlrp batch` on the glioma phantom, 1 and 2 processes.
 
     .venv/bin/python benchmarks/batch_throughput.py                  # CPU, 1 and 2 processes
-    .venv/bin/python benchmarks/batch_throughput.py --procs 1,2,4,8 --device cuda --n 2000   # GPUs
+    .venv/bin/python benchmarks/batch_throughput.py --procs 1 --writers 0,1,2   # writer processes
+    .venv/bin/python benchmarks/batch_throughput.py --procs 1,2,4,8 --device cuda --n 2000 \
+        --workers 4 --writers 4                                      # one GPU per rank
 
 Each run is a fresh `medlrp batch` into an empty folder (``--procs 1``: a plain process; more: under
 ``python -m torch.distributed.run --standalone --nproc_per_node P``, one GPU per rank with
@@ -78,11 +80,13 @@ def in_process_rates(ckpt: Path, data: Path, method: str, batch_size: int, devic
     return rates
 
 
-def run_batch(ckpt: Path, data: Path, out: Path, procs: int, args: argparse.Namespace) -> dict[str, float]:
+def run_batch(
+    ckpt: Path, data: Path, out: Path, procs: int, writers: int, args: argparse.Namespace
+) -> dict[str, float]:
     """One fresh `medlrp batch` run; wall time and steady rate (sum of the ranks' loop rates)."""
     cli = ["-m", "medlrp.cli", "batch", "--model", str(ckpt), "--data", str(data), "--out", str(out)]
     cli += ["--methods", args.method, "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
-    cli += ["--writers", str(args.writers)]
+    cli += ["--writers", str(writers)]
     cli += ["--device", args.device, "--no-progress"]
     if procs == 1:
         command = [sys.executable, *cli]
@@ -119,7 +123,7 @@ def main() -> None:
     parser.add_argument("--method", default="lrp")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="reader processes per rank")
-    parser.add_argument("--writers", type=int, default=1, help="writer processes per rank")
+    parser.add_argument("--writers", default="1", help="comma-separated writer processes per rank")
     parser.add_argument("--procs", default="1,2", help="comma-separated process counts")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank)")
     args = parser.parse_args()
@@ -132,29 +136,25 @@ def main() -> None:
         )
         runs = {}
         for procs in (int(p) for p in args.procs.split(",")):
-            runs[procs] = run_batch(ckpt, data, root / f"out{procs}", procs, args)
+            for writers in (int(w) for w in args.writers.split(",")):
+                out = root / f"out{procs}x{writers}"
+                runs[f"{procs} proc, {writers} writer"] = run_batch(ckpt, data, out, procs, writers, args)
 
     machine = f"{platform.machine()} {os.cpu_count()}-core CPU"
     if args.device.startswith("cuda") and torch.cuda.is_available():
         machine += f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     print(
         f"batch throughput: glioma phantom {args.size}x{args.size}, {args.n} cases, method {args.method}, "
-        f"batch {args.batch_size}, {args.workers} reader(s) + {args.writers} writer(s)/rank, "
-        f"{machine}, torch {torch.__version__}"
+        f"batch {args.batch_size}, {args.workers} reader(s)/rank, {machine}, torch {torch.__version__}"
     )
-    print(f"{'run':<28}{'cases/s':>10}{'wall s':>10}{'vs 1 proc':>11}")
-    print(f"{'forward+backward (no I/O)':<28}{base['forward+backward']:>10.1f}{'':>10}{'':>11}")
-    print(f"{'medlrp.explain (no I/O)':<28}{base['explain']:>10.1f}{'':>10}{'':>11}")
-    one = runs[min(runs)]["steady_cases_per_s"]
-    for procs, r in runs.items():
-        print(
-            f"{f'batch, {procs} proc, steady':<28}{r['steady_cases_per_s']:>10.2f}{'':>10}"
-            f"{r['steady_cases_per_s'] / one:>10.2f}x"
-        )
-        print(
-            f"{f'batch, {procs} proc, end to end':<28}"
-            f"{r['end_to_end_cases_per_s']:>10.2f}{r['wall_s']:>10.1f}{'':>11}"
-        )
+    print(f"{'run':<36}{'cases/s':>10}{'wall s':>10}{'vs first':>10}")
+    print(f"{'forward+backward (no I/O)':<36}{base['forward+backward']:>10.1f}")
+    print(f"{'medlrp.explain (no I/O)':<36}{base['explain']:>10.1f}")
+    first = next(iter(runs.values()))["steady_cases_per_s"]
+    for name, r in runs.items():
+        ratio = r["steady_cases_per_s"] / first
+        print(f"{f'batch, {name}, steady':<36}{r['steady_cases_per_s']:>10.2f}{'':>10}{ratio:>9.2f}x")
+        print(f"{f'batch, {name}, end to end':<36}{r['end_to_end_cases_per_s']:>10.2f}{r['wall_s']:>10.1f}")
     RESULTS.mkdir(exist_ok=True)
     payload = {
         "args": vars(args),

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import platform
 import statistics
 import time
@@ -152,22 +153,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--cams", default="gradcam,gradcam++,hirescam,layercam,xgradcam", help="gradient CAMs"
+    )
+    parser.add_argument("--no-scorecam", action="store_true", help="skip the (long) Score-CAM case")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = gradient_cams(args.repeats) + score_cam(max(1, args.repeats // 2))
     print(f"{'case':42} {'impl':22} {'seconds':>8} {'x plain/floor':>14} {'x pytorch-grad-cam':>19}")
-    for r in rows:
-        rel = r.get("x_plain_fwd_bwd", r.get("x_floor"))
-        print(
-            f"{r['case']:42} {r['impl']:22} {r['seconds']:8.3f} {rel:14.2f} {r['x_pytorch_grad_cam']:19.2f}"
-        )
+    rows = gradient_cams(args.repeats, [m for m in args.cams.split(",") if m])
+    if not args.no_scorecam:
+        rows += score_cam(max(1, args.repeats // 2))
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "load_average": list(os.getloadavg()),
     }
     (RESULTS / "cam_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 

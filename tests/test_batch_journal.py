@@ -17,6 +17,7 @@ from medlrp.batch.journal import (
     remove_temporaries,
 )
 from medlrp.batch.manifest import check_manifest, write_manifest
+from medlrp.batch.runner import plan_batches
 from medlrp.errors import InputError
 from medlrp.io import atomic_path
 
@@ -112,3 +113,13 @@ def test_manifest_refuses_other_settings(tmp_path: Path):
     check_manifest(tmp_path, settings)
     with pytest.raises(InputError, match="methods differ"):
         check_manifest(tmp_path, {**settings, "methods": ["gradcam"]})
+
+
+def test_plan_batches_keeps_slices_fixed(tmp_path: Path):
+    for i in range(7):
+        _touch(tmp_path / "k" / f"c{i}.png")
+    cases = list_cases(tmp_path)
+    flat, batches = plan_batches(cases, {"k/c0", "k/c1", "k/c2", "k/c4"}, batch_size=3)
+    # [c0 c1 c2] is done and skipped; [c3 c4 c5] is read whole although c4 is done; [c6] is read.
+    assert [c.case_id for c in flat] == ["k/c3", "k/c4", "k/c5", "k/c6"]
+    assert batches == [[0, 1, 2], [3]]

@@ -81,6 +81,47 @@ def make_dataset(root: Path, per_class: int, seed: int = 0) -> list[str]:
     return sorted(ids)
 
 
+# Distinctive identifiers: no output byte may contain them (unless --keep-identifiers).
+SECRETS = {
+    "PatientName": "Qvistbergh^Ottilie",
+    "PatientID": "PID-BATCH-77123",
+    "PatientBirthDate": "19310214",
+    "AccessionNumber": "ACC-BATCH-5521",
+    "InstitutionName": "Klinik Zur Batchmuehle",
+}
+
+
+def write_dicom(path: Path, pixels: np.ndarray, z: float = 0.0, series: str | None = None) -> Path:
+    """A CT slice with :data:`SECRETS` as its patient identifiers."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.Modality = "CT"
+    for key, value in SECRETS.items():
+        setattr(ds, key, value)
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.8, 0.8]
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """A tiny random ``cnn2d`` checkpoint with classes a, b on a 32x32 grid."""
     torch.manual_seed(seed)

@@ -99,3 +99,20 @@ def test_densenet121_3d_maps_have_the_input_shape():
             e = medlrp.explain(model, x, 1, method=cls.name, layer="features.denseblock3")
             assert e.relevance.shape == (1, 1, SIZE, SIZE, SIZE), cls.name
             assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+
+
+def test_monai_vit_3d_tokens_on_their_grid():
+    """A 3D ViT (class token, 2x4x4 patch grid read off its Conv3d patch embedding), non-cubic input."""
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(0)
+    model = ViT(
+        in_channels=1, img_size=(16, 32, 32), patch_size=8, hidden_size=32, mlp_dim=64, num_layers=3,
+        num_heads=2, spatial_dims=3, classification=True, num_classes=2,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 1, 16, 32, 32)
+    e = medlrp.explain(model, x, [0, 1], method="gradcam", upsample=False)
+    assert e.options["layer"] == "blocks.1"  # the class-token head never sees blocks.2's patch tokens
+    assert e.relevance.shape == (2, 1, 2, 4, 4) and e.relevance.abs().sum() > 0
+    e = medlrp.explain(model, x, [0, 1], method="scorecam", layer="blocks.2", batch_size=16)
+    assert e.relevance.shape == (2, 1, 16, 32, 32)

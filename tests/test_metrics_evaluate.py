@@ -55,7 +55,8 @@ def test_evaluate_writes_table_plots_and_report(setup, capsys):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["metric"] for r in rows} >= {"aopc_morf", "abpc", "mass_accuracy", "randomisation"}
     assert {r["method"] for r in rows} == {"gradcam", "gradient"}
-    assert [r["method"] for r in data["ranking"]] and "Metrics" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert [r["method"] for r in data["ranking"]] and "Metrics" in report and "data:image/png" in report
 
 
 def test_evaluate_without_any_available_method_is_a_usage_error(setup, capsys):

@@ -90,3 +90,13 @@ def test_bad_configs_and_architectures(phantom):
         build_model("cnn2d", Preprocessing(dims=3, size=[16, 16, 16]), 2)
     with pytest.raises(InputError, match="unknown architecture"):
         build_model("resnet9000", Preprocessing(), 2)
+
+
+def test_trains_3d_volumes_and_refuses_missing_train_split(tmp_path):
+    write_phantom(tmp_path / "v", PhantomSpec(kind="glioma", dims=3, n=10, seed=0, size=16))
+    result = train_on_folder(tmp_path / "v", None, config=TrainConfig(epochs=1, batch_size=3))
+    assert result.arch == "cnn3d" and result.preprocessing.size == [16, 16, 16]
+    assert 0.0 <= result.accuracy["test"] <= 1.0
+    (tmp_path / "v" / "train").rename(tmp_path / "v" / "old")
+    with pytest.raises(InputError, match="no train split"):
+        train_on_folder(tmp_path / "v", None)

@@ -153,3 +153,27 @@ def test_model_and_process_untouched_also_after_an_exception() -> None:
     with torch.no_grad():
         assert torch.equal(model(x), out_model)
         assert torch.equal(other(y), out_other)
+
+
+def _engine_only(composite: medlrp.lrp.Composite) -> medlrp.lrp.Composite:
+    """The same composite without the fast-path specialisations (the engine's generic handlers)."""
+    from medlrp.lrp import transformer_fast
+
+    composite.handlers = {
+        k: v for k, v in composite.handlers.items() if getattr(v, "__module__", "") != transformer_fast.__name__
+    }
+    return composite
+
+
+@pytest.mark.parametrize("linear", ["epsilon", "gamma"])
+def test_fast_path_equals_the_engines_generic_rules(linear: str) -> None:
+    from medlrp.lrp.transformer import attnlrp
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3)).double()
+    models = [vit_zoo.make("timm-vit"), (mlp, torch.randn(3, 6, dtype=torch.float64))]
+    for model, x in models:  # the ReLU MLP exercises the gamma rule's non-negative-input branch
+        fast = medlrp.LRP(model, "attnlrp", linear=linear).relevance(x, 0)
+        generic = medlrp.LRP(model, _engine_only(attnlrp(linear=linear))).relevance(x, 0)
+        err = (fast - generic).flatten(1).norm(dim=1) / generic.flatten(1).norm(dim=1)
+        assert (err < 1e-10).all(), err

@@ -67,6 +67,14 @@ class DistContext:
         dist.all_reduce(t)
         return int(t.item())
 
+    def agree(self, value: str) -> bool:
+        """True when every rank passed the same ``value`` (every rank gets the same answer)."""
+        if not self.distributed:
+            return True
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return all(v == values[0] for v in values)
+
     def close(self) -> None:
         """Leave the process group if this context joined it."""
         if self.owns_group and dist.is_initialized():

@@ -40,6 +40,7 @@ class JobSettings:
     data: Path
     rank: int
     device: torch.device
+    keep_identifiers: bool = False
 
 
 @dataclass
@@ -182,7 +183,7 @@ class BatchJob:
         names = self.loaded.class_names
         label = self._label(rc.case)
         data = self.settings.data
-        return {
+        record: dict[str, Any] = {
             "case": rc.case.case_id,
             "source": relative(rc.case.image, data),
             "mask": relative(rc.case.mask, data) if rc.case.mask is not None else None,
@@ -199,6 +200,9 @@ class BatchJob:
             },
             "rank": self.settings.rank,
         }
+        if self.settings.keep_identifiers and rc.image.identifiers:  # only when the user asks, as explain
+            record["identifiers"] = dict(rc.image.identifiers)
+        return record
 
     def _label(self, case: BatchCase) -> int | None:
         names = self.loaded.class_names

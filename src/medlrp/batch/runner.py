@@ -12,6 +12,7 @@ batch as in an uninterrupted run and the outputs are bit-identical (given the sa
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,8 @@ class BatchOptions:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``; under torchrun ``auto``/``cuda`` take
             ``cuda:<LOCAL_RANK>``.
         trust_model: Allow pickled models (see :func:`medlrp.load_model`).
-        keep_identifiers: Passed to the writers; batch records never hold identifiers themselves.
+        keep_identifiers: Put the input's patient identifiers into its index record (and let the
+            writers keep them); without it no output carries them.
         progress: Show the progress bar (rank 0 only).
     """
 
@@ -145,6 +147,9 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
     cases = list_cases(options.data)
+    listing = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()
+    if not ctx.agree(listing):  # shards are cut from the list: every rank must see the same one
+        raise InputError(f"{options.data}: the ranks found different case lists (files changed meanwhile?)")
     settings = {
         "model_sha256": file_sha256(Path(options.model)),
         "methods": list(options.methods),
@@ -174,17 +179,18 @@ def _run_locked(
 
     done_before = load_done(out)
     mine = shard(cases, ctx.rank, ctx.world_size)
-    slices = [mine[i : i + options.batch_size] for i in range(0, len(mine), options.batch_size)]
-    todo = [s for s in slices if any(c.case_id not in done_before for c in s)]
-    flat = [c for s in todo for c in s]
-    batches, start = [], 0
-    for s in todo:
-        batches.append(list(range(start, start + len(s))))
-        start += len(s)
+    flat, batches = plan_batches(mine, set(done_before), options.batch_size)
     skipped = sum(c.case_id in done_before for c in mine)
 
     job_settings = JobSettings(
-        options.methods, options.composite, options.target, out, Path(options.data), ctx.rank, ctx.device
+        options.methods,
+        options.composite,
+        options.target,
+        out,
+        Path(options.data),
+        ctx.rank,
+        ctx.device,
+        options.keep_identifiers,
     )
     label = f"batch rank {ctx.rank}/{ctx.world_size}" if ctx.world_size > 1 else "batch"
     tic = time.perf_counter()
@@ -217,3 +223,21 @@ def _run_locked(
         rank=ctx.rank,
         world_size=ctx.world_size,
     )
+
+
+def plan_batches(
+    mine: list[BatchCase], done: set[str], batch_size: int
+) -> tuple[list[BatchCase], list[list[int]]]:
+    """The cases to read and their batches (index lists into them).
+
+    Batches are the fixed slices ``mine[k * batch_size : (k + 1) * batch_size]``; a slice whose cases
+    are all done is skipped, any other is read and explained whole (see the module docstring).
+    """
+    slices = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    todo = [s for s in slices if any(c.case_id not in done for c in s)]
+    flat = [c for s in todo for c in s]
+    batches, start = [], 0
+    for s in todo:
+        batches.append(list(range(start, start + len(s))))
+        start += len(s)
+    return flat, batches

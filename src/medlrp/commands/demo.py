@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 
 from medlrp.commands.phantom import run_phantom
@@ -106,6 +107,7 @@ def run_demo(
     cases: int = 4,
     eval_cases: int = 40,
     progress: bool = True,
+    size: int = 64,
 ) -> Path:
     """The whole demo; returns the report's path."""
     from medlrp.pipeline import write_run_outputs
@@ -114,7 +116,7 @@ def run_demo(
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    spec = PhantomSpec(kind="glioma", dims=2, n=n, seed=seed)
+    spec = PhantomSpec(kind="glioma", dims=2, n=n, seed=seed, size=size)
     info = run_phantom(data, spec, overwrite=True, progress=progress)
     typer.echo(f"1/4 phantom: {info['n']} glioma 2D cases in {data} ({_since(start)})")
 
@@ -169,13 +171,31 @@ def register(app: typer.Typer) -> None:
         cases: int = typer.Option(4, "--cases", help="Test cases to explain in the report."),
         eval_cases: int = typer.Option(40, "--eval-cases", help="Test cases to evaluate the methods on."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        size: int = typer.Option(64, "--size", help="Phantom image size in pixels."),
+        threads: int = typer.Option(1, "--threads", help="CPU threads for torch (0: torch's default)."),
     ) -> None:
         """Phantom data -> train a small CNN -> explain -> evaluate -> HTML report."""
         if out.exists() and not out.is_dir():
             raise InputError(f"{out}: exists and is not a folder")
         if cases < 1 or eval_cases < 1:
             raise InputError("--cases and --eval-cases must be at least 1")
-        report = run_demo(
-            out, n=n, epochs=epochs, seed=seed, cases=cases, eval_cases=eval_cases, progress=not quiet
-        )
+        if threads < 0:
+            raise InputError(f"--threads must be 0 or more, not {threads}")
+        before = torch.get_num_threads()
+        # The demo's models are tiny: a second thread gains little on an idle machine and costs many
+        # times over on a busy one (threads spin-waiting on each other), so one thread by default.
+        torch.set_num_threads(threads or before)
+        try:
+            report = run_demo(
+                out,
+                n=n,
+                epochs=epochs,
+                seed=seed,
+                cases=cases,
+                eval_cases=eval_cases,
+                progress=not quiet,
+                size=size,
+            )
+        finally:
+            torch.set_num_threads(before)
         typer.echo(f"report: {report}")

@@ -76,7 +76,7 @@ def run_evaluate(
     plot_curves(result, out / "curves.png")
     payload = {**result.to_dict(), "ranking": ranking(result), "model": str(model), "data": str(dataset.root)}
     (out / "evaluation.json").write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
-    _report(out, markdown, {"model": model.name, "data": str(dataset.root), "cases": len(result.cases)})
+    _report(out, {"model": model.name, "data": str(dataset.root), "cases": len(result.cases)})
     print(markdown)
     print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'curves.png'}, {out / 'report.html'}")
     return payload
@@ -113,12 +113,30 @@ def _per_case_csv(result: Any, path: Path) -> None:
                     writer.writerow([case, method, metric, value])
 
 
-def _report(out: Path, markdown: str, run: dict[str, Any]) -> None:
-    """The metrics table as an HTML report (the report package renders the Markdown safely)."""
-    from medlrp.report.html import ReportSection, write_report
+def report_section(out: Path) -> Any:
+    """The ``medlrp evaluate`` results in ``out`` as one report section: the table and the curves.
 
-    section = ReportSection(title="Metrics", markdown=markdown)
-    write_report(out / "report.html", [], title="medlrp evaluation", sections=[section], run=run)
+    Returns:
+        A :class:`medlrp.report.ReportSection` (for ``write_report(..., sections=[...])``), or None when
+        ``out`` holds no evaluation.
+    """
+    from medlrp.report import ReportSection, bytes_data_uri, markdown_to_html
+
+    table = out / "metrics.md"
+    if not table.is_file():
+        return None
+    body = markdown_to_html(table.read_text(encoding="utf-8"))
+    curves = out / "curves.png"
+    if curves.is_file():
+        uri = bytes_data_uri(curves.read_bytes())
+        body += f'<figure><img src="{uri}" alt="region-perturbation curves"></figure>'
+    return ReportSection(title="Metrics", html=body)
+
+
+def _report(out: Path, run: dict[str, Any]) -> None:
+    from medlrp.report import write_report
+
+    write_report(out / "report.html", [], title="medlrp evaluation", sections=[report_section(out)], run=run)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,7 @@ Two modes:
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,7 +86,10 @@ class Engine(TorchFunctionMode):
         self.dual = dual
         self.options = options
         self.references: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: The leaf standing for the model input in the routed graph.
+        self.routed_input: torch.Tensor | None = None
         self.cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tracked: list[weakref.ref[torch.Tensor]] = []
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
         self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
         for name, module in model.named_modules():
@@ -142,7 +146,24 @@ class Engine(TorchFunctionMode):
             raise RuntimeError("dual mode needs the routed twin")
         node = Node(self, routed if self.dual else None)
         true.__dict__[_ATTR] = node
+        self._tracked.append(weakref.ref(true))
         return node
+
+    def release(self) -> None:
+        """Remove every node from the tensors of this pass.
+
+        torch keeps a tensor's Python object (and its ``__dict__``) alive while the C++ tensor is
+        referenced, e.g. saved in a graph; a node reaching back into that graph would be a cycle the
+        garbage collector cannot see. Called when the pass is over, also after an exception.
+        """
+        for ref in self._tracked:
+            t = ref()
+            if t is not None:
+                t.__dict__.pop(_ATTR, None)
+        self._tracked.clear()
+        self.references = []
+        self.routed_input = None
+        self.cache.clear()
 
     # -- layers -----------------------------------------------------------------------------------------
     def layer_of(self, param: torch.Tensor | None) -> tuple[str, torch.nn.Module | None]:

@@ -83,33 +83,43 @@ class LRP:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
         engine = Engine(self.model, self._handlers, self._select, create_graph, {})
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            if create_graph:
-                # a fresh alias of x (never tag the caller's tensor), keeping x's graph
-                true = x.view_as(x) if x.requires_grad else x.detach()
-            else:
-                true = leaf
-            engine.track(true, leaf).is_input = True
-            with engine:
-                output = self.model(true)
-            if not isinstance(output, Tensor) or output.dim() != 2:
-                raise InputError("LRP needs a model returning logits of shape (N, classes)")
-            if engine.node(output) is None:
-                raise InputError("the model output does not depend on the input")
-            routed = engine.routed(output)
-            t = resolve_target(target, output.detach())
-            grad_out = self._start_gradient(output if create_graph else output.detach(), t)
-            leaves = [leaf] + [ref for _, ref in engine.references]
-            grads = torch.autograd.grad(
-                routed, leaves, grad_outputs=grad_out, create_graph=create_graph, allow_unused=True
-            )
+        try:
+            with torch.enable_grad():
+                output, routed, references = self._forward(engine, x, create_graph)
+                t = resolve_target(target, output.detach())
+                grad_out = self._start_gradient(output if create_graph else output.detach(), t)
+                leaves = [engine.routed_input] + [ref for _, ref in references]
+                grads = torch.autograd.grad(
+                    routed, leaves, grad_outputs=grad_out, create_graph=create_graph, allow_unused=True
+                )
+        finally:
+            engine.release()
         source = x if create_graph else x.detach()
         relevance = _times(source, grads[0])
-        for (value, _), g in zip(engine.references, grads[1:]):
+        for (value, _), g in zip(references, grads[1:]):
             if g is not None:
                 relevance = relevance + value * g
         return relevance, output, t
+
+    def _forward(
+        self, engine: Engine, x: Tensor, create_graph: bool
+    ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """Run the model under ``engine``: ``(logits, routed logits, references)``."""
+        leaf = x.detach().requires_grad_(True)
+        if create_graph:
+            # a fresh alias of x (never tag the caller's tensor), keeping x's graph
+            true = x.view_as(x) if x.requires_grad else x.detach()
+        else:
+            true = leaf
+        engine.routed_input = leaf
+        engine.track(true, leaf).is_input = True
+        with engine:
+            output = self.model(true)
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            raise InputError("LRP needs a model returning logits of shape (N, classes)")
+        if engine.node(output) is None:
+            raise InputError("the model output does not depend on the input")
+        return output, engine.routed(output), list(engine.references)
 
     def _start_gradient(self, out: Tensor, target: Tensor) -> Tensor:
         """The gradient at the logits whose product with the logits is the initial relevance."""

@@ -115,13 +115,14 @@ def perturbation_curve(
     regular = [s for s in range(num_steps) if not shared[s]]
     result: torch.Tensor | None = None
     with inference_mode_of(model):
-        # The target comes from the clean input; a deletion path over one block starts with it (no extra
-        # pass), other paths need one.
-        lazy = target is None and not insert and int(counts[:, 0].max()) == 0 and n <= batch_size
+        # A given target is checked against the first output's shape (no extra pass). Without one, the
+        # argmax on the clean input is needed: a deletion path over one block starts with it, other paths
+        # need a pass of their own.
+        starts_clean = not insert and int(counts[:, 0].max()) == 0 and n <= batch_size
         t = None
-        if not lazy:
+        if target is None and not starts_clean:
             chunks = [predict(model, x[i : i + batch_size], softmax) for i in range(0, n, batch_size)]
-            t = resolve_target(target, torch.cat(chunks))
+            t = resolve_target(None, torch.cat(chunks))
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             b = hi - lo
@@ -149,7 +150,7 @@ def perturbation_curve(
                     buf[j].copy_(flat_state)
                 out = predict(model, buf[:m].view(m * b, *x.shape[1:]), softmax).reshape(m, b, -1)
                 if t is None:
-                    t = resolve_target(None, out[0])
+                    t = resolve_target(target, out[0] if target is None else out.new_empty(n, out.shape[-1]))
                 if result is None:
                     result = torch.empty(n, num_steps, dtype=out.dtype, device=out.device)
                 tb = t[lo:hi].view(1, b, 1).expand(m, b, 1)
@@ -160,7 +161,8 @@ def perturbation_curve(
                     result[lo:hi, steps_here] = scores
         if any(shared):
             out = predict(model, baseline[:1].contiguous(), softmax)
-            assert t is not None  # only insertion paths and full deletions share, and both resolve t first
+            if t is None:  # every step shared: only possible with a given target (no clean step)
+                t = resolve_target(target, out.new_empty(n, out.shape[-1]))
             if result is None:
                 result = torch.empty(n, num_steps, dtype=out.dtype, device=out.device)
             cols = [s for s in range(num_steps) if shared[s]]

@@ -44,8 +44,9 @@ class MetricInfo:
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("aopc_morf", True, True, "AOPC of region perturbation, most relevant patches first"),
     MetricInfo("abpc", True, True, "area between the LeRF and MoRF region-perturbation curves"),
-    MetricInfo("mass_accuracy", True, True, "share of the (signed) relevance inside the mask"),
-    MetricInfo("positive_mass", True, False, "share of the positive relevance inside the mask"),
+    # The signed share is reported but not ranked: with negative relevance it can leave [0, 1].
+    MetricInfo("mass_accuracy", True, False, "share of the (signed) relevance inside the mask"),
+    MetricInfo("positive_mass", True, True, "share of the positive relevance inside the mask"),
     MetricInfo("rank_accuracy", True, True, "share of the top-|mask| voxels inside the mask"),
     MetricInfo("pointing_game", True, True, "the maximum lies in the mask (hit rate)"),
     MetricInfo("randomisation", False, True, "Spearman |R| similarity after randomising every layer"),

@@ -1,6 +1,8 @@
 """Training: the plain loop with a ``loss_fn(model, batch) -> (loss, parts)`` seam, and folder training.
 
-Explanation-guided training plugs a different ``loss_fn`` into :func:`fit` / :func:`train_on_folder`.
+Explanation-guided training plugs a different ``loss_fn`` into :func:`fit` / :func:`train_on_folder`:
+:class:`GuidedLoss` (see :mod:`medlrp.train.guided`) with the explanation losses of
+:mod:`medlrp.train.guided_losses`, and :mod:`medlrp.train.guided_dist` for ``torchrun``.
 """
 
 from medlrp.train.folder import (
@@ -12,11 +14,23 @@ from medlrp.train.folder import (
     train_on_folder,
     train_on_splits,
 )
+from medlrp.train.guided import GuidedLoss
+from medlrp.train.guided_losses import (
+    BackgroundRelevanceLoss,
+    GuidanceLoss,
+    RelevanceMassLoss,
+    RelevanceOutsideLoss,
+)
 from medlrp.train.loop import EpochLog, History, TrainConfig, accuracy, fit, predict
 from medlrp.train.losses import LossFn, cross_entropy_loss
 from medlrp.train.tensors import load_all, minibatches, subset
 
 __all__ = [
+    "BackgroundRelevanceLoss",
+    "GuidanceLoss",
+    "GuidedLoss",
+    "RelevanceMassLoss",
+    "RelevanceOutsideLoss",
     "EpochLog",
     "FolderSplits",
     "History",

@@ -50,6 +50,8 @@ def load_splits(data: str | Path, preprocessing: Preprocessing | None = None) ->
     The class list is the training split's; val/test use the same labels.
     """
     root = Path(data)
+    if not (root / "train").is_dir() and any((root / s).is_dir() for s in ("val", "test")):
+        raise InputError(f"{root}: has val/test splits but no train split to train on")
     train_ds = FolderDataset(root, split="train", preprocessing=preprocessing)
     sets: dict[str, Batch | None] = {"val": None, "test": None}
     for split in sets:

@@ -1,0 +1,206 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlrp.cli import main as cli_main
+from medlrp.data.folder import Batch
+from medlrp.errors import InputError
+from medlrp.train.guided import (
+    GuidedLoss,
+    batch_statistics_as_running,
+    input_x_gradient_relevance,
+    lrp_relevance,
+    record_batch_statistics,
+)
+from medlrp.train.guided_losses import RelevanceOutsideLoss
+
+
+def _cnn(dims=2, classes=2):
+    conv, bn, pool = (
+        (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)
+        if dims == 2
+        else (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d)
+    )
+    return nn.Sequential(
+        conv(1, 4, 3, padding=1, bias=False),
+        bn(4),
+        nn.ReLU(),
+        pool(2),
+        nn.Flatten(),
+        nn.Linear(4 * 2**dims, classes),
+    )
+
+
+def _data(n=8, size=12, dims=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, *([size] * dims), generator=g)
+    y = torch.arange(n) % 2
+    mask = torch.zeros(n, 1, *([size] * dims))
+    mask[(slice(None), slice(None), *([slice(3, 9)] * dims))] = 1
+    return x, y, mask
+
+
+def _snapshot(model):
+    return (
+        [id(p) for p in model.parameters()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
+
+
+def test_without_masks_it_is_plain_cross_entropy():
+    torch.manual_seed(0)
+    model = _cnn().train()
+    x, y, mask = _data()
+    crit = GuidedLoss(5.0)
+    loss, parts = crit(model, x, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+    loss2, parts2 = crit(model, x, y, mask, has_mask=torch.zeros(8, dtype=torch.bool))
+    assert parts2["guidance"].item() == 0.0 and loss2.item() == pytest.approx(loss.item(), rel=1e-5)
+    with pytest.raises(InputError):
+        GuidedLoss(-1.0)
+    with pytest.raises(InputError):
+        GuidedLoss(1.0, explain_every=0)
+
+
+def test_selection_by_position_in_the_whole_batch():
+    crit = GuidedLoss(1.0, relevance_fn=input_x_gradient_relevance, explain_every=3)
+    assert crit.selection(7, None).tolist() == [True, False, False, True, False, False, True]
+    has = torch.tensor([True, True, True, False, True, True, True])
+    assert crit.selection(7, has).tolist() == [True, False, False, False, False, False, True]
+    # the second half of a batch split over two processes starts at offset 4
+    assert crit.selection(3, None, offset=4).tolist() == [False, False, True]
+
+
+def test_guided_step_with_lrp_trains_and_leaves_the_model_consistent():
+    torch.manual_seed(0)
+    model = _cnn().train()
+    reference = _cnn().train()
+    reference.load_state_dict(model.state_dict())
+    x, y, mask = _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids, _, flags, req = _snapshot(model)
+    crit = GuidedLoss(1.0, composite="epsilon", explain_every=2)
+    loss, parts = crit(model, x, y, mask)
+    assert parts["guidance"] > 0 and torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # the relevance computation changed nothing: same objects, flags, no hooks, and the running
+    # statistics are those of exactly one training forward (the plain one)
+    reference(x)
+    ids2, state2, flags2, req2 = _snapshot(model)
+    assert ids2 == ids and flags2 == flags and req2 == req
+    for k, v in reference.state_dict().items():
+        assert torch.allclose(state2[k], v), k
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # the optimiser still holds the model's own parameters
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_guidance_gradient_differs_from_plain_and_matches_its_definition():
+    torch.manual_seed(0)
+    model = _cnn().double().train()
+    x, y, mask = _data()
+    x, mask = x.double(), mask.double()
+    crit = GuidedLoss(1.0, criterion=RelevanceOutsideLoss(), composite="epsilon", explain_every=1)
+    loss, parts = crit(model, x, y, mask)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    # the same loss written out by hand: cross-entropy + outside share of the LRP relevance
+    stats = {}
+    with record_batch_statistics(model, stats):
+        logits = model(x)
+    model.eval()
+    with batch_statistics_as_running(stats):
+        r, out = lrp_relevance("epsilon")(model, x, y, crit.start)
+    model.train()
+    manual = F.cross_entropy(logits, y) + RelevanceOutsideLoss()(r, mask, crit.start(out, y).sum(1))
+    assert manual.item() == pytest.approx(loss.item(), rel=1e-10)
+    ce_grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    assert any(not torch.allclose(a, b) for a, b in zip(grads, ce_grads, strict=True))
+
+
+def test_state_restored_when_the_explainer_fails():
+    torch.manual_seed(0)
+    model = _cnn().train()
+    x, y, mask = _data()
+
+    def broken(model, x, target, start):
+        raise RuntimeError("boom")
+
+    ids, state, flags, req = _snapshot(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    running = [(m.running_mean, m.running_var) for m in bns]
+    with pytest.raises(RuntimeError, match="boom"):
+        GuidedLoss(1.0, relevance_fn=broken)(model, x, y, mask)
+    assert [m.training for m in model.modules()] == flags
+    assert [
+        (m.running_mean, m.running_var) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ] == running
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_3d_masks_with_lrp():
+    torch.manual_seed(0)
+    model = _cnn(dims=3).train()
+    x, y, mask = _data(n=4, size=8, dims=3)
+    loss, parts = GuidedLoss(1.0, composite="epsilon", explain_every=1)(model, x, y, mask)
+    loss.backward()
+    assert parts["guidance"] > 0 and all(p.grad is not None for p in model.parameters())
+
+
+def test_guidance_moves_relevance_off_a_shortcut():
+    """A token outside the mask predicts the label perfectly, the in-mask signal is weak and noisy:
+    plain training uses the token, guided training much less."""
+    g = torch.Generator().manual_seed(0)
+    n, size = 32, 12
+    y = torch.arange(n) % 2
+    x = 0.5 * torch.randn(n, 1, size, size, generator=g)
+    x[:, :, 4:8, 4:8] += (y.float() * 2 - 1)[:, None, None, None] * 0.6  # weak signal in the mask
+    x[:, :, 0:2, 0:2] += (y.float() * 2 - 1)[:, None, None, None] * 3.0  # strong token outside
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, 3:9, 3:9] = 1
+
+    def train(weight):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * size * size, 2)
+        )
+        crit = GuidedLoss(weight, composite="epsilon", explain_every=1)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(30):
+            loss, _ = crit(model, x, y, mask)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        r, out = lrp_relevance("epsilon")(model, x, y, crit.start)
+        r = r.detach().abs()
+        return float((r * (1 - mask)).sum() / r.sum())
+
+    plain, guided = train(0.0), train(3.0)
+    assert guided < 0.5 * plain
+
+
+def test_cli_guided_training(tmp_path, capsys):
+    assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
+    out = tmp_path / "m.pt"
+    args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
+    assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "guidance" in printed and "ce" in printed
+    extra = torch.load(out, weights_only=True)["extra"]
+    assert extra["guided"] is True and extra["guidance_weight"] == 0.5
+    assert all("guidance" in e for e in extra["history"])
+    assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
+
+
+def test_batch_of_the_trainer_seam():
+    torch.manual_seed(0)
+    model = _cnn().train()
+    x, y, mask = _data()
+    batch = Batch(x, y, mask, torch.ones(8, dtype=torch.bool), [str(i) for i in range(8)])
+    loss, parts = GuidedLoss(1.0, composite="epsilon").loss_fn()(model, batch)
+    assert isinstance(parts["ce"], float) and parts["guidance"] > 0 and loss.requires_grad
