@@ -109,6 +109,7 @@ def test_model_is_never_changed(method, case):
             medlrp.explain(model, x, method=method, **FAST.get(method, {}))
         boom.fail_on, boom.calls = 0, 0
     assert_unchanged(model, before)
+    assert torch.is_grad_enabled()  # the caller's grad mode is back, also after an exception
     # The same forward as before (train mode: BatchNorm uses batch statistics, dropout off via eval
     # comparison below).
     model.eval()
@@ -157,3 +158,14 @@ def test_target_none_is_argmax_and_options_are_json(method):
     e = medlrp.explain(model, x, method=method, **FAST.get(method, {}))
     assert e.target.tolist() == model(x).argmax(1).tolist()
     json.dumps(e.options)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_works_under_callers_no_grad_and_keeps_it(method):
+    model = make_cnn(2).eval()
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    ref = medlrp.explain(model, x, [1, 0], method=method, **FAST.get(method, {}))
+    with torch.no_grad():
+        e = medlrp.explain(model, x, [1, 0], method=method, **FAST.get(method, {}))
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(e.relevance, ref.relevance)

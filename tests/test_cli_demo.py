@@ -43,3 +43,16 @@ def test_demo_bad_input(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--n", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--n" in err
+
+
+def test_demo_leaves_out_a_broken_method(monkeypatch, capsys):
+    from medlrp.commands.demo import working_methods
+    from medlrp.models.cnn import cnn2d
+
+    def broken(model, x, target, **options):
+        raise RuntimeError("under construction")
+
+    monkeypatch.setitem(METHODS._items, "broken-method", broken)
+    model = cnn2d().eval()
+    assert working_methods(model, torch.randn(1, 1, 32, 32), ["gradient", "broken-method"]) == ["gradient"]
+    assert "broken-method" in capsys.readouterr().err

@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = ARCHITECTURES.get("cnn2d")(in_channels=1, num_classes=2, width=4, stages=2)
     pre = Preprocessing(dims=2, channels=1, size=[32, 32])
-    save_checkpoint(root / "m.pt", model, "cnn2d", {"width": 4, "stages": 2}, pre, ["high_grade", "low_grade"])
+    classes = ["high_grade", "low_grade"]
+    save_checkpoint(root / "m.pt", model, "cnn2d", {"width": 4, "stages": 2}, pre, classes)
     return root
 
 

@@ -15,6 +15,15 @@ quantus = pytest.importorskip("quantus")
 warnings.filterwarnings("ignore")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: thread wake-ups cost more than the work on a busy 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model():
     torch.manual_seed(0)
     layers = [
@@ -41,7 +50,8 @@ def case():
 
 
 def _q(metric, model, x, y, a, **kw):
-    return np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=y, a_batch=a.numpy(), device="cpu", **kw))
+    out = metric(model=model, x_batch=x.numpy(), y_batch=y, a_batch=a.numpy(), device="cpu", **kw)
+    return np.asarray(out)
 
 
 @pytest.mark.parametrize("baseline,softmax", [(0.0, True), ("black", False)])
@@ -128,7 +138,8 @@ def test_similarities_equal_scipy_skimage_and_quantus():
     a[0, :4] = 0.0  # ties: mean ranks as scipy
     b[1, :, :3] = 1.0
     for i in range(3):
-        assert M.spearman(a, b)[i].item() == pytest.approx(spearmanr(a[i].flatten(), b[i].flatten())[0], abs=1e-12)
+        ref = spearmanr(a[i].flatten(), b[i].flatten())[0]
+        assert M.spearman(a, b)[i].item() == pytest.approx(ref, abs=1e-12)
         rng = float(torch.cat([a[i], b[i]]).max() - torch.cat([a[i], b[i]]).min())
         ref = structural_similarity(a[i].numpy(), b[i].numpy(), data_range=rng)
         assert M.ssim(a, b)[i].item() == pytest.approx(ref, abs=1e-12)

@@ -160,7 +160,9 @@ def _engine_only(composite: medlrp.lrp.Composite) -> medlrp.lrp.Composite:
     from medlrp.lrp import transformer_fast
 
     composite.handlers = {
-        k: v for k, v in composite.handlers.items() if getattr(v, "__module__", "") != transformer_fast.__name__
+        k: v
+        for k, v in composite.handlers.items()
+        if getattr(v, "__module__", "") != transformer_fast.__name__
     }
     return composite
 

@@ -3,9 +3,11 @@
 Every CAM is ``sum_c w_c * A_c`` over the channels of a layer's activation ``A`` (``b, c, *spatial``).
 Grad-CAM-like methods make ``w`` from the gradient of the target logit with respect to ``A``: either one
 weight per channel (``(N, C, 1, ...)``) or one per position (``(N, C, *spatial)``, HiResCAM, LayerCAM);
-Score-CAM makes it from forward passes of masked inputs. The gradient is taken with
-``torch.autograd.grad`` with respect to the layer's output only, so the backward pass stops at the layer
-and computes no parameter gradients (the user's ``.grad`` fields are never touched).
+Score-CAM makes it from forward passes of masked inputs. No graph is recorded before the layer (the
+forward pass runs under ``no_grad`` until the layer's hook switches recording on), and the gradient is
+taken with ``torch.autograd.grad`` with respect to the layer's output only: the backward pass covers the
+layers after it and computes no parameter gradients (the user's ``.grad`` fields are never touched).
+A Grad-CAM thus costs about one forward pass plus the backward of the head.
 
 Maps are raw: no min-max scaling; a ReLU only where ``relu=True`` (each method's default follows its
 paper). They are upsampled to the input's spatial size with (bi/tri)linear interpolation
@@ -49,25 +51,35 @@ def upsample(maps: torch.Tensor, size: Sequence[int], align_corners: bool = Fals
 class _Capture:
     """Forward hook on the CAM layer: keeps its output and hands a clone downstream.
 
-    The clone keeps the kept activation (and its place in the graph) safe from in-place operations
-    after the layer, e.g. an in-place ReLU: activation and gradient then belong to the same tensor.
+    With ``track=True`` the forward pass runs under ``torch.no_grad()`` up to the layer, and the hook
+    turns gradient recording on (the enclosing ``no_grad`` restores the caller's mode on exit, also on
+    an exception): the kept output is a fresh leaf that requires grad, so the graph covers only the
+    layers after it and the backward pass stops there; nothing before the layer records a graph.
+    The clone keeps the kept activation safe from in-place operations after the layer (e.g. an
+    in-place ReLU): activation and gradient then belong to the same tensor.
     """
 
-    def __init__(self, grid: GridRecorder) -> None:
+    def __init__(self, grid: GridRecorder, track: bool) -> None:
         self.output: torch.Tensor | None = None
         self.grid: tuple[int, ...] | None = None
         self.calls = 0
         self._grid = grid
+        self._track = track
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        if self._track:
+            torch.set_grad_enabled(True)
+            t = t.detach().requires_grad_(True)
+        self.output = t
+        return t.clone()
 
     def __call__(self, module: torch.nn.Module, inputs: object, output: Any) -> Any:
         self.calls += 1
         self.grid = self._grid.grid
         if isinstance(output, torch.Tensor):
-            self.output = output
-            return output.clone()
+            return self._keep(output)
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            self.output = output[0]
-            return type(output)((output[0].clone(), *output[1:]))
+            return type(output)((self._keep(output[0]), *output[1:]))
         raise InputError(
             f"the CAM layer {type(module).__name__} returns {type(output).__name__}, not a tensor"
         )
@@ -132,9 +144,8 @@ class BaseCAM:
         with explaining(self.model) as hooks:
             layer_name, module = resolve_layer(self.model, self.layer, x)
             capture = self._hook(module, hooks)
-            xin = x.detach().requires_grad_(self.uses_gradients)
-            with torch.set_grad_enabled(self.uses_gradients):
-                out = logits(self.model(xin))
+            with torch.no_grad():  # the capture hook turns recording on at the layer
+                out = logits(self.model(x.detach()))
             target_ = resolve_target(target, out)
             raw = capture.activation(layer_name)
             grads_raw = self._gradient(out, target_, raw, layer_name) if self.uses_gradients else None
@@ -153,7 +164,7 @@ class BaseCAM:
         grid = GridRecorder()
         if self.grid is None:
             hooks.extend(m.register_forward_hook(grid) for m in self.model.modules() if is_patchify(m))
-        capture = _Capture(grid)
+        capture = _Capture(grid, track=self.uses_gradients)
         hooks.append(module.register_forward_hook(capture))
         return capture
 
@@ -164,7 +175,7 @@ class BaseCAM:
         # Samples are independent in eval mode, so one backward of the summed target logits gives
         # every sample's own gradient.
         score = out.gather(1, target[:, None]).sum()
-        if not raw.requires_grad:
+        if not out.requires_grad:
             raise InputError(f"layer {layer_name!r}: the target logit does not depend on its output")
         (grads,) = torch.autograd.grad(score, raw, allow_unused=True)
         if grads is None:

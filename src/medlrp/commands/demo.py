@@ -54,7 +54,7 @@ def explain_cases(
         by_class.setdefault(case.label, []).append(i)
     # Alternate the classes so a handful of cases shows both.
     order = [idx for group in zip(*by_class.values(), strict=False) for idx in group][:cases]
-    methods = list(METHODS.names())
+    methods = working_methods(loaded.model, dataset[order[0]].x[None], list(METHODS.names()))
     records: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     bar = make_progress() if progress else None
@@ -77,24 +77,46 @@ def explain_cases(
     return records, failures, methods
 
 
-def evaluate_section(model_path: Path, data: Path, out: Path, cases: int) -> tuple[str | None, str]:
-    """Run the metrics over ``cases`` test cases with every method; return (markdown table, note)."""
+def working_methods(model: torch.nn.Module, x: torch.Tensor, methods: list[str]) -> list[str]:
+    """The methods that explain ``x`` without an error; the others are named in a warning.
+
+    The demo shows what exists so far; a method still under construction must not sink it.
+    """
+    from medlrp.api import explain
+
+    ok = []
+    for method in methods:
+        try:
+            explain(model, x, method=method)
+        except Exception as exc:  # any failure: leave the method out, say why
+            _warn(f"method {method!r} left out of the demo ({type(exc).__name__}: {exc})")
+        else:
+            ok.append(method)
+    if not ok:
+        raise InputError("no explanation method works on the demo model")
+    return ok
+
+
+def evaluate_section(
+    model_path: Path, data: Path, out: Path, cases: int, methods: list[str]
+) -> tuple[str | None, str]:
+    """Run the metrics over ``cases`` test cases with ``methods``; return (markdown table, note)."""
     try:
         from medlrp.commands.evaluate import run_evaluate
-        from medlrp.registry import METHODS
     except ImportError as exc:  # the metrics package is optional for the demo's other steps
         return None, f"metrics not available ({exc})"
     try:
         run_evaluate(
             model_path,
             data,
-            methods=list(METHODS.names()),
+            methods=methods,
             out=out,
             max_cases=cases,
             randomisation=False,
         )
-    except (InputError, TypeError) as exc:
-        return None, f"evaluation skipped ({exc})"
+    except Exception as exc:  # the evaluation is the demo's last, optional step: report, go on
+        _warn(f"evaluation failed ({type(exc).__name__}: {exc})")
+        return None, f"evaluation skipped ({type(exc).__name__}: {exc})"
     table = out / "metrics.md"
     return (table.read_text(encoding="utf-8") if table.is_file() else None), f"details in {out}"
 
@@ -134,7 +156,7 @@ def run_demo(
         + ", ".join(methods)
     )
 
-    table, note = evaluate_section(model_path, data, out / "evaluate", eval_cases)
+    table, note = evaluate_section(model_path, data, out / "evaluate", eval_cases, methods)
     typer.echo(f"4/4 evaluation ({_since(start)}): {note}")
 
     accs = ", ".join(f"{k} {v:.3f}" for k, v in result.accuracy.items())

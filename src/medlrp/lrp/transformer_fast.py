@@ -85,22 +85,28 @@ class _GammaLinear(torch.autograd.Function):
 
     With ``A = W+ x+``, ``D = W- x-`` (and ``B``, ``C`` the cross terms), the rule's denominators are
     ``sp = z + g (A + D + b+)`` and ``sn = z + g (B + C + b-)`` with ``B + C = z - b - (A + D)``, so
-    only ``P = A + D`` is needed beside ``z``. Backward, with ``u``/``v`` the ratios of positive and
-    negative outputs: ``x > 0`` gets ``W+^T (G (u - v)) g + W^T (G (u + (1 + g) v))``, ``x < 0``
-    ``-W+^T (G (u - v)) g + W^T (G ((1 + g) u + v))`` (``G`` the incoming gradient); an input known
-    to be ``>= 0`` takes the first form everywhere (one product less).
+    only ``P = A + D = W+ |x| + W x-`` is needed beside ``z``. As ``P >= 0`` and ``B + C <= 0``,
+    ``sp >= z`` where ``z > 0`` and ``sn <= z`` where ``z < 0``: the stabiliser's sign is known.
+    Backward, with ``u``/``v`` the incoming gradient times the ratios of positive and negative outputs:
+    ``x > 0`` gets ``W+^T (g (u - v)) + W^T (u + (1 + g) v)``, ``x < 0``
+    ``W^T ((1 + g) u + v) - W+^T (g (u - v))`` and ``x == 0`` both (as the engine's clamped inputs);
+    an input known to be ``>= 0`` takes the first form everywhere (one product less each way).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, signed: tuple[Tensor, Tensor], gamma: float,
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        w_pos: Tensor,
+        gamma: float,
         stabilizer: float,
     ) -> Tensor:
         z = F.linear(x, weight, bias)
-        w_pos, w_neg = signed
         nonneg = bool((x.min() >= 0).item()) if x.numel() else True
         with torch.no_grad():
-            p = F.linear(x, w_pos) if nonneg else F.linear(x.clamp(min=0), w_pos) + F.linear(x.clamp(max=0), w_neg)
+            p = F.linear(x, w_pos) if nonneg else F.linear(x.abs(), w_pos) + F.linear(x.clamp(max=0), weight)
         ctx.gamma, ctx.stabilizer, ctx.nonneg = gamma, stabilizer, nonneg
         ctx.save_for_backward(x, z, p, weight, w_pos, bias)
         return z
@@ -109,18 +115,22 @@ class _GammaLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, z, p, weight, w_pos, bias = ctx.saved_tensors
         gamma, eps = ctx.gamma, ctx.stabilizer
-        b = 0.0 if bias is None else bias
-        b_pos = 0.0 if bias is None else bias.clamp(min=0)
-        b_neg = 0.0 if bias is None else bias.clamp(max=0)
-        sp = z + gamma * (p + b_pos)
-        sn = z + gamma * (z - b - p + b_neg)
-        u = torch.where(z > 0, grad * z / _stabilize(sp, eps), 0.0)
-        v = torch.where(z < 0, grad * z / _stabilize(sn, eps), 0.0)
+        positive = z > 0
+        if bias is None:
+            sp = torch.add(z, p, alpha=gamma)
+            sn = torch.add(z, z - p, alpha=gamma)
+        else:
+            sp = torch.add(z, p + bias.clamp(min=0), alpha=gamma)
+            sn = torch.add(z, z - bias - p + bias.clamp(max=0), alpha=gamma)
+        den = torch.where(positive, sp + eps, sn - eps)
+        ratio = (grad * z).div_(den)  # 0 where z == 0
+        u = torch.where(positive, ratio, 0.0)
+        v = ratio - u
         m = ((u - v) * gamma).matmul(w_pos)
-        t = (u + (1.0 + gamma) * v).matmul(weight)
+        t = torch.add(u, v, alpha=1.0 + gamma).matmul(weight)
         if ctx.nonneg:
             return m + t, None, None, None, None, None
-        s = ((1.0 + gamma) * u + v).matmul(weight)
+        s = torch.add(v, u, alpha=1.0 + gamma).matmul(weight)
         out = torch.where(x > 0, m + t, torch.where(x < 0, s - m, s + t))
         return out, None, None, None, None, None
 
@@ -141,8 +151,8 @@ def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
                 engine.track(out)
                 return out
             if type(rule) is Gamma:
-                signed = engine.signed_weights(weight)
-                out = _GammaLinear.apply(args[0], weight, bias, signed, rule.gamma, rule.stabilizer)
+                w_pos = engine.signed_weights(weight)[0]
+                out = _GammaLinear.apply(args[0], weight, bias, w_pos, rule.gamma, rule.stabilizer)
                 engine.track(out)
                 return out
     return HANDLERS[func](engine, func, args, kwargs)
@@ -151,7 +161,12 @@ def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
 def _add(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not engine.dual and len(args) == 2 and not kwargs:
         a, b = args
-        if isinstance(a, Tensor) and isinstance(b, Tensor) and a.is_floating_point() and b.is_floating_point():
+        if (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.is_floating_point()
+            and b.is_floating_point()
+        ):
             ta, tb = _tracked(engine, a), _tracked(engine, b)
             shape = torch.broadcast_shapes(a.shape, b.shape)
             if (not ta or a.shape == shape) and (not tb or b.shape == shape):
