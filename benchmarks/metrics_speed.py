@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from medlrp import metrics
+from medlrp.metrics._common import resolve_batch_size
 from medlrp.metrics._curves import rank_units
 from medlrp.metrics.perturbation import patch_ranks
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
-BATCH = 64  # medlrp's batch_size (perturbed inputs per forward pass); the floor uses the same batches
 
 
 def tiny_cnn() -> torch.nn.Module:
@@ -65,7 +65,7 @@ def perturbed_inputs(x, rank, counts, baseline=0.0):
 
 def floor(model, inputs, target, n):
     """Forward (with softmax and the target's score) of the given inputs in medlrp's batches."""
-    per = max(1, BATCH // n) * n
+    per = max(1, resolve_batch_size(None, inputs[:1]) // n) * n  # medlrp's default batching
     t = target.repeat(inputs.shape[0] // n)
     with torch.no_grad():
         for i in range(0, inputs.shape[0], per):
@@ -92,9 +92,7 @@ def bench_case(name, model, shape, pf_step, patch, regions, repeats, quantus):
         return q_pf(model=model, x_batch=xn, y_batch=yn, a_batch=an, device="cpu", softmax=True)
 
     def run_m_pf():
-        return metrics.pixel_flipping(
-            model, x, a, y, features_per_step=pf_step, baseline=0.0, batch_size=BATCH
-        )
+        return metrics.pixel_flipping(model, x, a, y, features_per_step=pf_step, baseline=0.0)
 
     total = x[0].numel()
     counts = torch.clamp(torch.arange(-(-total // pf_step) + 1) * pf_step, max=total)
@@ -113,9 +111,7 @@ def bench_case(name, model, shape, pf_step, patch, regions, repeats, quantus):
         return q_rp(model=model, x_batch=xn, y_batch=yn, a_batch=an, device="cpu", softmax=True)
 
     def run_m_rp():
-        return metrics.region_perturbation(
-            model, x, a, y, patch_size=patch, steps=regions, baseline=0.0, batch_size=BATCH
-        )
+        return metrics.region_perturbation(model, x, a, y, patch_size=patch, steps=regions, baseline=0.0)
 
     prank, _ = patch_ranks(a, [patch] * (x.ndim - 2), "morf")
     inputs_rp = perturbed_inputs(x, prank, torch.arange(regions + 1))  # both score x for the drop
@@ -172,7 +168,7 @@ def main() -> None:
         rows += bench_case(name, build(), shape, step, patch, regions, args.repeats, quantus)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "quantus": quantus.__version__, "threads": args.threads,
-            "machine": platform.machine(), "batch": 16, "medlrp_batch_size": BATCH}  # fmt: skip
+            "machine": platform.machine(), "batch": 16}  # fmt: skip
     path = RESULTS / "metrics_speed.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {path}")

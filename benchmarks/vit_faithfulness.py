@@ -127,6 +127,27 @@ def rollout(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
     return on_grid(result[:, 0, 1:], grid)
 
 
+def conservation() -> list[dict]:
+    """``sum(relevance) / target logit`` per model family (tests/vit_zoo.py: random weights, float64)."""
+    import copy
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    import vit_zoo
+
+    rows = []
+    for name in vit_zoo.ZOO:
+        model, x = vit_zoo.make(name)
+        row: dict = {"model": name}
+        for label, m in (("kept", model), ("zeroed", vit_zoo.zero_constants(copy.deepcopy(model)))):
+            for comp in ("attnlrp", "cp-lrp"):
+                e = medlrp.LRP(m, comp)(x)
+                ratio = e.relevance.flatten(1).sum(1) / e.output.gather(1, e.target[:, None])[:, 0]
+                row[f"{comp} ({label})"] = [round(float(v), 4) for v in ratio]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--train", type=int, default=600)
@@ -189,6 +210,11 @@ def main() -> None:
         "machine": platform.machine(),
         "rows": rows,
     }
+    print("\nconservation: sum(relevance) / target logit, 2 samples per model (random weights, float64);")
+    print("'zeroed': biases, position embeddings and class tokens set to 0")
+    out["conservation"] = conservation()
+    for row in out["conservation"]:
+        print(f"{row['model']:12s} " + "  ".join(f"{k}: {v}" for k, v in row.items() if k != "model"))
     (RESULTS / "vit_faithfulness.json").write_text(json.dumps(out, indent=2))
 
 

@@ -1,14 +1,29 @@
 """DICOM in a batch: a single file is explained, a series folder a 2D model cannot take fails alone,
 and no patient identifier reaches any output byte unless --keep-identifiers."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom.uid import generate_uid
 
 from medlrp.batch import read_records
 from medlrp.cli import main
-from test_batch_support import SECRETS, TEST_METHOD, batch_args, make_checkpoint, write_dicom
+from test_batch_support import (
+    SECRETS,
+    TEST_METHOD,
+    batch_args,
+    make_checkpoint,
+    registered_test_method,
+    write_dicom,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_method() -> Iterator[None]:
+    with registered_test_method():
+        yield
 
 
 def _every_byte(out: Path) -> bytes:

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,15 @@ from test_batch_support import (
     make_checkpoint,
     make_dataset,
     output_files,
+    registered_test_method,
     script_command,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_method() -> Iterator[None]:
+    with registered_test_method():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +85,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(setup, tmp_path: 
     while _started(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
-    children = _children(proc.pid)  # a reader (DataLoader worker) and a writer process
-    assert len(children) >= 2
+    children = _children(proc.pid)  # the writer process, and the reader unless it just finished
+    assert children
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()

@@ -1,6 +1,7 @@
 """`medlrp batch` in one process: outputs, index records, corrupt files, rerun skips, bad usage."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,20 @@ import pytest
 from medlrp.batch import read_records
 from medlrp.batch.lock import RunLock
 from medlrp.cli import main
-from test_batch_support import TEST_METHOD, batch_args, make_checkpoint, make_dataset, output_files
+from test_batch_support import (
+    TEST_METHOD,
+    batch_args,
+    make_checkpoint,
+    make_dataset,
+    output_files,
+    registered_test_method,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_method() -> Iterator[None]:
+    with registered_test_method():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +61,17 @@ def input_hash(x: torch.Tensor) -> str:
     return hashlib.sha1(x.detach().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-if TEST_METHOD not in METHODS:
-    METHODS.add(TEST_METHOD, _input_x_gradient)
+@contextmanager
+def registered_test_method() -> Iterator[None]:
+    """Register :data:`TEST_METHOD` for the block only (the registry drives other areas' tests)."""
+    added = TEST_METHOD not in METHODS
+    if added:
+        METHODS.add(TEST_METHOD, _input_x_gradient)
+    try:
+        yield
+    finally:
+        if added:
+            METHODS._items.pop(TEST_METHOD, None)
 
 
 def make_dataset(root: Path, per_class: int, seed: int = 0) -> list[str]:
@@ -172,4 +183,5 @@ def comparable(records: list[dict]) -> dict[str, dict]:
 if __name__ == "__main__":
     from medlrp.cli import main
 
+    METHODS.add(TEST_METHOD, _input_x_gradient)
     sys.exit(main())

@@ -3,7 +3,10 @@
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from medlrp.batch import list_cases, read_records, shard
 from medlrp.batch.loader import CaseReader
@@ -15,8 +18,15 @@ from test_batch_support import (
     input_hash,
     make_checkpoint,
     make_dataset,
+    registered_test_method,
     script_command,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_method() -> Iterator[None]:
+    with registered_test_method():
+        yield
 
 
 def test_two_ranks_do_every_case_exactly_once(tmp_path: Path):

@@ -60,7 +60,7 @@ def test_integrated_gradients_equals_captum(rule):
 
 
 def test_integrated_gradients_3d_completeness():
-    """IG's completeness: attributions sum to f(x) - f(baseline) (up to the quadrature error at the ReLU kinks)."""
+    """IG completeness: attributions sum to f(x) - f(baseline), up to the quadrature error at kinks."""
     model, x = make_model(3), batch(3, 2)
     e = medlrp.explain(model, x, [1, 2], method="integrated-gradients", steps=64)
     ref = IntegratedGradients(model).attribute(x, target=torch.tensor([1, 2]), n_steps=64)

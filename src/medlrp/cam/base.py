@@ -174,7 +174,8 @@ class BaseCAM:
     ) -> torch.Tensor:
         # Samples are independent in eval mode, so one backward of the summed target logits gives
         # every sample's own gradient.
-        score = out.gather(1, target[:, None]).sum()
+        with torch.enable_grad():  # the caller may be under no_grad
+            score = out.gather(1, target[:, None]).sum()
         if not out.requires_grad:
             raise InputError(f"layer {layer_name!r}: the target logit does not depend on its output")
         (grads,) = torch.autograd.grad(score, raw, allow_unused=True)

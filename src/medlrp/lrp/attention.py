@@ -140,9 +140,10 @@ class _LayerNormRule(torch.autograd.Function):
         bias: torch.Tensor | None,
         eps: float,
     ) -> torch.Tensor:
-        y = F.layer_norm(x, normalized_shape, weight, bias, eps)
+        # the fused kernel returns the reciprocal standard deviation with the value: no extra pass
+        y, _, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
         ctx.normalized_shape = normalized_shape
-        ctx.save_for_backward(layer_norm_rstd(x, normalized_shape, eps), weight)
+        ctx.save_for_backward(rstd, weight)
         return y
 
     @staticmethod

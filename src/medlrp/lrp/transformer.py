@@ -24,6 +24,11 @@ What each part of a ViT gets (both composites unless said):
 
 With ``linear="epsilon"`` and the position embedding's and biases' shares set aside, CP-LRP is
 conservative; AttnLRP gives part of the relevance to the softmax's implicit bias by design.
+
+Per-token relevance at any block: :func:`token_relevance` (``(N, tokens)`` at a block's output, read
+in the same call as the input relevance). The hottest rules (epsilon/gamma on ``F.linear``, stabilised
+sums, GELU) have single-node fast forms in :mod:`medlrp.lrp.transformer_fast`. Matching LXT 2.1's
+CP-LRP for torchvision ViTs: ``LRP(model, "cp-lrp", linear="zero", residual="plain")``.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
                 engine.track(out)
                 return out
             if type(rule) is Gamma:
-                w_pos = engine.signed_weights(weight)[0]
+                w_pos = weight.detach().clamp(min=0)
                 out = _GammaLinear.apply(args[0], weight, bias, w_pos, rule.gamma, rule.stabilizer)
                 engine.track(out)
                 return out

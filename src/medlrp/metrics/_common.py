@@ -66,6 +66,20 @@ def inference_mode_of(model: torch.nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+def resolve_batch_size(batch_size: int | None, x: torch.Tensor) -> int:
+    """``batch_size`` checked, or the default: inputs holding about 2**18 values on CPU, 2**22 on a GPU.
+
+    Why: on CPU, batches whose activations outgrow the caches run slower per input (ResNet-18 at 112 px:
+    16 inputs per pass beat 64); a GPU wants large batches.
+    """
+    if batch_size is None:
+        budget = 2**22 if x.device.type == "cuda" else 2**18
+        return max(1, budget // max(1, x[0].numel()))
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
 def predict(model: torch.nn.Module, inputs: torch.Tensor, softmax: bool) -> torch.Tensor:
     """Forward ``inputs`` and return logits (or probabilities when ``softmax``) as ``(M, classes)``."""
     out = model(inputs)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medlrp.errors import InputError
-from medlrp.metrics._common import inference_mode_of, predict
+from medlrp.metrics._common import inference_mode_of, predict, resolve_batch_size
 from medlrp.targets import Target, resolve_target
 
 
@@ -79,7 +79,7 @@ def perturbation_curve(
     target: Target,
     *,
     softmax: bool,
-    batch_size: int,
+    batch_size: int | None,
     insert: bool = False,
 ) -> torch.Tensor:
     """Model scores of the target class along a perturbation path.
@@ -93,14 +93,14 @@ def perturbation_curve(
         counts: ``(N, S)`` units perturbed after each step (non-decreasing along a row).
         target: The explained class per sample (``None``: the argmax on ``x``).
         softmax: Score with probabilities (True) or logits (False).
-        batch_size: At most this many perturbed inputs per forward pass (at least one step of a block).
+        batch_size: At most this many perturbed inputs per forward pass (at least one step of a block);
+            ``None``: see :func:`~medlrp.metrics._common.resolve_batch_size`.
         insert: Perturbed units take ``x``'s values and the rest the baseline (insertion curves).
 
     Returns:
         ``(N, S)`` scores.
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = resolve_batch_size(batch_size, x)
     n, c = x.shape[:2]
     voxels = math.prod(x.shape[2:])
     whole_voxels = order.shape[1] == voxels and c > 1

@@ -7,7 +7,13 @@ import math
 import torch
 
 from medlrp.errors import InputError
-from medlrp.metrics._common import broadcast_map, check_batch, inference_mode_of, predict
+from medlrp.metrics._common import (
+    broadcast_map,
+    check_batch,
+    inference_mode_of,
+    predict,
+    resolve_batch_size,
+)
 from medlrp.metrics.baselines import Baseline, make_baseline
 from medlrp.metrics.similarity import pearson
 from medlrp.targets import Target, resolve_target
@@ -23,7 +29,7 @@ def faithfulness_correlation(
     runs: int = 100,
     baseline: Baseline = 0.0,
     softmax: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Pearson correlation, over ``runs`` random feature subsets, of summed relevance and score drop.
@@ -42,7 +48,7 @@ def faithfulness_correlation(
         runs: Number of random subsets per sample.
         baseline: The replacement (see :mod:`medlrp.metrics.baselines`).
         softmax: Score probabilities (default) or logits.
-        batch_size: Perturbed inputs per forward pass.
+        batch_size: Perturbed inputs per forward pass; ``None`` picks a size from the input's size.
         seed: Seed of the subsets.
 
     Returns:
@@ -60,7 +66,7 @@ def faithfulness_correlation(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     flat_r = r.reshape(n, -1)
     drops, sums = [], []
-    per_chunk = max(1, batch_size // n)
+    per_chunk = max(1, resolve_batch_size(batch_size, x) // n)
     with inference_mode_of(model):
         clean = predict(model, x, softmax)
         t = resolve_target(target, clean)

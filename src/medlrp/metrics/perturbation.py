@@ -40,6 +40,19 @@ def _units(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     return relevance.detach().to(x.device)
 
 
+def _feature_path(
+    x: torch.Tensor, relevance: torch.Tensor, features_per_step: int | None, order: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature order and per-step feature counts ``(N, steps + 1)`` of a pixel-flipping path."""
+    scores = _units(x, relevance).flatten(1)
+    total = scores.shape[1]
+    step = features_per_step if features_per_step is not None else max(1, math.ceil(total / 100))
+    if step < 1:
+        raise InputError(f"features_per_step must be at least 1, got {step}")
+    counts = torch.clamp(torch.arange(math.ceil(total / step) + 1) * step, max=total)
+    return unit_order(scores, order, seed), counts.expand(x.shape[0], -1)
+
+
 def pixel_flipping(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -50,7 +63,7 @@ def pixel_flipping(
     baseline: Baseline = 0.0,
     order: str = "morf",
     softmax: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Pixel flipping (Bach et al. 2015): replace features in relevance order and track the score.
@@ -66,23 +79,15 @@ def pixel_flipping(
             ``"mean"``, ``"blur"``, ``"noise"``, a tensor or a callable.
         order: ``"morf"`` (most relevant first), ``"lerf"`` (least relevant first) or ``"random"``.
         softmax: Score the target's probability (default, as Quantus) or its logit (False).
-        batch_size: Perturbed inputs per forward pass.
+        batch_size: Perturbed inputs per forward pass; ``None`` picks a size from the input's size.
         seed: Seed of ``order="random"``.
 
     Returns:
         ``(N, steps + 1)`` with ``steps = ceil(features / features_per_step)``; column 0 scores ``x``,
         the last column the fully replaced input.
     """
-    units = _units(x, relevance)
-    scores = units.reshape(units.shape[0], -1)
-    total = scores.shape[1]
-    step = features_per_step if features_per_step is not None else max(1, math.ceil(total / 100))
-    if step < 1:
-        raise InputError(f"features_per_step must be at least 1, got {step}")
-    steps = math.ceil(total / step)
-    counts = torch.clamp(torch.arange(steps + 1) * step, max=total).expand(x.shape[0], -1)
+    path, counts = _feature_path(x, relevance, features_per_step, order, seed)
     base = make_baseline(baseline, x)
-    path = unit_order(scores, order, seed)
     return perturbation_curve(model, x, base, path, counts, target, softmax=softmax, batch_size=batch_size)
 
 
@@ -95,7 +100,7 @@ def deletion(
     features_per_step: int | None = None,
     baseline: Baseline = 0.0,
     softmax: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Deletion curve (Petsiuk et al. 2018): :func:`pixel_flipping` with the most relevant first.
 
@@ -116,22 +121,14 @@ def insertion(
     features_per_step: int | None = None,
     baseline: Baseline = "blur",
     softmax: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Insertion curve (Petsiuk et al. 2018): start from the baseline, restore the most relevant first.
 
     Column 0 scores the baseline, the last column ``x``. Summarise with :func:`medlrp.metrics.auc`
     (higher is better). Arguments as in :func:`pixel_flipping`.
     """
-    units = _units(x, relevance)
-    scores = units.reshape(units.shape[0], -1)
-    total = scores.shape[1]
-    step = features_per_step if features_per_step is not None else max(1, math.ceil(total / 100))
-    if step < 1:
-        raise InputError(f"features_per_step must be at least 1, got {step}")
-    steps = math.ceil(total / step)
-    counts = torch.clamp(torch.arange(steps + 1) * step, max=total).expand(x.shape[0], -1)
-    path = unit_order(scores, "morf")
+    path, counts = _feature_path(x, relevance, features_per_step, "morf", 0)
     return perturbation_curve(
         model, x, make_baseline(baseline, x), path, counts, target,
         softmax=softmax, batch_size=batch_size, insert=True,
@@ -185,7 +182,7 @@ def region_perturbation(
     baseline: Baseline = 0.0,
     order: str = "morf",
     softmax: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Region perturbation (Samek et al. 2016): replace whole patches in order of summed relevance.
@@ -201,7 +198,7 @@ def region_perturbation(
         baseline: The replacement (see :mod:`medlrp.metrics.baselines`).
         order: ``"morf"``, ``"lerf"`` or ``"random"``.
         softmax: Score probabilities (default) or logits.
-        batch_size: Perturbed inputs per forward pass.
+        batch_size: Perturbed inputs per forward pass; ``None`` picks a size from the input's size.
         seed: Seed of ``order="random"``.
 
     Returns:

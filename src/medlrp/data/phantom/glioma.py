@@ -23,6 +23,9 @@ from medlrp.data.phantom.case import PhantomCase, rician, rngs
 #: Class folder names; sorted order gives the labels (0: high_grade, 1: low_grade).
 CLASSES = ("high_grade", "low_grade")
 HIGH_GRADE, LOW_GRADE = 0, 1
+#: Tumour radius factor for volumes: 3D phantoms default to a coarser grid (32^3 against 64x64), and a
+#: rim around a necrotic core needs a few voxels to be drawn at all.
+RADIUS_SCALE_3D = 1.0
 
 
 def glioma_case(
@@ -99,6 +102,7 @@ def _tumour(
     high = label == HIGH_GRADE
     # The size ranges overlap: size alone does not give the class away.
     radius = rng.uniform(0.15, 0.27) if high else rng.uniform(0.11, 0.21)
+    radius *= RADIUS_SCALE_3D if dims == 3 else 1.0
     irregularity = rng.uniform(0.12, 0.3) if high else rng.uniform(0.0, 0.12)
     outline = shapes.lobed_radius(rng, coords, center, irregularity)
     rho = shapes.radius_field(coords, center, [radius] * dims) / outline
