@@ -53,6 +53,7 @@ __all__ = [
     "RelevanceFn",
     "StartFn",
     "eval_mode",
+    "grow_mask",
     "input_x_gradient_relevance",
     "logit_difference",
     "lrp_relevance",
@@ -189,6 +190,14 @@ def batch_statistics_as_running(stats: BatchStats) -> Iterator[None]:
             m.running_mean, m.running_var = mean, var
 
 
+def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """Dilate ``(N, 1, *spatial)`` masks (2D or 3D) by ``margin`` pixels (a cube/square neighbourhood)."""
+    if margin <= 0:
+        return mask
+    pool = F.max_pool2d if mask.dim() == 4 else F.max_pool3d
+    return pool(mask.float(), 2 * margin + 1, stride=1, padding=margin).to(mask.dtype)
+
+
 class GuidedLoss(nn.Module):
     """Cross-entropy on every case plus ``guidance_weight`` times an explanation loss on masked cases.
 
@@ -200,6 +209,9 @@ class GuidedLoss(nn.Module):
         composite: LRP composite for the default relevance function.
         start: ``"logit-difference"`` (default), ``"logit"`` or a callable ``start(output, target)``.
         explain_every: Explain every n-th case of a batch (see the module docstring); 1 explains all.
+        mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
+            carry relevance then includes the lesion's surroundings (a classifier reads a lesion
+            against its context, so a tight lesion mask also penalises right reasons).
     """
 
     def __init__(
@@ -210,6 +222,7 @@ class GuidedLoss(nn.Module):
         composite: str | None = None,
         start: str | StartFn = "logit-difference",
         explain_every: int = 4,
+        mask_margin: int = 0,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -221,6 +234,9 @@ class GuidedLoss(nn.Module):
         self.relevance_fn = relevance_fn if relevance_fn is not None else lrp_relevance(composite)
         self.start = resolve_start(start)
         self.explain_every = int(explain_every)
+        if mask_margin < 0:
+            raise InputError(f"mask_margin must be >= 0, got {mask_margin}")
+        self.mask_margin = int(mask_margin)
 
     def selection(self, n: int, has_mask: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
         """Which of ``n`` cases to explain: bool ``(n,)``.
@@ -273,7 +289,7 @@ class GuidedLoss(nn.Module):
         with eval_mode(model), batch_statistics_as_running(stats):
             relevance, out = self.relevance_fn(model, x[picked], y[picked], self.start)
         explained = self.start(out, y[picked]).sum(dim=1)
-        guidance = self.criterion(relevance, mask[picked], explained)
+        guidance = self.criterion(relevance, grow_mask(mask[picked], self.mask_margin), explained)
         # mean over the explained cases -> unbiased estimate of the mean over the batch
         guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
         parts["guidance"] = guidance.detach()
