@@ -189,6 +189,13 @@ def main() -> None:
     ).relevance
     maps["random"] = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
 
+    with torch.no_grad():
+        logit = model(x).gather(1, pred[:, None])[:, 0]
+    kept = {k: float((maps[k].flatten(1).sum(1) / logit).median()) for k in ("attnlrp", "cp-lrp")}
+    print(
+        "trained model, biases kept: median sum(relevance) / logit: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in kept.items())
+    )
     rows = []
     print(f"{'method':28s} {'AUC (MoRF) mean':>16s} {'sem':>7s}   lower is better")
     for name, r in maps.items():
@@ -209,6 +216,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "rows": rows,
+        "trained_conservation_median": kept,
     }
     print("\nconservation: sum(relevance) / target logit, 2 samples per model (random weights, float64);")
     print("'zeroed': biases, position embeddings and class tokens set to 0")

@@ -39,6 +39,14 @@ def test_default_layer_cnn(resnet):
     assert e.options["layer"] == "layer4" and e.relevance.shape == (2, 1, 64, 48)
 
 
+def test_default_layer_probe_leaves_a_training_model_alone():
+    model = torchvision.models.resnet18(num_classes=3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert default_layer(model, torch.randn(2, 3, 64, 64)) == "layer4"
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BN statistics too
+
+
 def vit(global_pool: str, **kw) -> nn.Module:
     torch.manual_seed(0)
     model = timm.create_model(

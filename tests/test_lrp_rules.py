@@ -61,7 +61,9 @@ def reference(rule, w, b, x, r, low=None, high=None):
     if isinstance(rule, AlphaBeta):
         mp = r / stab(wp @ xp + wn @ xn + bp)
         mn = r / stab(wn @ xp + wp @ xn + bn)
-        return rule.alpha * (xp * (wp.T @ mp) + xn * (wn.T @ mp)) - rule.beta * (xp * (wn.T @ mn) + xn * (wp.T @ mn))
+        return rule.alpha * (xp * (wp.T @ mp) + xn * (wn.T @ mp)) - rule.beta * (
+            xp * (wn.T @ mn) + xn * (wp.T @ mn)
+        )
     if isinstance(rule, Gamma):
         gm = rule.gamma
         w_up, w_dn = w + gm * wp, w + gm * wn
@@ -81,8 +83,19 @@ def reference(rule, w, b, x, r, low=None, high=None):
     raise AssertionError(rule)
 
 
-RULES = [Epsilon(), Epsilon(0.3), Zero(), ZPlus(), AlphaBeta(2, 1), AlphaBeta(1, 0), Gamma(0.25), Gamma(1.0),
-         ZBox(-2.0, 2.0), Flat(), WSquare()]
+RULES = [
+    Epsilon(),
+    Epsilon(0.3),
+    Zero(),
+    ZPlus(),
+    AlphaBeta(2, 1),
+    AlphaBeta(1, 0),
+    Gamma(0.25),
+    Gamma(1.0),
+    ZBox(-2.0, 2.0),
+    Flat(),
+    WSquare(),
+]
 
 
 @pytest.mark.parametrize("kind", list(layers()))
@@ -107,8 +120,9 @@ def test_rule_equals_matrix_form(kind, rule, signs):
         torch.testing.assert_close(rel[i].reshape(-1), ref, rtol=1e-7, atol=1e-8)
 
 
-@pytest.mark.parametrize("rule", [Epsilon(), ZPlus(), Gamma(0.25), AlphaBeta(2, 1), ZBox(-2.0, 2.0), Flat(),
-                                  WSquare()], ids=repr)
+@pytest.mark.parametrize(
+    "rule", [Epsilon(), ZPlus(), Gamma(0.25), AlphaBeta(2, 1), ZBox(-2.0, 2.0), Flat(), WSquare()], ids=repr
+)
 @pytest.mark.parametrize("negative_scale", [False, True])
 def test_batchnorm_merge_equals_merged_layer(rule, negative_scale):
     """conv -> BN under a rule equals the rule on the conv with BN folded into its weight and bias."""

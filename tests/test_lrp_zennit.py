@@ -35,7 +35,9 @@ def zennit_composite(name, canonizer, x):
     if name == "epsilon-plus-flat":
         return EpsilonPlusFlat(canonizers=canonizers)
     if name == "epsilon-gamma-box":
-        return EpsilonGammaBox(low=torch.full_like(x, LOW), high=torch.full_like(x, HIGH), canonizers=canonizers)
+        return EpsilonGammaBox(
+            low=torch.full_like(x, LOW), high=torch.full_like(x, HIGH), canonizers=canonizers
+        )
     if name == "epsilon-alpha2-beta1":
         return EpsilonAlpha2Beta1(canonizers=canonizers)
     raise AssertionError(name)

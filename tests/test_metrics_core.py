@@ -204,3 +204,17 @@ def test_blur_baseline_keeps_constants_and_smooths():
     y[0, 0, 7, 7] = 1.0
     b = M.gaussian_blur(y, 1.5)
     assert b.sum().item() == pytest.approx(1.0, rel=1e-5) and b.max() < 0.2
+
+
+def test_unit_order_is_a_stable_sort_for_every_dtype():
+    from medlrp.metrics._curves import unit_order
+
+    s = torch.tensor([[0.0, 2.0, -0.0, -1.0, 2.0, 0.0, -3.5, 1e-30]])
+    ref_desc = sorted(range(8), key=lambda i: -float(s[0, i]))  # Python's sort is stable
+    ref_asc = sorted(range(8), key=lambda i: float(s[0, i]))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        t = s.to(dtype)
+        assert unit_order(t, "morf")[0].tolist() == ref_desc, dtype
+        assert unit_order(t, "lerf")[0].tolist() == ref_asc, dtype
+    perm = unit_order(torch.zeros(3, 50), "random", seed=1)
+    assert all(sorted(p.tolist()) == list(range(50)) for p in perm)

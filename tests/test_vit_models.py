@@ -173,7 +173,9 @@ def test_fast_path_equals_the_engines_generic_rules(linear: str) -> None:
 
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3)).double()
-    models = [vit_zoo.make("timm-vit"), (mlp, torch.randn(3, 6, dtype=torch.float64))]
+    x_mlp = torch.randn(3, 6, dtype=torch.float64)
+    x_mlp[:, 0] = 0.0  # exact zeros: both signed branches of the gamma rule meet there
+    models = [vit_zoo.make("timm-vit"), (mlp, x_mlp)]
     for model, x in models:  # the ReLU MLP exercises the gamma rule's non-negative-input branch
         fast = medlrp.LRP(model, "attnlrp", linear=linear).relevance(x, 0)
         generic = medlrp.LRP(model, _engine_only(attnlrp(linear=linear))).relevance(x, 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medlrp.cam.guard import HookList, logits
+from medlrp.cam.guard import explaining, logits
 from medlrp.cam.tokens import GridRecorder, is_patchify
 from medlrp.errors import InputError
 
@@ -88,12 +88,11 @@ def _block_names(model: torch.nn.Module) -> set[str]:
 def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
     """The default CAM layer's dotted name, found by one forward (and for ViTs one backward) of ``x[:1]``.
 
-    The caller is expected to have put the model in eval mode (see :func:`medlrp.cam.guard.explaining`).
+    The probe runs in eval mode and leaves the model as it was (see :func:`medlrp.cam.guard.explaining`).
     """
     blocks = _block_names(model)
     records: list[_Record] = []
     grid = GridRecorder()
-    hooks = HookList()
 
     def recorder(name: str):  # noqa: ANN202 - a hook factory
         def hook(module: torch.nn.Module, inputs: object, output: object) -> None:
@@ -104,7 +103,7 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
 
         return hook
 
-    try:
+    with explaining(model) as hooks:  # eval mode: the probe must not update BatchNorm statistics
         for name, module in model.named_modules():
             if name:
                 hooks.append(module.register_forward_hook(recorder(name)))
@@ -112,8 +111,6 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
                 hooks.append(module.register_forward_hook(grid))
         with torch.enable_grad():
             out = logits(model(x[:1].detach().requires_grad_()))
-    finally:
-        hooks.remove_all()
 
     spatial = [i for i, r in enumerate(records) if r.ndim == x.ndim]
     wide = [i for i in spatial if records[i].positions > 1]

@@ -22,7 +22,12 @@ from medlrp.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, LinearRule, Rule, 
 from medlrp.registry import COMPOSITES
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_TYPES)
 
@@ -115,8 +120,13 @@ def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
 
 def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """``epsilon-plus-flat``: as ``epsilon-plus``, with the flat rule on the first linear layer."""
-    return Composite(dense=_eps(epsilon), conv=ZPlus(stabilizer), first=Flat(stabilizer),
-                     first_types=LINEAR_TYPES, name="epsilon-plus-flat")
+    return Composite(
+        dense=_eps(epsilon),
+        conv=ZPlus(stabilizer),
+        first=Flat(stabilizer),
+        first_types=LINEAR_TYPES,
+        name="epsilon-plus-flat",
+    )
 
 
 def epsilon_gamma_box(
@@ -131,8 +141,13 @@ def epsilon_gamma_box(
     ``low``/``high``: the input's bounds (float or tensor broadcastable to the input); ``None``: each
     sample's own minimum and maximum.
     """
-    return Composite(dense=_eps(epsilon), conv=Gamma(gamma, stabilizer), first=ZBox(low, high, stabilizer),
-                     first_types=CONV_TYPES, name="epsilon-gamma-box")
+    return Composite(
+        dense=_eps(epsilon),
+        conv=Gamma(gamma, stabilizer),
+        first=ZBox(low, high, stabilizer),
+        first_types=CONV_TYPES,
+        name="epsilon-gamma-box",
+    )
 
 
 def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
@@ -142,8 +157,13 @@ def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Com
 
 def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """``epsilon-alpha2-beta1-flat``: as ``epsilon-alpha2-beta1``, flat rule on the first linear layer."""
-    return Composite(dense=_eps(epsilon), conv=AlphaBeta(2.0, 1.0, stabilizer), first=Flat(stabilizer),
-                     first_types=LINEAR_TYPES, name="epsilon-alpha2-beta1-flat")
+    return Composite(
+        dense=_eps(epsilon),
+        conv=AlphaBeta(2.0, 1.0, stabilizer),
+        first=Flat(stabilizer),
+        first_types=LINEAR_TYPES,
+        name="epsilon-alpha2-beta1-flat",
+    )
 
 
 CNN_COMPOSITES: dict[str, Callable[..., Composite]] = {
@@ -169,8 +189,10 @@ _TRANSFORMER_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Tr
 
 
 def looks_like_transformer(model: nn.Module) -> bool:
-    """Whether ``model`` computes attention (an attention module, or a module named ``*attn*`` or
-    ``*attention*`` beside a LayerNorm), judged from its modules, not from a list of model classes."""
+    """Whether ``model`` computes attention, judged from its modules, not from a list of classes.
+
+    True for an attention module, or a module named ``*attn*`` / ``*attention*`` beside a LayerNorm.
+    """
     has_norm = False
     has_attention = False
     for name, module in model.named_modules():
@@ -194,9 +216,7 @@ def default_composite_name(model: nn.Module) -> str:
     return CNN_DEFAULT
 
 
-def resolve_composite(
-    model: nn.Module, composite: str | Composite | None, **options: Any
-) -> Composite:
+def resolve_composite(model: nn.Module, composite: str | Composite | None, **options: Any) -> Composite:
     """Turn ``composite`` (a name, a :class:`Composite` or ``None``) into a :class:`Composite`."""
     if isinstance(composite, Composite):
         if options:
@@ -205,7 +225,9 @@ def resolve_composite(
     if composite is None:
         composite = default_composite_name(model)
     if not isinstance(composite, str):
-        raise InputError(f"composite must be a name or a medlrp.lrp.Composite, not {type(composite).__name__}")
+        raise InputError(
+            f"composite must be a name or a medlrp.lrp.Composite, not {type(composite).__name__}"
+        )
     factory = COMPOSITES.get(composite)
     try:
         result = factory(**options)

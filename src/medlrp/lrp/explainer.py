@@ -96,7 +96,7 @@ class LRP:
             engine.release()
         source = x if create_graph else x.detach()
         relevance = _times(source, grads[0])
-        for (value, _), g in zip(references, grads[1:]):
+        for (value, _), g in zip(references, grads[1:], strict=True):
             if g is not None:
                 relevance = relevance + value * g
         return relevance, output, t
@@ -145,7 +145,10 @@ def _times(x: Tensor, g: Tensor | None) -> Tensor:
 
 @METHODS.register("lrp")
 def lrp_method(
-    model: torch.nn.Module, x: Tensor, target: Target = None, composite: str | Composite | None = None,
+    model: torch.nn.Module,
+    x: Tensor,
+    target: Target = None,
+    composite: str | Composite | None = None,
     **options: Any,
 ) -> Explanation:
     """``medlrp.explain(..., method="lrp", composite=...)``."""

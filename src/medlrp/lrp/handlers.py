@@ -70,8 +70,18 @@ def variants(*names: str) -> list[Any]:
 #: Position of the ``inplace`` flag in functionals that have one (in-place ops run out of place here:
 #: a tracked tensor is never modified, so autograd views and version counters stay simple).
 _INPLACE_POS = {
-    F.relu: 1, F.relu6: 1, F.silu: 1, F.hardswish: 1, F.selu: 1, F.mish: 1, F.hardsigmoid: 1,
-    F.elu: 2, F.celu: 2, F.leaky_relu: 2, F.hardtanh: 3, F.threshold: 3,
+    F.relu: 1,
+    F.relu6: 1,
+    F.silu: 1,
+    F.hardswish: 1,
+    F.selu: 1,
+    F.mish: 1,
+    F.hardsigmoid: 1,
+    F.elu: 2,
+    F.celu: 2,
+    F.leaky_relu: 2,
+    F.hardtanh: 3,
+    F.threshold: 3,
 }
 
 
@@ -92,7 +102,7 @@ def _both(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def _track_all(engine: Engine, true: Any, routed: Any, is_input: bool = False) -> None:
-    for t, r in zip(_tensors(true), _tensors(routed)):
+    for t, r in zip(_tensors(true), _tensors(routed), strict=True):
         if t.is_floating_point():
             node = engine.track(t, r)
             node.is_input = is_input
@@ -140,8 +150,17 @@ register_handler(*variants("relu_"))(transparent(torch.relu))
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 
-@register_handler(*variants("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-                            "feature_alpha_dropout", "feature_dropout"))
+@register_handler(
+    *variants(
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "feature_dropout",
+    )
+)
 def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     training = kwargs.get("training", args[2] if len(args) > 2 else True)
     p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
@@ -159,9 +178,24 @@ def _interpolate(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[
 
 
 # -- constants derived from a tracked tensor's shape carry no relevance
-@register_handler(*variants("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-                            "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "size", "dim",
-                            "numel"))
+@register_handler(
+    *variants(
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "new_tensor",
+        "size",
+        "dim",
+        "numel",
+    )
+)
 def _constant(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return func(*args, **kwargs)
 
@@ -208,10 +242,19 @@ def _norm_handler(out_of_place: Any = None) -> Handler:
     return handler
 
 
-for _f in variants("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-                   "adaptive_avg_pool3d", "mean", "sum", "add", "sub", "subtract") + [
-    torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__
-]:
+for _f in variants(
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "mean",
+    "sum",
+    "add",
+    "sub",
+    "subtract",
+) + [torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__]:
     register_handler(_f)(_norm_handler())
 register_handler(*variants("add_", "__iadd__"))(_norm_handler(torch.add))
 register_handler(*variants("sub_", "__isub__"))(_norm_handler(torch.sub))
@@ -252,12 +295,33 @@ def _pass_handler(out_of_place: Any = None, gate: bool = False) -> Handler:
     return handler
 
 
-for _f in variants("silu", "gelu", "hardswish", "relu6", "hardtanh", "elu", "selu", "celu", "softplus",
-                   "mish", "tanh", "logsigmoid", "softsign", "tanhshrink"):
+for _f in variants(
+    "silu",
+    "gelu",
+    "hardswish",
+    "relu6",
+    "hardtanh",
+    "elu",
+    "selu",
+    "celu",
+    "softplus",
+    "mish",
+    "tanh",
+    "logsigmoid",
+    "softsign",
+    "tanhshrink",
+):
     register_handler(_f)(_pass_handler())
-for _name, _oop in (("silu_", F.silu), ("hardswish_", F.hardswish), ("hardtanh_", F.hardtanh),
-                    ("elu_", F.elu), ("selu_", F.selu), ("celu_", F.celu), ("mish_", F.mish),
-                    ("tanh_", torch.tanh)):
+for _name, _oop in (
+    ("silu_", F.silu),
+    ("hardswish_", F.hardswish),
+    ("hardtanh_", F.hardtanh),
+    ("elu_", F.elu),
+    ("selu_", F.selu),
+    ("celu_", F.celu),
+    ("mish_", F.mish),
+    ("tanh_", torch.tanh),
+):
     register_handler(*variants(_name))(_pass_handler(_oop))
 register_handler(*variants("sigmoid", "hardsigmoid"))(_pass_handler(gate=True))
 register_handler(*variants("sigmoid_"))(_pass_handler(torch.sigmoid, gate=True))
@@ -323,7 +387,7 @@ register_handler(*variants("div_", "__itruediv__"))(
 @register_handler(*variants("batch_norm"))
 def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args, strict=False))
     bound.update(kwargs)
     x = bound["input"]
     mean, var = bound.get("running_mean"), bound.get("running_var")

@@ -286,13 +286,15 @@ class LinearCall:
         return self._build(y, scale, bias.detach())
 
     def _build(self, z: Tensor, scale: Scale | None, bias: Tensor | float) -> Tensor:
-        keys = sorted(self._physical(self._coefficient_keys(), scale) | self._physical(
-            self.rule.needed(self.nonneg), scale))
+        keys = sorted(
+            self._physical(self._coefficient_keys(), scale)
+            | self._physical(self.rule.needed(self.nonneg), scale)
+        )
         products = [self.routed_product(k) for k in keys]
         # keep only products the gradient really reaches (B/C/Z may be value-only)
         if self.engine.dual:
             coeffs = self.coefficients(z, scale, bias, keys)
-            kept = [(p, c) for p, c in zip(products, coeffs) if c is not None]
+            kept = [(p, c) for p, c in zip(products, coeffs, strict=True) if c is not None]
             routed = route(z, [p for p, _ in kept], [c for _, c in kept])
         else:
             z_value = z.detach()

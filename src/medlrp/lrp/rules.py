@@ -222,7 +222,9 @@ class Gamma(LinearRule):
 
 
 class ZBox(LinearRule):
-    """LRP-z^B (bounded input): ``R_in = x W^T m - low V+^T m - high V-^T m``, ``m = R / stab(z - V+ low - V- high)``.
+    """LRP-z^B (bounded input): ``R_in = x W^T m - low V+^T m - high V-^T m``.
+
+    ``m = R / stab(z - V+ low - V- high)``.
 
     Only valid on a layer that reads the model input. ``low``/``high``: a float, a tensor broadcastable
     to the input, or ``None`` for each sample's own minimum / maximum (samples stay independent).

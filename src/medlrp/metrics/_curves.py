@@ -194,8 +194,8 @@ def _plan(
     device = order.device
     step_of = torch.repeat_interleave(torch.arange(steps, device=device), gaps.to(device))
     first = torch.tensor([0, *ends[:-1]], device=device, dtype=torch.long)
-    within = torch.arange(total, device=device) - first[step_of]
+    within = torch.arange(total, device=device) - first.index_select(0, step_of)
     last = (counts - 1).clamp_min(0)
-    pos = torch.minimum(prev[:, step_of] + within, last[:, step_of])
+    pos = torch.minimum(prev.index_select(1, step_of) + within, last.index_select(1, step_of))
     idx = order.gather(1, pos)[:, None, :].expand(-1, src.shape[1], -1)
     return idx, src.gather(2, idx), ends

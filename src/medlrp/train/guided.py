@@ -50,6 +50,7 @@ from medlrp.train.guided_losses import GuidanceLoss
 
 __all__ = [
     "GuidedLoss",
+    "class_relevance",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -124,6 +125,30 @@ def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
         return relevance, logits
 
     return fn
+
+
+def class_relevance(
+    model: nn.Module, x: torch.Tensor, relevance_fn: RelevanceFn | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One relevance map per class, for :class:`~medlrp.train.guided_losses.BackgroundRelevanceLoss`.
+
+    Runs ``relevance_fn`` (default :func:`lrp_relevance`) once per class, starting from that class's
+    logit. Returns ``(relevance (N, K, *x.shape[1:]), logits (N, K))``, both differentiable.
+    """
+    fn = relevance_fn if relevance_fn is not None else lrp_relevance()
+    maps, logits = [], None
+    for c in range(_num_classes(model, x)):
+        target = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
+        r, out = fn(model, x, target, one_hot_logit)
+        maps.append(r)
+        logits = out if logits is None else logits
+    assert logits is not None
+    return torch.stack(maps, dim=1), logits
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
 
 
 @contextmanager

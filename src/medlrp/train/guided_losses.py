@@ -10,10 +10,13 @@ singleton dimensions behind the batch dimension.
 
 Why the losses look the way they do (each closes a loophole a model uses to keep a shortcut):
 
-- Ratios of absolute relevance (outside over total) can be gamed: the model inflates cancelling
-  positive and negative relevance inside the mask and the ratio drops while the shortcut stays. So
-  relevance outside is measured against the explained *logit* (detached), a scale the model cannot
-  inflate without changing its decision.
+- Ratios of absolute relevance (outside over total) can be gamed: with the total in the graph, the
+  gradient itself rewards inflating cancelling positive and negative relevance inside the mask. Here
+  every loss is measured in a *detached* unit, ``max(|logit|, sum |R|)`` per case, so no gradient
+  points towards inflation; the unit is never smaller than the explained logit; and it scales with the
+  model, so shrinking every logit (and every relevance with it) gains nothing. (A unit of ``|logit| +
+  constant`` instead makes "explain nothing, predict nothing" the cheapest state: guided models then
+  stop learning.)
 - Relevance that a bias or a saturated unit absorbs never appears outside the mask although the shortcut
   decides: the mass loss asks the mask region to explain the logit itself (``R_in == logit``), so any
   part of the decision not carried by the mask region (outside, absorbed by biases, hidden behind
@@ -180,16 +183,15 @@ class BackgroundRelevanceLoss(nn.Module):
 
     ISNet explains every class, so that a shortcut cannot move into a logit nobody looks at. Here
     ``relevance`` is ``(N, K, ...)`` with one map per class and ``logits`` is ``(N, K)``. Per case and
-    class: the absolute background relevance over ``|logit| + tau`` (ISNet divides by the map's own
-    absolute sum, which the model can inflate with cancelling relevance inside the mask; the logit it
-    cannot inflate without changing its decision), passed through ISNet-like saturation ``x / (1 + x)``
-    so that one bad map does not dominate, then averaged over classes.
+    class: the absolute background relevance in the detached unit ``max(|logit|, sum |R|)`` (see the
+    module docstring; ISNet divides by the map's own sum with its graph), passed through ISNet-like
+    saturation ``x / (1 + x)`` so that one bad map does not dominate, then averaged over classes.
 
     Args:
-        tau: Added to ``|logit|`` (detached).
+        tau: Added to the unit so that an all-zero map does not divide by zero.
     """
 
-    def __init__(self, tau: float = 1.0) -> None:
+    def __init__(self, tau: float = 1e-6) -> None:
         super().__init__()
         self.tau = float(tau)
 
@@ -215,7 +217,9 @@ class BackgroundRelevanceLoss(nn.Module):
             )
         background = relevance * (1 - align_mask(mask, relevance))
         per_class = _per_sample_sum(background.abs(), start_dim=2)
-        ratio = per_class / (logits.detach().abs().to(relevance.dtype) + self.tau)
+        total = _per_sample_sum(relevance.detach().abs(), start_dim=2)
+        unit = torch.maximum(total, logits.detach().abs().to(total.dtype)) + self.tau
+        ratio = per_class / unit
         per_case = (ratio / (1 + ratio)).mean(dim=1)
         return _reduce(per_case, weight)
 
@@ -231,7 +235,7 @@ class GuidanceLoss(nn.Module):
     Args:
         outside: Weight of :class:`RelevanceOutsideLoss`.
         mass: Weight of :class:`RelevanceMassLoss`.
-        tau: Passed to both.
+        tau: Passed to both (added to the detached unit).
     """
 
     def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1e-6) -> None:
