@@ -104,7 +104,7 @@ def step_ratio(model: torch.nn.Module, batch: Batch, guided: Any, repeats: int) 
     return {"plain_step_s": p, "guided_step_s": g, "guided_over_plain": g / p}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     confounded = phantom(True, args.n, args.seed, args.size)
     clean = phantom(False, args.n, args.seed, args.size)
     test = confounded["test"]  # identical to clean["test"]: token independent of the class
@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch = Batch(*(t[: args.batch_size] for t in confounded["train"][:4]), confounded["train"].case_id)
         row["step_time"] = step_ratio(models["a_plain_confounded"], batch, guided.loss_fn(), args.repeats)
         results[arch] = row
+        if save is not None:
+            save(results)  # partial results survive an interrupted run
     return results
 
 
@@ -159,16 +161,18 @@ def main() -> None:
         args.n, args.epochs, args.repeats = 120, 3, 3
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results = run(args)
-    info = {
+    info: dict[str, Any] = {
         "command": "python benchmarks/guided_training.py" + (" --quick" if args.quick else ""),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "total_seconds": time.perf_counter() - t0,
-        "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(info, indent=2) + "\n")
+
+    def save(results: dict[str, Any]) -> None:
+        info.update(total_seconds=time.perf_counter() - t0, results=results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(info, indent=2) + "\n")
+
+    results = run(args, save)
     print(f"\n{'arch':8} {'run':22} {'test acc':>8} {'mass in':>8}")
     for arch, row in results.items():
         for name in ("a_plain_confounded", "b_guided_confounded", "c_plain_clean"):

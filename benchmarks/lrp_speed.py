@@ -10,7 +10,8 @@ input (parameters not requiring grad), on the same model and batch. zennit runs 
 (VGGCanonizer / ResNetCanonizer) and ``attr_output = one_hot * out``, like medlrp's start.
 
 Memory: each contender runs once in a fresh subprocess; the figure is the peak resident set size
-(``ru_maxrss``) during the run minus the resident set size just before it (model and input loaded).
+during the run (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` right before the run) minus
+the resident set size just before it (model and input loaded).
 torch allocates on the CPU through the C allocator, which tracemalloc cannot see; RSS does.
 Writes benchmarks/results/lrp_speed.json.
 """
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torchvision
 
@@ -129,10 +129,27 @@ def memory_one(arch: str, size: int, batch: int, key: str) -> float:
     kind, name = key.split(":")
     model, x, target = build(arch, size, batch)
     fn = contender(kind, name, arch, model, x, target)
-    before = psutil.Process().memory_info().rss
+    # reset the kernel's high-water mark (VmHWM) so that model building does not count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss()
     fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return max(peak - before, 0) / 1e6
+    return max(_hwm() - before, 0) / 1e6
+
+
+def _rss() -> int:
+    """Current resident set size in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm() -> int:
+    """Peak resident set size since the last reset, in bytes (Linux ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory_all(arch: str, size: int, batch: int, with_zennit: bool) -> dict[str, float]:
@@ -161,7 +178,7 @@ def main() -> None:
     size, batch = (96, 2) if args.quick else (224, 4)
     with_zennit = not args.no_zennit
     report = {
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "size": size,
         "batch": batch,

@@ -171,7 +171,7 @@ def test_guidance_moves_relevance_off_a_shortcut():
         )
         crit = GuidedLoss(weight, composite="epsilon", explain_every=1)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(30):
+        for _ in range(20):
             loss, _ = crit(model, x, y, mask)
             opt.zero_grad()
             loss.backward()

@@ -270,6 +270,14 @@ def test_unsupported_operation_names_module_and_type():
     model = nn.Sequential(nn.Linear(3, 3), Odd()).double()
     with pytest.raises(medlrp.UnsupportedLayerError, match=r"'1' \(Odd\).*cumsum"):
         medlrp.LRP(model, "epsilon")(torch.randn(2, 3, dtype=DT))
+    class Writes(nn.Module):
+        def forward(self, x):
+            x[:, 0] = 0.0
+            return x
+
+    writes = nn.Sequential(nn.Linear(3, 3), Writes()).double()
+    with pytest.raises(medlrp.UnsupportedLayerError, match=r"'1' \(Writes\).*in-place"):
+        medlrp.LRP(writes, "epsilon")(torch.randn(2, 3, dtype=DT))
     norm = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)).double()
     with pytest.raises(medlrp.UnsupportedLayerError, match=r"'1' \(LayerNorm\)"):
         medlrp.LRP(norm, "epsilon")(torch.randn(2, 3, dtype=DT))

@@ -31,6 +31,11 @@ def test_cp_lrp_conserves_and_attnlrp_is_batch_independent(name: str) -> None:
     assert e.relevance.shape == x.shape
     logit = e.output.gather(1, e.target[:, None])[:, 0]
     assert ((_sums(e.relevance) - logit).abs() / logit.abs() < 1e-3).all()
+    # ... and so does the relevance of the tokens leaving the last block (found from the modules)
+    assert len(transformer_blocks(bare)) == 2
+    tokens, _ = token_relevance(medlrp.LRP(bare, "cp-lrp"), x, e.target, block=-1)
+    assert tokens.shape[0] == x.shape[0] and tokens.dim() == 2
+    assert ((tokens.sum(1) - logit).abs() / logit.abs() < 1e-3).all()
     # AttnLRP (default for transformers): each sample's map does not depend on the rest of the batch
     lrp = medlrp.LRP(model)
     assert lrp.composite.name == "attnlrp"
@@ -38,6 +43,10 @@ def test_cp_lrp_conserves_and_attnlrp_is_batch_independent(name: str) -> None:
     alone = lrp.relevance(x[1:], target=[1])
     torch.testing.assert_close(both[1:], alone, rtol=1e-8, atol=1e-12)
     assert torch.isfinite(both).all() and both.abs().sum() > 0
+    # the exact (create_graph) path computes the same relevance as the fast one
+    exact = lrp.relevance(x, target=[0, 1], create_graph=True)
+    assert exact.requires_grad
+    torch.testing.assert_close(exact.detach(), both, rtol=1e-8, atol=1e-12)
 
 
 def test_attnlrp_differs_from_cp_lrp_and_float32_agrees() -> None:

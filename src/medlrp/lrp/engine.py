@@ -24,6 +24,7 @@ Two modes:
 from __future__ import annotations
 
 import inspect
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 from medlrp.errors import InputError, UnsupportedLayerError
 
 _ATTR = "_medlrp_node"
+_INPLACE = re.compile(r"^__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshift|rshift|matmul)__$")
 
 #: Handler signature: ``handler(engine, func, args, kwargs) -> result``. See :mod:`medlrp.lrp.handlers`.
 Handler = Callable[["Engine", Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
@@ -48,9 +50,11 @@ class Node:
         linear: The :class:`~medlrp.lrp.linear.LinearCall` that produced it (for a BatchNorm merge).
         gate: Produced by a sigmoid-like op: a multiplicative gate when multiplied with another tensor.
         is_input: The model input itself (or a value-preserving copy), where reference rules may act.
+        nonneg: Known to be >= 0 from how it was computed (a ReLU output, pooled or reshaped), which
+            spares rules on signs the products for negative inputs without a check of the values.
     """
 
-    __slots__ = ("engine", "routed", "linear", "gate", "is_input")
+    __slots__ = ("engine", "routed", "linear", "gate", "is_input", "nonneg")
 
     def __init__(self, engine: Engine, routed: torch.Tensor | None) -> None:
         self.engine = engine
@@ -58,6 +62,7 @@ class Node:
         self.linear: Any = None
         self.gate = False
         self.is_input = False
+        self.nonneg = False
 
 
 class Engine(TorchFunctionMode):
@@ -120,6 +125,10 @@ class Engine(TorchFunctionMode):
         return False
 
     def _unhandled(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = getattr(func, "__name__", "")
+        if name == "__setitem__" or _INPLACE.match(name) or (name.endswith("_") and not name.endswith("__")):
+            # an in-place write into a tracked tensor would change relevance behind the rules' back
+            raise self.unsupported(f"in-place operation {_func_name(func)!r} has no relevance rule")
         result = func(*args, **kwargs)
         if any(t.is_floating_point() or t.is_complex() for t in _tensors(result)):
             raise self.unsupported(f"operation {_func_name(func)!r} has no relevance rule")

@@ -101,11 +101,24 @@ def _both(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
     return true, routed
 
 
-def _track_all(engine: Engine, true: Any, routed: Any, is_input: bool = False) -> None:
+def _track_all(engine: Engine, true: Any, routed: Any, is_input: bool = False, nonneg: bool = False) -> None:
     for t, r in zip(_tensors(true), _tensors(routed), strict=True):
         if t.is_floating_point():
             node = engine.track(t, r)
             node.is_input = is_input
+            node.nonneg = nonneg
+
+
+def _all_nonneg(engine: Engine, args: Any) -> bool:
+    """Whether every tracked tensor among ``args`` (lists included) is known to be >= 0."""
+    found = False
+    for t in _tensors(list(args)):
+        node = engine.node(t)
+        if node is not None:
+            if not node.nonneg:
+                return False
+            found = True
+    return found
 
 
 def _input_like(engine: Engine, args: tuple[Any, ...], out: Any) -> bool:
@@ -120,14 +133,19 @@ def _input_like(engine: Engine, args: tuple[Any, ...], out: Any) -> bool:
 
 # -- transparent operations: each output element is a copy of one input element (or a constant scale),
 #    so the plain gradient is the exact LRP message (relevance x * grad is conserved)
-def transparent(out_of_place: Any = None, keeps_input: bool = False) -> Handler:
-    """A handler running ``func`` (or ``out_of_place``) on both twins: the plain gradient is exact."""
+def transparent(out_of_place: Any = None, keeps_input: bool = False, sign: str = "keep") -> Handler:
+    """A handler running ``func`` (or ``out_of_place``) on both twins: the plain gradient is exact.
+
+    ``sign``: ``"keep"`` (the output is >= 0 when the inputs are), ``"nonneg"`` (always >= 0, ReLU)
+    or ``"unknown"``.
+    """
 
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         f = out_of_place or func
         args, kwargs = _strip_inplace(func, args, kwargs)
+        nonneg = sign == "nonneg" or (sign == "keep" and _all_nonneg(engine, args))
         true, routed = _both(engine, f, args, kwargs)
-        _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true))
+        _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true), nonneg)
         return true
 
     return handler
@@ -136,17 +154,20 @@ def transparent(out_of_place: Any = None, keeps_input: bool = False) -> Handler:
 _VIEWS = (
     "view view_as reshape reshape_as flatten unflatten permute transpose swapaxes t squeeze unsqueeze "
     "contiguous expand expand_as repeat narrow select split chunk unbind tensor_split movedim moveaxis "
-    "cat concat concatenate stack hstack vstack flip roll pad index_select gather take_along_dim "
+    "cat concat concatenate stack hstack vstack flip roll index_select gather take_along_dim "
     "max_pool1d max_pool2d max_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
     "max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices "
-    "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle relu leaky_relu neg "
-    "amax amin max min maximum minimum constant_pad_nd"
+    "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle "
+    "amax amin max min maximum minimum"
 ).split()
-for _f in variants(*_VIEWS) + [torch.Tensor.__getitem__, torch.Tensor.__neg__]:
+for _f in variants(*_VIEWS) + [torch.Tensor.__getitem__]:
     register_handler(_f)(transparent())
+for _f in variants("neg", "leaky_relu", "constant_pad_nd", "pad") + [torch.Tensor.__neg__]:
+    register_handler(_f)(transparent(sign="unknown"))
+register_handler(*variants("relu"))(transparent(sign="nonneg"))
 for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type_as", "identity"):
     register_handler(_f)(transparent(keeps_input=True))
-register_handler(*variants("relu_"))(transparent(torch.relu))
+register_handler(*variants("relu_"))(transparent(torch.relu, sign="nonneg"))
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 
@@ -224,37 +245,30 @@ for _n in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
 
 
 # -- proportional split (zennit's Norm): sums, averages, average pooling
-def _norm_handler(out_of_place: Any = None) -> Handler:
+def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         f = out_of_place or func
+        nonneg = keeps_sign and _all_nonneg(engine, args)
         true, routed_in = _both(engine, f, args, kwargs)
         if not isinstance(true, Tensor) or not true.is_floating_point():
             return true
         if engine.dual:
             routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
-            engine.track(true, routed)
+            engine.track(true, routed).nonneg = nonneg
             return true
         value = true.detach()
         routed = route(value, [true], compute=lambda: [value / stabilize(value, NORM_STABILIZER)])
-        engine.track(routed)
+        engine.track(routed).nonneg = nonneg
         return routed
 
     return handler
 
 
-for _f in variants(
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
-    "mean",
-    "sum",
-    "add",
-    "sub",
-    "subtract",
-) + [torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__]:
+_POOLS = "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean"
+for _f in variants(*_POOLS.split()):
+    register_handler(_f)(_norm_handler(keeps_sign=True))
+_SUMS = [torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__, torch.Tensor.__rsub__]
+for _f in variants("sum", "add", "sub", "subtract") + _SUMS:
     register_handler(_f)(_norm_handler())
 register_handler(*variants("add_", "__iadd__"))(_norm_handler(torch.add))
 register_handler(*variants("sub_", "__isub__"))(_norm_handler(torch.sub))

@@ -88,7 +88,9 @@ class LinearCall:
             )
         self.nonneg = True
         if rule.needs_input_signs:
-            self.nonneg = bool((x.detach().min() >= 0).item()) if x.numel() else True
+            node = engine.node(x)
+            known = node is not None and node.nonneg
+            self.nonneg = known or (bool((x.detach().min() >= 0).item()) if x.numel() else True)
         self._routed: dict[str, Tensor] = {}
         self._true: dict[str, Tensor] = {}
         self.bias = None if bias is None else self._channel(bias)

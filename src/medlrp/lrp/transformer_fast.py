@@ -189,6 +189,8 @@ def _add(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any
 
 def _activation(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not engine.dual and len(args) == 1 and _tracked(engine, args[0]):
+        # run out of place (nn.SiLU(inplace=True)): a tracked tensor is never modified
+        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
         out = _Identity.apply(func, args[0], kwargs)
         engine.track(out)
         return out

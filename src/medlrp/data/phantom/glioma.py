@@ -46,8 +46,9 @@ def glioma_case(
     """
     r_anat, r_lesion, r_noise = rngs(seed, 3)
     coords = shapes.grid(shape)
-    image = _anatomy(r_anat, coords, shape)
+    image, brain = _anatomy(r_anat, coords, shape)
     lesion, value, meta = _tumour(r_lesion, coords, shape, label)
+    lesion = lesion * brain  # a glioma grows in the brain, never into the skull
     if not with_lesion:
         lesion = np.zeros_like(lesion)
     image = image * (1.0 - lesion) + value * lesion
@@ -65,8 +66,14 @@ def glioma_case(
     )
 
 
-def _anatomy(rng: np.random.Generator, coords: list[np.ndarray], shape: Sequence[int]) -> np.ndarray:
-    """Scalp, skull, brain (cortex + white matter + texture) and ventricles, no noise."""
+def _anatomy(
+    rng: np.random.Generator, coords: list[np.ndarray], shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scalp, skull, brain (cortex + white matter + texture) and ventricles, no noise.
+
+    Returns:
+        The image and the brain's soft opacity map (exactly 0 at the skull).
+    """
     dims = len(shape)
     radii = [0.78, 0.86, 0.72][-dims:]
     radii = [r * rng.uniform(0.94, 1.04) for r in radii]
@@ -89,7 +96,7 @@ def _anatomy(rng: np.random.Generator, coords: list[np.ndarray], shape: Sequence
         vr = [r * rng.uniform(0.8, 1.2) for r in vr]
         vent = shapes.inside(shapes.radius_field(coords, vc, vr, angle + side * 0.2), 0.3)
         image = image * (1 - vent) + 0.15 * vent
-    return image
+    return image, shapes.inside(rho / 0.87, 0.05)
 
 
 def _tumour(
@@ -99,7 +106,8 @@ def _tumour(
     dims = len(shape)
     direction = rng.normal(size=dims)
     direction /= np.linalg.norm(direction)
-    center = list(direction * rng.uniform(0.25, 0.45))
+    # Volumes draw larger tumours (RADIUS_SCALE_3D); their centres stay nearer the middle.
+    center = list(direction * (rng.uniform(0.25, 0.45) if dims == 2 else rng.uniform(0.15, 0.35)))
     high = label == HIGH_GRADE
     # The size ranges overlap: size alone does not give the class away.
     radius = rng.uniform(0.15, 0.27) if high else rng.uniform(0.11, 0.21)
