@@ -188,3 +188,15 @@ def test_linearised_matches_fast_rule_and_is_differentiable() -> None:
     assert gx.requires_grad  # second order flows to w and (through rstd) to x1
     (gw,) = torch.autograd.grad((gx * x).sum(), w)
     assert gw.abs().sum() > 0
+
+
+def test_rms_norm_rule_passes_relevance_unchanged() -> None:
+    # y = x * rstd * w with rstd held constant is elementwise-linear: R_x = R_y
+    x = _rand(3, 6)
+    w = _rand(6, seed=1)
+    r_out = _rand(3, 6, seed=2)
+    xg = x.clone().requires_grad_()
+    y = A.rms_norm_rule(xg, (6,), w, 1e-6)
+    torch.testing.assert_close(y, F.rms_norm(x, (6,), w, 1e-6))
+    (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
+    _close(x * g, r_out)

@@ -93,7 +93,7 @@ class Engine(TorchFunctionMode):
         self.references: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: The leaf standing for the model input in the routed graph.
         self.routed_input: torch.Tensor | None = None
-        self.cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[tuple[int, str], torch.Tensor] = {}
         self._tracked: list[weakref.ref[torch.Tensor]] = []
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
         self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
@@ -220,12 +220,12 @@ class Engine(TorchFunctionMode):
         self.references.append((value, leaf))
         return leaf
 
-    def signed_weights(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W+, W-)`` of a weight, computed once per pass."""
-        key = (id(weight), "pm")
+    def signed_weight(self, weight: torch.Tensor, positive: bool) -> torch.Tensor:
+        """``W+`` (``positive``) or ``W-`` of a weight, computed once per pass and only if needed."""
+        key = (id(weight), "+" if positive else "-")
         hit = self.cache.get(key)
         if hit is None:
-            hit = (weight.clamp(min=0), weight.clamp(max=0))
+            hit = weight.clamp(min=0) if positive else weight.clamp(max=0)
             self.cache[key] = hit
         return hit
 

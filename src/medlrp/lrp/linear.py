@@ -172,10 +172,8 @@ class LinearCall:
 
     def _weight(self, kind: str) -> Tensor:
         w = self.weight
-        if kind == "W+":
-            return self.engine.signed_weights(w)[0]
-        if kind == "W-":
-            return self.engine.signed_weights(w)[1]
+        if kind in ("W+", "W-"):
+            return self.engine.signed_weight(w, kind == "W+")
         if kind == "1":
             return torch.ones_like(w)
         return w * w
