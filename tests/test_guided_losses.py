@@ -133,3 +133,16 @@ def test_background_loss_on_class_maps_of_a_model():
     loss = BackgroundRelevanceLoss()(maps, _mask2d(), logits)
     loss.backward()
     assert 0 < loss.item() < 1 and model[0].weight.grad.abs().sum() > 0
+
+
+def test_grow_mask_2d_and_3d():
+    from medlrp.train.guided import GuidedLoss, grow_mask
+
+    m2 = torch.zeros(1, 1, 7, 7)
+    m2[0, 0, 3, 3] = 1
+    assert grow_mask(m2, 1).sum() == 9 and grow_mask(m2, 0) is m2
+    m3 = torch.zeros(1, 1, 5, 5, 5)
+    m3[0, 0, 2, 2, 2] = 1
+    assert grow_mask(m3, 1).sum() == 27 and grow_mask(m3, 1).shape == m3.shape
+    with pytest.raises(InputError, match="mask_margin"):
+        GuidedLoss(1.0, mask_margin=-1)

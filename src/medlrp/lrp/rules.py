@@ -150,7 +150,8 @@ class ZPlus(LinearRule):
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        den = q["A"] + _pos(q.bias)
+        bias = _pos(q.bias)
+        den = q["A"] if isinstance(bias, float) and bias == 0.0 else q["A"] + bias
         if not nonneg:
             den = den + q["D"]
         c = q.z / stabilize(den, self.stabilizer)
