@@ -1,19 +1,9 @@
 import json
 
-import pytest
 import torch
 
 from medlrp.cli import main
 from medlrp.registry import METHODS
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_demo_small_end_to_end(tmp_path, capsys):

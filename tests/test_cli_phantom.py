@@ -2,18 +2,8 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from medlrp.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _files(root):

@@ -4,22 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medlrp.data.phantom import PhantomSpec, chest_case, glioma_case, iter_cases, write_phantom
 from medlrp.data.phantom.shapes import corner_token
 from medlrp.data.phantom.writer import CONFOUND_AGREEMENT, KINDS
 from medlrp.errors import InputError
 from medlrp.io import read_image
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _digest(root: Path) -> dict[str, str]:

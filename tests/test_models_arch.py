@@ -14,15 +14,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_architecture_forward_backward_and_checkpoint(tmp_path, name):
     kwargs, shape = CASES[name]

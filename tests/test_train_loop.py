@@ -9,15 +9,6 @@ from medlrp.models import Preprocessing, load_model
 from medlrp.train import TrainConfig, accuracy, build_model, fit, minibatches, train_on_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")

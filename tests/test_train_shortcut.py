@@ -1,19 +1,9 @@
 """The phantom's confounder works: plain training on the confounded split takes the shortcut."""
 
 import pytest
-import torch
 
 from medlrp.data.phantom import PhantomSpec, write_phantom
 from medlrp.train import TrainConfig, train_on_folder
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy test workers must not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
