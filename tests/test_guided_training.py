@@ -188,13 +188,15 @@ def test_cli_guided_training(tmp_path, capsys):
     assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "0.5"]) == 0
+    guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2"]
+    assert cli_main([*args, "--out", str(out), *guided]) == 0
     printed = capsys.readouterr().out
     assert "guidance" in printed and "ce" in printed
     extra = torch.load(out, weights_only=True)["extra"]
-    assert extra["guided"] is True and extra["guidance_weight"] == 0.5
+    assert extra["guided"] is True and extra["guidance_weight"] == 0.5 and extra["mask_margin"] == 2
     assert all("guidance" in e for e in extra["history"])
     assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
+    assert cli_main([*args, "--out", str(out), "--guided", "--mask-margin", "-1"]) == 2
 
 
 def test_batch_of_the_trainer_seam():

@@ -270,6 +270,7 @@ def test_unsupported_operation_names_module_and_type():
     model = nn.Sequential(nn.Linear(3, 3), Odd()).double()
     with pytest.raises(medlrp.UnsupportedLayerError, match=r"'1' \(Odd\).*cumsum"):
         medlrp.LRP(model, "epsilon")(torch.randn(2, 3, dtype=DT))
+
     class Writes(nn.Module):
         def forward(self, x):
             x[:, 0] = 0.0

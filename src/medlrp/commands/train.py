@@ -65,13 +65,16 @@ def register(app: typer.Typer) -> None:
             False, "--guided", help="Explanation-guided training: LRP relevance outside the masks costs."
         ),
         guidance_weight: float = typer.Option(1.0, "--guidance-weight", help="Explanation loss weight."),
+        mask_margin: int = typer.Option(
+            0, "--mask-margin", help="--guided: grow the masks by this many pixels (lesion surroundings)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a model on a dataset folder; report accuracies and write a checkpoint for --model."""
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        loss_fn, extra, main = guided_setup(guided, guidance_weight)
+        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin)
         result = run_train(
             data,
             out if main else None,
@@ -86,7 +89,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(line)
 
 
-def guided_setup(guided: bool, weight: float) -> tuple[LossFn, dict[str, Any], bool]:
+def guided_setup(guided: bool, weight: float, margin: int = 0) -> tuple[LossFn, dict[str, Any], bool]:
     """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0."""
     if not weight >= 0:
         raise InputError(f"--guidance-weight must be >= 0, not {weight}")
@@ -96,8 +99,10 @@ def guided_setup(guided: bool, weight: float) -> tuple[LossFn, dict[str, Any], b
     info = init_distributed()
     if not guided and info is None:
         return cross_entropy_loss, {}, True
-    criterion = GuidedLoss(weight if guided else 0.0)
+    criterion = GuidedLoss(weight if guided else 0.0, mask_margin=margin)
     extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
+    if guided:
+        extra["mask_margin"] = margin
     if info is not None:
         extra["world_size"] = info.world
     return guided_loss_fn(criterion, info), extra, info is None or info.is_main

@@ -24,8 +24,8 @@ Design decisions, each with its reason:
   skipped) and its loss is weighted by ``explain_every``: an unbiased estimate of the loss over all
   cases (the batches are shuffled, so every case is explained every few epochs). Differentiable LRP
   costs several plain steps per case (a forward with both graphs and a double backward); explaining a
-  quarter of the batch keeps a guided step within about 2.5 plain steps. ``explain_every=1`` explains
-  every case.
+  quarter of the batch keeps a guided step near 3 plain steps (measured: 2.8x for ``cnn2d``, 3.6x for
+  ``vit2d``, see BENCHMARKS.md). ``explain_every=1`` explains every case.
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
@@ -103,12 +103,14 @@ def input_x_gradient_relevance(
     return x * grad, logits
 
 
-def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
+def lrp_relevance(composite: str | None = "auto", **options: Any) -> RelevanceFn:
     """A relevance function running :class:`medlrp.LRP` with ``create_graph=True``.
 
     Args:
-        composite: LRP composite name (``None``: the engine's default for the model, e.g.
-            ``epsilon-plus-flat`` for CNNs, ``attnlrp`` for transformers).
+        composite: LRP composite name; ``"auto"``: ``epsilon-gamma-box`` for CNNs (signed rules: z+
+            rules do not see inhibitory evidence, and a guided model learns to hide its shortcut
+            there; the z-box first layer sees evidence carried by zeros), the engine's default
+            (``attnlrp``) for transformers; ``None``: the engine's default for every model.
         **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box).
     """
     names = {id(fn): name for name, fn in _STARTS.items()}
@@ -116,11 +118,14 @@ def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
     def fn(
         model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: StartFn
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from medlrp.lrp import LRP  # late: training without guidance never needs the engine
+        from medlrp.lrp import LRP, looks_like_transformer  # late: plain training never needs it
 
+        name = composite
+        if name == "auto":
+            name = None if looks_like_transformer(model) else "epsilon-gamma-box"
         # the engine's own names skip a division by the logits
         engine_start: Any = names.get(id(start), start)
-        explainer = LRP(model, composite=composite, start=engine_start, **options)
+        explainer = LRP(model, composite=name, start=engine_start, **options)
         relevance, logits, _ = explainer.attribute(x, target, create_graph=True)
         return relevance, logits
 
@@ -231,7 +236,7 @@ class GuidedLoss(nn.Module):
         criterion: Explanation loss ``criterion(relevance, mask, logit) -> scalar`` (mean over its
             cases; default :class:`~medlrp.train.guided_losses.GuidanceLoss`).
         relevance_fn: How relevance is computed (default :func:`lrp_relevance` with ``composite``).
-        composite: LRP composite for the default relevance function.
+        composite: LRP composite for the default relevance function (see :func:`lrp_relevance`).
         start: ``"logit-difference"`` (default), ``"logit"`` or a callable ``start(output, target)``.
         explain_every: Explain every n-th case of a batch (see the module docstring); 1 explains all.
         mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
@@ -244,7 +249,7 @@ class GuidedLoss(nn.Module):
         guidance_weight: float = 1.0,
         criterion: nn.Module | None = None,
         relevance_fn: RelevanceFn | None = None,
-        composite: str | None = None,
+        composite: str | None = "auto",
         start: str | StartFn = "logit-difference",
         explain_every: int = 4,
         mask_margin: int = 0,

@@ -75,7 +75,7 @@ def _per_sample_sum(t: torch.Tensor, start_dim: int = 1) -> torch.Tensor:
 
 
 def _scale(logit: torch.Tensor | None, relevance: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-case unit ``max(|logit|, sum |R|) + tau``, detached.
+    """Per-case unit ``max(|logit|, sum |R|, tau)``, detached.
 
     Detached, so no gradient rewards inflating it; ``max`` with the logit, so cancelling relevance the
     model adds inside the mask does not shrink the loss below its share of the decision; scale-free, so
@@ -85,7 +85,7 @@ def _scale(logit: torch.Tensor | None, relevance: torch.Tensor, tau: float) -> t
     total = _per_sample_sum(relevance.detach().abs())
     if logit is not None:
         total = torch.maximum(total, logit.detach().abs().to(total.dtype))
-    return total + tau
+    return total.clamp_min(tau)
 
 
 def _reduce(per_case: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -218,7 +218,7 @@ class BackgroundRelevanceLoss(nn.Module):
         background = relevance * (1 - align_mask(mask, relevance))
         per_class = _per_sample_sum(background.abs(), start_dim=2)
         total = _per_sample_sum(relevance.detach().abs(), start_dim=2)
-        unit = torch.maximum(total, logits.detach().abs().to(total.dtype)) + self.tau
+        unit = torch.maximum(total, logits.detach().abs().to(total.dtype)).clamp_min(self.tau)
         ratio = per_class / unit
         per_case = (ratio / (1 + ratio)).mean(dim=1)
         return _reduce(per_case, weight)
