@@ -4,9 +4,8 @@ For each architecture (a small residual CNN ``cnn2d`` and a tiny ViT ``vit2d``),
 architecture, budget (epochs, batch size, learning rate) and seed:
 
   (a) plain training on the confounded training split (corner token agrees with the class in 95%),
-  (b) guided training (``GuidedLoss``: LRP relevance outside the tumour mask costs) on the same split;
-      the CNN explained with ``epsilon-gamma-box`` (signed: it sees inhibitory evidence, which z+ rules
-      miss), the masks grown by ``--mask-margin`` pixels (the lesion's surroundings may matter),
+  (b) guided training (``GuidedLoss``: LRP relevance outside the tumour mask costs) on the same split
+      (``--cnn-composite``: the CNN's guidance composite; ``--mask-margin``: grow the masks),
   (c) plain training on the unconfounded training split,
 
 each evaluated on the unconfounded test split (the test split of both datasets is the same): accuracy,
@@ -159,8 +158,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--guidance-weight", type=float, default=1.0)
     parser.add_argument("--explain-every", type=int, default=4)
-    parser.add_argument("--cnn-composite", default="epsilon-gamma-box", help="guidance composite for CNNs")
-    parser.add_argument("--mask-margin", type=int, default=16, help="grow the tumour masks (pixels)")
+    parser.add_argument("--cnn-composite", default=None, help="CNN guidance composite (default: engine's)")
+    parser.add_argument("--mask-margin", type=int, default=0, help="grow the tumour masks (pixels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)

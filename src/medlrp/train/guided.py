@@ -103,14 +103,14 @@ def input_x_gradient_relevance(
     return x * grad, logits
 
 
-def lrp_relevance(composite: str | None = "auto", **options: Any) -> RelevanceFn:
+def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
     """A relevance function running :class:`medlrp.LRP` with ``create_graph=True``.
 
     Args:
-        composite: LRP composite name; ``"auto"``: ``epsilon-gamma-box`` for CNNs (signed rules: z+
-            rules do not see inhibitory evidence, and a guided model learns to hide its shortcut
-            there; the z-box first layer sees evidence carried by zeros), the engine's default
-            (``attnlrp``) for transformers; ``None``: the engine's default for every model.
+        composite: LRP composite name (``None``: the engine's default, ``epsilon-plus-flat`` for CNNs,
+            ``attnlrp`` for transformers). Beware: z+ rules (``epsilon-plus*``) do not see inhibitory
+            evidence, and a guided model can learn to hide its shortcut there; signed rules
+            (``epsilon``, ``epsilon-gamma-box``) see it, at a higher cost (see BENCHMARKS.md).
         **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box).
     """
     names = {id(fn): name for name, fn in _STARTS.items()}
@@ -118,14 +118,11 @@ def lrp_relevance(composite: str | None = "auto", **options: Any) -> RelevanceFn
     def fn(
         model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: StartFn
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from medlrp.lrp import LRP, looks_like_transformer  # late: plain training never needs it
+        from medlrp.lrp import LRP  # late: plain training never needs the engine
 
-        name = composite
-        if name == "auto":
-            name = None if looks_like_transformer(model) else "epsilon-gamma-box"
         # the engine's own names skip a division by the logits
         engine_start: Any = names.get(id(start), start)
-        explainer = LRP(model, composite=name, start=engine_start, **options)
+        explainer = LRP(model, composite=composite, start=engine_start, **options)
         relevance, logits, _ = explainer.attribute(x, target, create_graph=True)
         return relevance, logits
 
@@ -249,7 +246,7 @@ class GuidedLoss(nn.Module):
         guidance_weight: float = 1.0,
         criterion: nn.Module | None = None,
         relevance_fn: RelevanceFn | None = None,
-        composite: str | None = "auto",
+        composite: str | None = None,
         start: str | StartFn = "logit-difference",
         explain_every: int = 4,
         mask_margin: int = 0,
