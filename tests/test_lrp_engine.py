@@ -318,3 +318,28 @@ def test_bad_usage_is_input_error():
     vit_like = nn.TransformerEncoderLayer(8, 2)
     with pytest.raises(medlrp.InputError, match="transformer"):
         medlrp.LRP(vit_like, "epsilon")
+
+
+def test_tuple_outputs_and_torchscript_refusal():
+    import medlrp
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 3)
+    )
+    base.eval()
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = base
+
+        def forward(self, x):
+            return self.net(x), x
+
+    x = torch.randn(2, 1, 32, 32)
+    plain = medlrp.explain(base, x, composite="epsilon")
+    paired = medlrp.explain(Pair().eval(), x, composite="epsilon")
+    torch.testing.assert_close(paired.relevance, plain.relevance)
+    with pytest.raises(medlrp.InputError, match="TorchScript"):
+        medlrp.LRP(torch.jit.script(base))

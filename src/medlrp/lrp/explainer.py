@@ -50,6 +50,11 @@ class LRP:
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise InputError(
+                "LRP cannot see inside a TorchScript model (its operations run in C++): explain the "
+                "Python model (a medlrp checkpoint), or use a gradient or CAM method"
+            )
         if not callable(start) and start not in STARTS:
             raise InputError(f"unknown start {start!r}; known: {', '.join(STARTS)} or a callable")
         self.model = model
@@ -114,7 +119,7 @@ class LRP:
         engine.routed_input = leaf
         engine.track(true, leaf).is_input = True
         with engine:
-            output = self.model(true)
+            output = _logits(self.model(true))
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise InputError("LRP needs a model returning logits of shape (N, classes)")
         if engine.node(output) is None:
@@ -137,6 +142,18 @@ class LRP:
             raise InputError("start(output, target) must return a tensor of the output's shape")
         zero = out == 0
         return torch.where(zero, 0.0, r0 / torch.where(zero, 1.0, out))
+
+
+def _logits(output: object) -> object:
+    """The logits of a model output.
+
+    The tensor itself, the first element of a tuple or list (MONAI's ViT returns
+    ``(logits, hidden_states)``), or the ``.logits`` of a Hugging Face style output.
+    """
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else output
 
 
 def _times(x: Tensor, g: Tensor | None) -> Tensor:
