@@ -83,6 +83,7 @@ class Engine(TorchFunctionMode):
         select_rule: Callable[[str, str, torch.nn.Module | None], Any],
         dual: bool,
         options: dict[str, Any],
+        weights: WeightCache | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -94,6 +95,8 @@ class Engine(TorchFunctionMode):
         #: The leaf standing for the model input in the routed graph.
         self.routed_input: torch.Tensor | None = None
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
+        #: Clamped weights kept between passes (fast path only; dual mode needs their graph).
+        self.weights = None if dual else weights
         self._tracked: list[weakref.ref[torch.Tensor]] = []
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
         self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
@@ -221,13 +224,60 @@ class Engine(TorchFunctionMode):
         return leaf
 
     def signed_weight(self, weight: torch.Tensor, positive: bool) -> torch.Tensor:
-        """``W+`` (``positive``) or ``W-`` of a weight, computed once per pass and only if needed."""
+        """``W+`` (``positive``) or ``W-`` of a weight, computed once per pass and only if needed.
+
+        In the fast path (not dual) the clamped weight is detached (the relevance never differentiates
+        w.r.t. parameters there) and, with a :class:`WeightCache`, reused by later passes.
+        """
         key = (id(weight), "+" if positive else "-")
         hit = self.cache.get(key)
         if hit is None:
-            hit = weight.clamp(min=0) if positive else weight.clamp(max=0)
+            if self.dual:
+                hit = weight.clamp(min=0) if positive else weight.clamp(max=0)
+            elif self.weights is not None:
+                hit = self.weights.signed(weight, positive)
+            else:
+                w = weight.detach()
+                hit = w.clamp(min=0) if positive else w.clamp(max=0)
             self.cache[key] = hit
         return hit
+
+
+_Entry = tuple["weakref.ref[torch.Tensor]", tuple[int, int], torch.Tensor]
+
+
+class WeightCache:
+    """Clamped weights (``W+``, ``W-``) kept between the passes of one explainer.
+
+    An entry is keyed by the weight's identity and valid while the weight object is the same and its
+    version counter (``weight._version``, bumped by every in-place change such as an optimiser step)
+    and storage address are unchanged; a stale entry is recomputed. Changes made through ``.data``
+    (which bypasses the version counter) are not seen. Values are detached: only for the fast path.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, bool], _Entry] = {}
+
+    def signed(self, weight: torch.Tensor, positive: bool) -> torch.Tensor:
+        """``W+`` (``positive``) or ``W-`` of ``weight`` (detached), from the cache when still valid."""
+        key = (id(weight), positive)
+        entry = self._entries.get(key)
+        # the storage address too: ``param.data = other`` swaps the storage without a version bump
+        version = (weight._version, weight.data_ptr())
+        if entry is not None and entry[0]() is weight and entry[1] == version:
+            return entry[2]
+        w = weight.detach()
+        value = w.clamp(min=0) if positive else w.clamp(max=0)
+        try:
+            ref = weakref.ref(weight)
+        except TypeError:  # pragma: no cover - every torch.Tensor is weak-referenceable
+            return value
+        self._entries[key] = (ref, version, value)
+        return value
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:

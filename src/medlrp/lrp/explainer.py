@@ -10,7 +10,7 @@ import torch
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
 from medlrp.lrp.composites import Composite, resolve_composite
-from medlrp.lrp.engine import Engine
+from medlrp.lrp.engine import Engine, WeightCache
 from medlrp.lrp.handlers import HANDLERS
 from medlrp.registry import METHODS
 from medlrp.targets import Target, resolve_target
@@ -62,6 +62,7 @@ class LRP:
         self.start = start
         self._select = self.composite.selector(model)
         self._handlers = {**HANDLERS, **self.composite.handlers}
+        self._weights = WeightCache()
 
     def __call__(self, x: Tensor, target: Target = None) -> Explanation:
         """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``."""
@@ -87,7 +88,7 @@ class LRP:
         """Return ``(relevance, logits, target)``; logits carry their graph when ``create_graph``."""
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
-        engine = Engine(self.model, self._handlers, self._select, create_graph, {})
+        engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
         try:
             with torch.enable_grad():
                 output, routed, references = self._forward(engine, x, create_graph)

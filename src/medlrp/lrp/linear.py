@@ -243,6 +243,9 @@ class LinearCall:
         def add(key: str, c: Tensor) -> None:
             canon[key] = canon[key] + c if key in canon else c
 
+        def sub(key: str, c: Tensor) -> None:
+            canon[key] = canon[key] - c if key in canon else -c
+
         for key, c in merged.items():
             if scale is None or key == "F":
                 add(key, c)
@@ -261,12 +264,12 @@ class LinearCall:
             canon.pop("D", None)
             if "B" in canon:
                 cb = canon.pop("B")
-                add("A", -cb)
+                sub("A", cb)
                 add("Z", cb)
         elif "D" in canon:
             cd = canon.pop("D")
             for k in ("A", "B", "C"):
-                add(k, -cd)
+                sub(k, cd)
             add("Z", cd)
         return [canon.get(k) for k in keys]
 
