@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from medlrp.lrp.engine import Engine, Handler, _tensors
 from medlrp.lrp.linear import LinearCall, bind_linear, make_call
-from medlrp.lrp.route import route
-from medlrp.lrp.rules import LinearRule, stabilize
+from medlrp.lrp.route import route, settle
+from medlrp.lrp.rules import LinearRule, stabilize, stabilized_ratio
 
 Tensor = torch.Tensor
 
@@ -164,10 +164,26 @@ for _f in variants(*_VIEWS) + [torch.Tensor.__getitem__]:
     register_handler(_f)(transparent())
 for _f in variants("neg", "leaky_relu", "constant_pad_nd", "pad") + [torch.Tensor.__neg__]:
     register_handler(_f)(transparent(sign="unknown"))
-register_handler(*variants("relu"))(transparent(sign="nonneg"))
 for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type_as", "identity"):
     register_handler(_f)(transparent(keeps_input=True))
-register_handler(*variants("relu_"))(transparent(torch.relu, sign="nonneg"))
+def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """ReLU; done in place (as the model asked) on a route's output in the fast path.
+
+    The route's coefficients are settled first, while its value is intact; the in-place ReLU then
+    saves the model's own allocation (and keeps one activation less alive), as in a plain pass.
+    """
+    x = args[0] if args else kwargs.get("input")
+    inplace = func in _RELU_INPLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+    if inplace and not engine.dual and isinstance(x, Tensor) and settle(x):
+        torch.relu_(x)
+        node = engine.node(x)
+        node.linear, node.gate, node.nonneg, node.is_input = None, False, True, False
+        return x
+    return transparent(torch.relu, sign="nonneg")(engine, torch.relu, (x,), {})
+
+
+_RELU_INPLACE = set(variants("relu_"))
+register_handler(*variants("relu", "relu_"))(_relu)
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 
@@ -257,7 +273,7 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             engine.track(true, routed).nonneg = nonneg
             return true
         value = true.detach()
-        routed = route(value, [true], compute=lambda: [value / stabilize(value, NORM_STABILIZER)])
+        routed = route(value, [true], compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)], owned=True, guard=(value,))
         engine.track(routed).nonneg = nonneg
         return routed
 
@@ -287,7 +303,7 @@ def _ratio_route(engine: Engine, x: Tensor, y: Tensor) -> Tensor:
         engine.track(y, routed)
         return y
     xv, yv = x.detach(), y.detach()
-    routed = route(yv, [x], compute=lambda: [ratio(xv, yv)])
+    routed = route(yv, [x], compute=lambda: [ratio(xv, yv)], owned=True, guard=(xv, yv))
     engine.track(routed)
     return routed
 

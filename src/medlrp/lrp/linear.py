@@ -238,26 +238,53 @@ class LinearCall:
                     val = scale.s * val
             products[key] = val
         merged = self.rule.coefficients(Quantities(z, bias, products), self.nonneg)
+        # without a graph, tensors made here (or returned once by the rule) may be changed in place
+        uses: dict[int, int] = {}
+        for c in merged.values():
+            uses[id(c)] = uses.get(id(c), 0) + 1
+        fresh = not self.engine.dual
+        inputs = {id(z), *(id(v) for v in products.values())}  # a custom rule may hand these back
+        mine = {i for i, n in uses.items() if n == 1 and i not in inputs} if fresh else set()
         canon: dict[str, Tensor] = {}
 
+        def new(t: Tensor) -> Tensor:
+            if fresh:
+                mine.add(id(t))
+            return t
+
         def add(key: str, c: Tensor) -> None:
-            canon[key] = canon[key] + c if key in canon else c
+            if key not in canon:
+                canon[key] = c
+            elif id(canon[key]) in mine:
+                canon[key].add_(c)
+            else:
+                canon[key] = new(canon[key] + c)
 
         def sub(key: str, c: Tensor) -> None:
-            canon[key] = canon[key] - c if key in canon else -c
+            if key not in canon:
+                canon[key] = new(-c)
+            elif id(canon[key]) in mine:
+                canon[key].sub_(c)
+            else:
+                canon[key] = new(canon[key] - c)
+
+        def scaled(c: Tensor, factor: Tensor) -> Tensor:
+            if id(c) in mine and c.shape == torch.broadcast_shapes(c.shape, factor.shape):
+                return c.mul_(factor)
+            return new(factor * c)
 
         for key, c in merged.items():
             if scale is None or key == "F":
                 add(key, c)
             elif key in ("Z",):
-                add(key, scale.s * c)
+                add(key, scaled(c, scale.s))
             elif key == "Q":
-                add(key, scale.s * scale.s * c)
+                add(key, scaled(c, scale.s * scale.s))
             elif scale.mixed:
-                add(key, scale.pos * c)
-                add(_PARTNER[key], scale.neg * c)
+                add(key, new(scale.pos * c))
+                add(_PARTNER[key], new(scale.neg * c))
             else:
-                add(key, scale.s * c)
+                add(key, scaled(c, scale.s))
         # virtual products: B = Z - b - A (input >= 0), D = Z - b - A - B - C
         if self.nonneg:
             canon.pop("C", None)
@@ -305,7 +332,8 @@ class LinearCall:
             def compute() -> list[Tensor | None]:
                 return self.coefficients(z_value, scale, bias, keys)
 
-            routed = route(z_value, products, compute=compute)
+            guard = (z_value, self.z_value, *products)
+            routed = route(z_value, products, compute=compute, owned=True, guard=guard)
         return self._finish(z, routed)
 
     def _finish(self, z: Tensor, routed: Tensor) -> Tensor:

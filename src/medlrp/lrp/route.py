@@ -17,26 +17,59 @@ Coefficients = Sequence[torch.Tensor | None]
 class _Spec:
     """Holds the value and the coefficients (or how to compute them lazily, in the backward pass)."""
 
-    __slots__ = ("value", "coefficients", "compute")
+    __slots__ = ("value", "coefficients", "compute", "owned", "guard")
 
     def __init__(
         self,
         value: torch.Tensor,
         coefficients: Coefficients | None,
         compute: Callable[[], Coefficients] | None,
+        owned: bool = False,
+        guard: Sequence[torch.Tensor] = (),
     ) -> None:
         self.value = value
         self.coefficients = coefficients
         self.compute = compute
+        self.owned = owned
+        # the tensors ``compute`` reads, with their version counters now: an in-place change before the
+        # coefficients are computed would make them silently wrong, so it is an error instead
+        self.guard = [(t, t._version) for t in guard] if compute is not None else []
 
     def get(self) -> Coefficients:
         if self.coefficients is None:
             assert self.compute is not None
+            for t, version in self.guard:
+                if t._version != version:
+                    raise RuntimeError(
+                        "medlrp: a tensor the LRP rules need was modified in place by the model after it was "
+                        "used; the model must not modify a layer output in place once another layer read it"
+                    )
+            self.guard = []
             # computed only if the gradient really reaches this node: a layer whose output was merged
             # into a following BatchNorm never pays for its unmerged coefficients
             self.coefficients = self.compute()
             self.compute = None
         return self.coefficients
+
+    def scale(self, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """``grad * c`` for each coefficient ``c``; owned coefficients are consumed in place."""
+        coefficients = self.get()
+        if not self.owned or grad.requires_grad:
+            return tuple(None if c is None else grad * c for c in coefficients)
+        self.coefficients = None  # consumed: the backward pass runs once
+        counts: dict[int, int] = {}
+        for c in coefficients:
+            if c is not None:
+                counts[id(c)] = counts.get(id(c), 0) + 1
+        out = []
+        for c in coefficients:
+            if c is None:
+                out.append(None)
+            elif counts[id(c)] == 1 and c.shape == grad.shape and c.dtype == grad.dtype and not c.requires_grad:
+                out.append(c.mul_(grad))  # a fresh tensor nobody else reads: no new allocation
+            else:
+                out.append(grad * c)
+        return tuple(out)
 
 
 class _Route(torch.autograd.Function):
@@ -44,12 +77,13 @@ class _Route(torch.autograd.Function):
     def forward(ctx, spec: _Spec, *products: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.spec = spec
         # a fresh tensor object (sharing storage): never an input, so no view bookkeeping and no cycle
-        return spec.value.detach()
+        out = spec.value.detach()
+        spec.value = None  # type: ignore[assignment]  # only the coefficients may need it, through compute
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        coefficients = ctx.spec.get()
-        return (None, *(None if c is None else grad * c for c in coefficients))
+        return (None, *ctx.spec.scale(grad))
 
 
 def route(
@@ -57,6 +91,8 @@ def route(
     products: Sequence[torch.Tensor],
     coefficients: Coefficients | None = None,
     compute: Callable[[], Coefficients] | None = None,
+    owned: bool = False,
+    guard: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     """Return ``value`` with its gradient sent to ``products`` scaled by ``coefficients``.
 
@@ -66,8 +102,27 @@ def route(
         coefficients: One tensor (or ``None``: no gradient) per product; may carry a graph, which makes
             the relevance differentiable through them (``create_graph=True``).
         compute: Instead of ``coefficients``: a callable computing them, run at most once, in the
-            backward pass.
+            backward pass (or earlier, through :func:`settle`).
+        owned: The coefficients (from ``compute``) are fresh tensors that nothing else reads, so the
+            backward pass may scale them in place by the gradient (saves one allocation per product).
+        guard: Tensors ``compute`` reads: if one of them is modified in place before the coefficients
+            are computed, computing them raises instead of returning wrong values.
     """
     if coefficients is None and compute is None:
         raise ValueError("route() needs coefficients or compute")
-    return _Route.apply(_Spec(value.detach(), coefficients, compute), *products)
+    return _Route.apply(_Spec(value.detach(), coefficients, compute, owned, guard), *products)
+
+
+def settle(t: torch.Tensor) -> bool:
+    """Compute now the pending coefficients of the route that produced ``t`` (before ``t`` changes).
+
+    Returns whether ``t`` is the direct output of a route (and so may be modified in place once its
+    coefficients are settled: nothing else of the engine reads its storage).
+    """
+    if t._base is not None:
+        return False
+    spec = getattr(t.grad_fn, "spec", None)
+    if not isinstance(spec, _Spec):
+        return False
+    spec.get()
+    return True

@@ -39,13 +39,17 @@ def stabilize(x: Tensor, eps: float) -> Tensor:
 
 
 def stabilized_ratio(z: Tensor, eps: float) -> Tensor:
-    """Return ``z / stabilize(z, eps)`` in three elementwise passes instead of four.
+    """Return ``z / stabilize(z, eps)`` with a single new tensor.
 
-    For ``z > 0`` it is ``z / (z + eps)``, for ``z < 0`` ``z / (z - eps) = |z| / (|z| + eps)`` (the
-    negations are exact, so the result is bitwise the same), and ``0`` at ``z == 0``.
+    For ``z > 0`` it is ``z / (z + eps)``, for ``z < 0`` ``z / (z - eps) = |z| / (|z| + eps)``, and ``0``
+    at ``z == 0``. Without a graph it is computed in place as ``1 / (1 + |eps / z|)`` (equal up to
+    rounding): on a CPU a fresh output-sized tensor costs more than an elementwise pass over it.
     """
-    a = z.abs()
-    return a.div_(a + eps) if not a.requires_grad else a / (a + eps)
+    if z.requires_grad:
+        a = z.abs()
+        return a / (a + eps)
+    # |z| / (|z| + eps) = 1 / (1 + |eps / z|): one new tensor, the rest in place (eps / 0 = inf gives 0)
+    return torch.div(torch.full((), eps, dtype=z.dtype, device=z.device), z).abs_().add_(1.0).reciprocal_()
 
 
 @dataclass(frozen=True)
