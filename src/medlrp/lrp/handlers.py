@@ -166,6 +166,8 @@ for _f in variants("neg", "leaky_relu", "constant_pad_nd", "pad") + [torch.Tenso
     register_handler(_f)(transparent(sign="unknown"))
 for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type_as", "identity"):
     register_handler(_f)(transparent(keeps_input=True))
+
+
 def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """ReLU; done in place (as the model asked) on a route's output in the fast path.
 
@@ -273,7 +275,13 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             engine.track(true, routed).nonneg = nonneg
             return true
         value = true.detach()
-        routed = route(value, [true], compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)], owned=True, guard=(value,))
+        routed = route(
+            value,
+            [true],
+            compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)],
+            owned=True,
+            guard=(value,),
+        )
         engine.track(routed).nonneg = nonneg
         return routed
 

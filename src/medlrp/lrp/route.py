@@ -65,7 +65,9 @@ class _Spec:
         for c in coefficients:
             if c is None:
                 out.append(None)
-            elif counts[id(c)] == 1 and c.shape == grad.shape and c.dtype == grad.dtype and not c.requires_grad:
+            elif (
+                counts[id(c)] == 1 and c.shape == grad.shape and c.dtype == grad.dtype and not c.requires_grad
+            ):
                 out.append(c.mul_(grad))  # a fresh tensor nobody else reads: no new allocation
             else:
                 out.append(grad * c)
