@@ -343,3 +343,65 @@ def test_tuple_outputs_and_torchscript_refusal():
     torch.testing.assert_close(paired.relevance, plain.relevance)
     with pytest.raises(medlrp.InputError, match="TorchScript"):
         medlrp.LRP(torch.jit.script(base))
+
+
+def test_batchnorm_statistics_with_a_graph_are_explained_exactly():
+    """Running statistics that require grad (a training batch's own, rebound) give the same relevance,
+    and the relevance is differentiable w.r.t. them (exact: gradcheck)."""
+    model, x = net(), inputs()
+    bn = model.block.bn1
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    reference = medlrp.LRP(model, "epsilon-plus").relevance(x, 1)
+
+    def relevance(mean, var):
+        bn.running_mean, bn.running_var = mean, var
+        try:
+            return medlrp.LRP(model, "epsilon-plus").relevance(x, 1, create_graph=True)
+        finally:
+            bn.running_mean, bn.running_var = mean0, var0
+
+    mean, var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
+    r = relevance(mean, var)
+    torch.testing.assert_close(r.detach(), reference)
+    (gm, gv) = torch.autograd.grad(r.pow(2).sum(), [mean, var])
+    assert gm.abs().sum() > 0 and gv.abs().sum() > 0
+    assert torch.autograd.gradcheck(relevance, [mean, var], eps=1e-6, atol=1e-6, rtol=1e-4)
+    bn.running_mean, bn.running_var = mean.detach().requires_grad_(), var.detach().requires_grad_()
+    try:  # the fast path (no graph) too
+        torch.testing.assert_close(medlrp.LRP(model, "epsilon-plus").relevance(x, 1), reference)
+    finally:
+        bn.running_mean, bn.running_var = mean0, var0
+
+
+def test_in_place_relu_after_a_read_is_an_error_not_a_wrong_map():
+    """An in-place ReLU runs in place (as in the model) once its input's coefficients are settled;
+    a layer output changed in place after another rule read it raises instead of a silently wrong map."""
+
+    class Fine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            y = torch.relu_(y) + nn.functional.relu(y, inplace=True)  # twice in place: idempotent
+            return self.fc(y.mean((2, 3)))
+
+    class Bad(Fine):
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            h = nn.functional.silu(y)  # reads y (pass rule)
+            nn.functional.relu(y, inplace=True)  # ... then y changes
+            return self.fc((h + y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    fine = randomize(Fine()).double()
+    x = inputs()
+    inplace = medlrp.LRP(fine, "epsilon").relevance(x, 0)
+    out_of_place = medlrp.LRP(fine, "epsilon").relevance(x, 0, create_graph=True).detach()
+    torch.testing.assert_close(inplace, out_of_place)
+    bad = Bad()
+    bad.load_state_dict(fine.state_dict())
+    bad = bad.double().eval()
+    with pytest.raises(RuntimeError, match="modified in place"):
+        medlrp.LRP(bad, "epsilon").relevance(x, 0)

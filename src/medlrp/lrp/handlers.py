@@ -434,15 +434,6 @@ def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
             "BatchNorm uses batch statistics (model in train mode), which couples the samples of a batch: "
             "call model.eval() before LRP"
         )
-    if engine.dual:
-        y = func(*args, **kwargs)
-    else:
-        with torch.no_grad():
-            y = func(*args, **kwargs)
-    node = engine.node(x)
-    linear: LinearCall | None = node.linear if node is not None else None
-    if linear is None:
-        return _ratio_route(engine, x, y)
     weight, bias, eps = bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5)
     s = torch.rsqrt(var + eps)
     if weight is not None:
@@ -452,6 +443,22 @@ def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
         t = t + bias
     if not engine.dual:
         s, t = s.detach(), t.detach()
+    if mean.requires_grad or var.requires_grad:
+        # statistics with a graph (guided training explains with a training batch's own mean and
+        # variance, rebound into the buffers): torch's batch_norm refuses them, the affine map does not
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = x * s.reshape(shape) + t.reshape(shape)
+        if not engine.dual:
+            y = y.detach()
+    elif engine.dual:
+        y = func(*args, **kwargs)
+    else:
+        with torch.no_grad():
+            y = func(*args, **kwargs)
+    node = engine.node(x)
+    linear: LinearCall | None = node.linear if node is not None else None
+    if linear is None:
+        return _ratio_route(engine, x, y)
     return linear.merged_output(y, s, t)
 
 
