@@ -5,12 +5,14 @@ tensor as pytorch-grad-cam's usual ``layer4[-1]``). Ratios are against a plain f
 target logits' sum backpropagated to every parameter). Every contender is warmed up once; timings are
 interleaved round by round and the median is reported.
 
-Score-CAM: its floor is one forward pass per channel of the layer, which for ResNet50's layer4 (2048
-channels at 224 px) takes minutes per image, so it is measured on ResNet18's layer4 (512 channels) at
-112 px, one image: the floor is 512 forward passes of masked inputs through the whole model, in the
-same batches (32) that medlrp and pytorch-grad-cam use.
+Score-CAM: its floor is one forward pass per channel of the layer through the whole model, in the same
+batches (32) that medlrp and pytorch-grad-cam use. By default it is measured on ResNet18's layer4 (512
+channels) at 112 px, one image; ``--scorecam-model resnet50`` runs the full case, ResNet50's layer4
+(2048 channels) at 224 px, one image (minutes per contender: there the warm-up is one batch of the
+floor only, not a whole call of each contender).
 
     .venv/bin/python benchmarks/cam_speed.py [--repeats 5] [--threads N] [--cams gradcam,...] [--no-scorecam]
+        [--scorecam-model resnet18|resnet50]
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ RESULTS = Path(__file__).parent / "results"
 SCORE_BATCH = 32
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable; one warm-up call each, then rounds over all of them."""
-    for fn in fns.values():
+def interleaved(fns: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median seconds of each callable; one warm-up call each (unless ``warmup=False``), then rounds."""
+    for fn in fns.values() if warmup else ():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
@@ -107,20 +109,26 @@ def gradient_cams(repeats: int, methods: list[str]) -> list[dict]:
     return rows
 
 
-def score_cam(repeats: int) -> list[dict]:
+#: Score-CAM cases: torchvision model, input size, channels of its layer4.
+SCORE_CASES = {"resnet18": (112, 512), "resnet50": (224, 2048)}
+
+
+def score_cam(repeats: int, arch: str = "resnet18") -> list[dict]:
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    size, channels = SCORE_CASES[arch]
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
-    x = torch.randn(1, 3, 112, 112)
-    channels = 512
-    masked = torch.rand(channels, 3, 112, 112)  # stands in for the masked inputs (built outside the timing)
+    model = getattr(torchvision.models, arch)().eval()
+    x = torch.randn(1, 3, size, size)
+    # One batch of stand-in masked inputs, reused for every batch of the floor (2048 inputs at 224 px
+    # would take 1.2 GB); what the floor measures is the forward passes, not their content.
+    masked = torch.rand(SCORE_BATCH, 3, size, size)
 
     def floor():
         with torch.no_grad():
             for i in range(0, channels, SCORE_BATCH):
-                model(masked[i : i + SCORE_BATCH])
+                model(masked[: min(SCORE_BATCH, channels - i)])
 
     def ours():
         medlrp.explain(model, x, 7, method="scorecam", layer="layer4", batch_size=SCORE_BATCH)
@@ -132,13 +140,18 @@ def score_cam(repeats: int) -> list[dict]:
         with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bars
             peer(x, [ClassifierOutputTarget(7)])
 
-    t = interleaved({"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}, repeats)
+    full = arch == "resnet18"
+    if not full:  # a whole warm-up call of each contender would double minutes of runtime
+        with torch.no_grad():
+            model(masked)
+    t = interleaved({"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}, repeats, warmup=full)
     peer.activations_and_grads.release()
     rows = [
         {
-            "case": "scorecam resnet18 layer4 (512 ch) b1 112",
+            "case": f"scorecam {arch} layer4 ({channels} ch) b1 {size}",
             "impl": name,
             "seconds": t[name],
+            "floor_seconds": t["floor"],
             "x_floor": t[name] / t["floor"],
             "x_pytorch_grad_cam": t[name] / t["pytorch-grad-cam"],
         }
@@ -157,13 +170,14 @@ def main() -> None:
         "--cams", default="gradcam,gradcam++,hirescam,layercam,xgradcam", help="gradient CAMs"
     )
     parser.add_argument("--no-scorecam", action="store_true", help="skip the (long) Score-CAM case")
+    parser.add_argument("--scorecam-model", choices=sorted(SCORE_CASES), default="resnet18")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{'case':42} {'impl':22} {'seconds':>8} {'x plain/floor':>14} {'x pytorch-grad-cam':>19}")
     rows = gradient_cams(args.repeats, [m for m in args.cams.split(",") if m])
     if not args.no_scorecam:
-        rows += score_cam(max(1, args.repeats // 2))
+        rows += score_cam(max(1, args.repeats // 2), args.scorecam_model)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -172,7 +186,8 @@ def main() -> None:
         "repeats": args.repeats,
         "load_average": list(os.getloadavg()),
     }
-    (RESULTS / "cam_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    name = "cam_speed.json" if args.scorecam_model == "resnet18" else f"cam_speed_{args.scorecam_model}.json"
+    (RESULTS / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

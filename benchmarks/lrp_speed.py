@@ -110,7 +110,9 @@ def contenders(with_zennit: bool) -> list[tuple[str, str]]:
     return out
 
 
-def time_all(arch: str, size: int, batch: int, reps: int, with_zennit: bool) -> dict[str, float]:
+def time_all(
+    arch: str, size: int, batch: int, reps: int, with_zennit: bool, clock=time.perf_counter
+) -> dict[str, float]:
     model, x, target = build(arch, size, batch)
     runs = {f"{k}:{n}": contender(k, n, arch, model, x, target) for k, n in contenders(with_zennit)}
     for fn in runs.values():  # warm-up
@@ -118,9 +120,9 @@ def time_all(arch: str, size: int, batch: int, reps: int, with_zennit: bool) -> 
     times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(reps):
         for key, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(clock() - t0)
     return {key: statistics.median(v) for key, v in times.items()}
 
 
@@ -169,12 +171,22 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-zennit", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time (steadier than wall time on a shared machine; use --threads 1)",
+    )
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         arch, size, batch, key = args.one
         print(memory_one(arch, int(size), int(batch), key))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     size, batch = (96, 2) if args.quick else (224, 4)
     with_zennit = not args.no_zennit
     report = {
@@ -183,6 +195,7 @@ def main() -> None:
         "size": size,
         "batch": batch,
         "reps": args.reps,
+        "clock": args.clock,
         "models": {},
     }
     header = (
@@ -191,7 +204,7 @@ def main() -> None:
     )
     print(header)
     for arch in args.models.split(","):
-        times = time_all(arch, size, batch, args.reps, with_zennit)
+        times = time_all(arch, size, batch, args.reps, with_zennit, clock)
         mem = {} if args.no_memory else memory_all(arch, size, batch, with_zennit)
         base, base_mem = times["plain:"], mem.get("plain:")
         rows = {}

@@ -218,3 +218,18 @@ def test_unit_order_is_a_stable_sort_for_every_dtype():
         assert unit_order(t, "lerf")[0].tolist() == ref_asc, dtype
     perm = unit_order(torch.zeros(3, 50), "random", seed=1)
     assert all(sorted(p.tolist()) == list(range(50)) for p in perm)
+
+
+def test_unit_order_ties_match_a_stable_sort_on_many_rows():
+    """The packed-key sort keeps ties in position order on every row (many ties, both signs of zero)."""
+    from medlrp.metrics._curves import stable_argsort, unit_order
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(-4, 5, (6, 999), generator=g).float()
+    s[s == 0] = torch.tensor([0.0, -0.0]).repeat(999 * 6)[: int((s == 0).sum())]
+    for dtype in (torch.float32, torch.float64):
+        t = s.to(dtype)
+        assert torch.equal(unit_order(t, "morf"), torch.sort(-t, dim=1, stable=True).indices), dtype
+        assert torch.equal(unit_order(t, "lerf"), torch.sort(t, dim=1, stable=True).indices), dtype
+    k = s.to(torch.int32)
+    assert torch.equal(stable_argsort(k), torch.sort(k, dim=1, stable=True).indices)

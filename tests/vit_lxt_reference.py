@@ -54,15 +54,53 @@ def _lxt_vit_cp_lrp_map() -> dict:
     return importlib.import_module("lxt.efficient.models.vit_torch").cp_LRP
 
 
-def lxt_cp_lrp(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """LXT 2.1's CP-LRP for torchvision ViTs: relevance = x * grad after patching torch.nn classes."""
+def _patch_once() -> None:
+    """Apply LXT's ViT class patches (idempotent: LXT refuses a second patch of the same class)."""
+    if getattr(_patch_once, "done", False):
+        return
     for cls, patch in _lxt_vit_cp_lrp_map().items():  # patches nn.LayerNorm / GELU / MultiheadAttention
         if not patch(cls):
             raise RuntimeError(f"LXT could not patch {cls}")
+    _patch_once.done = True  # type: ignore[attr-defined]
+
+
+def lxt_cp_lrp(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LXT 2.1's CP-LRP for torchvision ViTs: relevance = x * grad after patching torch.nn classes."""
+    _patch_once()
     x = x.clone().requires_grad_()
     out = model(x)
     sel = out.gather(1, target[:, None]).sum()
     (g,) = torch.autograd.grad(sel, x)
+    return (x * g).detach()
+
+
+def lxt_cp_lrp_gamma(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """LXT 2.1's gamma recipe for ViTs (its ``examples/vit_torch.py``): CP-LRP plus zennit's ``Gamma``.
+
+    zennit's rule goes on every ``nn.Linear`` / ``nn.Conv2d`` module (MLP, head, patch embedding),
+    through LXT's ``monkey_patch_zennit`` (zennit's hooks in the gradient-times-input framework). The
+    attention projections are not called as modules (``F.multi_head_attention_forward`` reads their
+    weights), so they keep the plain gradient.
+    """
+    import importlib
+
+    import zennit.rules as z_rules
+    from zennit.composites import LayerMapComposite
+
+    _patch_once()
+    importlib.import_module("lxt.efficient.zennit_patches").monkey_patch_zennit()
+    composite = LayerMapComposite(
+        [(torch.nn.Conv2d, z_rules.Gamma(gamma)), (torch.nn.Linear, z_rules.Gamma(gamma))]
+    )
+    composite.register(model)
+    try:
+        x = x.clone().requires_grad_()
+        out = model(x)
+        (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), x)
+    finally:
+        composite.remove()
     return (x * g).detach()
 
 
@@ -73,11 +111,15 @@ def main(argv: list[str]) -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--n", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=float, default=None, help="also LXT's recipe with zennit's Gamma")
     a = p.parse_args(argv)
     model = build(a.arch, a.size, a.seed, torch.float64)
     x = inputs(a.n, a.size, a.seed, torch.float64)
     target = model(x).argmax(1)
-    torch.save({"relevance": lxt_cp_lrp(model, x, target), "target": target}, a.out)
+    result = {"relevance": lxt_cp_lrp(model, x, target), "target": target}
+    if a.gamma is not None:
+        result["relevance_gamma"] = lxt_cp_lrp_gamma(model, x, target, a.gamma)
+    torch.save(result, a.out)
 
 
 if __name__ == "__main__":

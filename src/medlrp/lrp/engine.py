@@ -33,12 +33,20 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from medlrp.errors import InputError, UnsupportedLayerError
+from medlrp.lrp.route import settle
 
 _ATTR = "_medlrp_node"
 _INPLACE = re.compile(r"^__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshift|rshift|matmul)__$")
 
 #: Handler signature: ``handler(engine, func, args, kwargs) -> result``. See :mod:`medlrp.lrp.handlers`.
 Handler = Callable[["Engine", Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+#: Torch functions whose handlers take a route's output without needing that route's coefficients
+#: (a BatchNorm merged into the linear layer before it routes the merged output instead). Before any
+#: other handler runs, the fast path computes the pending coefficients of its inputs' routes, so the
+#: values they need (layer outputs, products) are freed during the forward pass instead of being kept
+#: for the backward pass.
+DEFERRING: set[Any] = set()
 
 
 class Node:
@@ -114,8 +122,19 @@ class Engine(TorchFunctionMode):
             return func(*args, **kwargs)
         handler = self.handlers.get(func)
         if handler is not None:
+            if not self.dual and func not in DEFERRING:
+                self._settle(args)
+                self._settle(kwargs.values())
             return handler(self, func, args, kwargs)
         return self._unhandled(func, args, kwargs)
+
+    def _settle(self, values: Any) -> None:
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if self.node(v) is not None:
+                    settle(v)
+            elif isinstance(v, (list, tuple)):
+                self._settle(v)
 
     def _any_tracked(self, values: Any) -> bool:
         for v in values:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medlrp.lrp.engine import Engine, Handler, _tensors
+from medlrp.lrp.engine import DEFERRING, Engine, Handler, _tensors
 from medlrp.lrp.linear import LinearCall, bind_linear, make_call
 from medlrp.lrp.route import route, settle
 from medlrp.lrp.rules import LinearRule, stabilize, stabilized_ratio
@@ -239,6 +239,10 @@ def _constant(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str
     return func(*args, **kwargs)
 
 
+# shapes and constants read no values: no reason to settle a route's coefficients before them
+DEFERRING.update(f for f, h in HANDLERS.items() if h is _constant)
+
+
 # -- linear layers
 def _linear_layer(kind: str, channel_dim: int) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -422,6 +426,9 @@ register_handler(*variants("div_", "__itruediv__"))(
 
 
 # -- BatchNorm: merged into the linear layer feeding it, otherwise the pass rule (zennit's composites)
+DEFERRING.update(variants("batch_norm"))
+
+
 @register_handler(*variants("batch_norm"))
 def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")

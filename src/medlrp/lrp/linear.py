@@ -20,14 +20,14 @@ the merged layer's products are per-channel combinations of the unmerged ones
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from medlrp.lrp.engine import Engine
 from medlrp.lrp.route import route
-from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox
+from medlrp.lrp.rules import REFERENCE_RULES, FusedSignRule, LinearRule, Quantities, ZBox
 
 Tensor = torch.Tensor
 
@@ -328,13 +328,35 @@ class LinearCall:
             routed = route(z, [p for p, _ in kept], [c for _, c in kept])
         else:
             z_value = z.detach()
+            routed = self._fused(z_value, scale, bias, keys, products)
+            if routed is None:
 
-            def compute() -> list[Tensor | None]:
-                return self.coefficients(z_value, scale, bias, keys)
+                def compute() -> list[Tensor | None]:
+                    return self.coefficients(z_value, scale, bias, keys)
 
-            guard = (z_value, self.z_value, *products)
-            routed = route(z_value, products, compute=compute, owned=True, guard=guard)
+                guard = (z_value, self.z_value, *products)
+                routed = route(z_value, products, compute=compute, owned=True, guard=guard)
         return self._finish(z, routed)
+
+    def _fused(
+        self, z: Tensor, scale: Scale | None, bias: Tensor | float, keys: list[str], products: list[Tensor]
+    ) -> Tensor | None:
+        """The route of a sign rule's fused fast path (inputs >= 0, scale >= 0), else ``None``."""
+        rule = self.rule
+        if not (isinstance(rule, FusedSignRule) and self.nonneg and keys == ["A", "Z"]):
+            return None
+        if scale is not None and scale.mixed:
+            return None
+        a = self.value("A")
+        s = None if scale is None else scale.s
+
+        def compute() -> list[Tensor]:
+            return rule.fused_state(z, a, s, bias)
+
+        def expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, Tensor]:
+            return rule.fused_grads(list(state), s, grad)  # type: ignore[arg-type]
+
+        return route(z, products, compute=compute, guard=(z, a), expand=expand)
 
     def _finish(self, z: Tensor, routed: Tensor) -> Tensor:
         if self.engine.dual:

@@ -12,12 +12,15 @@ from collections.abc import Callable, Sequence
 import torch
 
 Coefficients = Sequence[torch.Tensor | None]
+#: ``expand(state, grad) -> gradients``: turns a compact state (what ``compute`` returned) and the
+#: incoming gradient into one gradient per product, in the backward pass (fast path only).
+Expand = Callable[[Coefficients, torch.Tensor], tuple[torch.Tensor | None, ...]]
 
 
 class _Spec:
     """Holds the value and the coefficients (or how to compute them lazily, in the backward pass)."""
 
-    __slots__ = ("value", "coefficients", "compute", "owned", "guard")
+    __slots__ = ("value", "coefficients", "compute", "owned", "guard", "expand")
 
     def __init__(
         self,
@@ -26,8 +29,10 @@ class _Spec:
         compute: Callable[[], Coefficients] | None,
         owned: bool = False,
         guard: Sequence[torch.Tensor] = (),
+        expand: Expand | None = None,
     ) -> None:
         self.value = value
+        self.expand = expand
         self.coefficients = coefficients
         self.compute = compute
         self.owned = owned
@@ -54,6 +59,9 @@ class _Spec:
     def scale(self, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``grad * c`` for each coefficient ``c``; owned coefficients are consumed in place."""
         coefficients = self.get()
+        if self.expand is not None:
+            self.coefficients = None  # consumed: the backward pass runs once
+            return self.expand(coefficients, grad)
         if not self.owned or grad.requires_grad:
             return tuple(None if c is None else grad * c for c in coefficients)
         self.coefficients = None  # consumed: the backward pass runs once
@@ -95,6 +103,7 @@ def route(
     compute: Callable[[], Coefficients] | None = None,
     owned: bool = False,
     guard: Sequence[torch.Tensor] = (),
+    expand: Expand | None = None,
 ) -> torch.Tensor:
     """Return ``value`` with its gradient sent to ``products`` scaled by ``coefficients``.
 
@@ -109,10 +118,12 @@ def route(
             backward pass may scale them in place by the gradient (saves one allocation per product).
         guard: Tensors ``compute`` reads: if one of them is modified in place before the coefficients
             are computed, computing them raises instead of returning wrong values.
+        expand: With ``compute``: ``compute`` returns a compact state (fewer tensors kept from the
+            forward to the backward pass) and ``expand(state, grad)`` returns the products' gradients.
     """
     if coefficients is None and compute is None:
         raise ValueError("route() needs coefficients or compute")
-    return _Route.apply(_Spec(value.detach(), coefficients, compute, owned, guard), *products)
+    return _Route.apply(_Spec(value.detach(), coefficients, compute, owned, guard, expand), *products)
 
 
 def settle(t: torch.Tensor) -> bool:

@@ -78,6 +78,15 @@ def _neg(b: Tensor | float) -> Tensor | float:
     return b.clamp(max=0) if isinstance(b, Tensor) else min(b, 0.0)
 
 
+def _affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
+    """``shift + scale * a`` as one new tensor (``scale``/``shift``: per channel or scalars)."""
+    if isinstance(scale, Tensor) or isinstance(shift, Tensor):
+        scale_t = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
+        shift_t = torch.as_tensor(shift, dtype=a.dtype, device=a.device)
+        return torch.addcmul(shift_t, a, scale_t)
+    return torch.mul(a, scale).add_(shift)
+
+
 class Rule:
     """Base class of all rules. ``name`` is the rule's short name, ``params`` its JSON-friendly options."""
 
@@ -172,7 +181,26 @@ class ZPlus(LinearRule):
         return {"A": c} if nonneg else {"A": c, "D": c}
 
 
-class AlphaBeta(LinearRule):
+class FusedSignRule(LinearRule):
+    """A sign rule with a fused fast path for inputs >= 0 (after a ReLU), the common case.
+
+    With ``z = V x + beta`` (``V = s W`` after a merged BatchNorm with a scale ``s >= 0``), ``A = W+ x``
+    and ``B = W- x = Z - b - A`` (virtual), the rule's coefficients on the two physical products
+    ``A`` and ``Z`` are computed from ``z``, ``A``, ``s`` and ``beta`` in a few elementwise passes, and
+    only a compact state is kept from the forward to the backward pass. Equal to the general path up
+    to rounding; used only without a graph (``create_graph=False``).
+    """
+
+    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """The state kept for the backward pass (fresh tensors)."""
+        raise NotImplementedError
+
+    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """The gradients of the products ``A`` and ``Z`` (consumes ``state``)."""
+        raise NotImplementedError
+
+
+class AlphaBeta(FusedSignRule):
     """LRP-alpha-beta: positive and negative contributions normalised separately.
 
     ``R_in = alpha * [x+ V+^T (R/sp) + x- V-^T (R/sp)] - beta * [x+ V-^T (R/sn) + x- V+^T (R/sn)]`` with
@@ -205,8 +233,29 @@ class AlphaBeta(LinearRule):
         cn = q.z * (-self.beta / stabilize(dn, self.stabilizer))
         return {"A": cp, "B": cn} if nonneg else {"A": cp, "B": cn, "C": cn, "D": cp}
 
+    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """``[cp - cn, cn]``: ``cp = alpha z / (P + eps)``, ``cn = beta z / (eps + (P - z))``.
 
-class Gamma(LinearRule):
+        ``P = s A + beta+``; ``z - P = V- x + beta- <= 0``, so ``stab(z - P) = (z - P) - eps`` (the
+        clamp only absorbs rounding where ``V- x + beta-`` is 0, whose products vanish anyway).
+        """
+        eps = self.stabilizer
+        dp = _affine(a, 1.0 if s is None else s, _pos(bias) + eps)  # P + eps
+        q = torch.sub(dp, z).clamp_(min=eps)  # eps + (P - z)
+        cn = q.reciprocal_().mul_(z).mul_(self.beta)
+        cpn = dp.reciprocal_().mul_(z).mul_(self.alpha).sub_(cn)
+        return [cpn, cn]
+
+    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """``A``: ``s (cp - cn) g``; ``Z`` (standing for ``B = Z - b - A``): ``s cn g``."""
+        cpn, cn = state
+        if s is not None:
+            cpn.mul_(s)
+            cn.mul_(s)
+        return cpn.mul_(grad), cn.mul_(grad)
+
+
+class Gamma(FusedSignRule):
     """Generalised LRP-gamma (zennit's ``Gamma``), four products split by the sign of the true output.
 
     With ``g = gamma`` and ``(V + g V+)``, ``(V + g V-)`` the modified weights:
@@ -255,6 +304,30 @@ class Gamma(LinearRule):
             v = z.clamp(max=0).div_(sn.clamp_(max=0).sub_(eps))
         ca, cb = torch.add(v, u, alpha=g1), torch.add(u, v, alpha=g1)
         return {"A": ca, "B": cb} if nonneg else {"A": ca, "B": cb, "C": cb, "D": ca}
+
+    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """``[w]``, ``w = u - v`` (``u``, ``v`` as in :meth:`coefficients`, never both non-zero).
+
+        With ``P = s A + beta+``: ``sp = z + gamma P`` and ``sn = (1 + gamma) z - gamma P``, so
+        ``w = z / (gamma P + eps + max(z, -(1 + gamma) z))`` for either sign of ``z``.
+        """
+        g = self.gamma
+        d = _affine(a, g if s is None else g * s, g * _pos(bias) + self.stabilizer)
+        m = z.mul(-(1.0 + g))
+        d.add_(torch.maximum(m, z, out=m))
+        del m
+        return [d.reciprocal_().mul_(z)]
+
+    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """``A``: ``s gamma w g``; ``Z``: ``s (u + (1 + gamma) v) g = s max(w, -(1 + gamma) w) g``."""
+        (w,) = state
+        g = self.gamma
+        t = w.mul(-(1.0 + g))
+        torch.maximum(t, w, out=t)
+        if s is not None:
+            t.mul_(s)
+            w.mul_(s)
+        return w.mul_(g).mul_(grad), t.mul_(grad)
 
 
 class ZBox(LinearRule):

@@ -10,7 +10,10 @@ What each part of a ViT gets (both composites unless said):
 * **patch embedding** (the first linear layer in ``named_modules()`` order, a convolution or a
   linear map of flattened patches): the first-layer rule ``first=`` (default: the linear rule).
 * **linear layers** (qkv / out projections, MLP, head): ``linear="epsilon"`` (default, with
-  ``epsilon=``), ``"gamma"`` (with ``gamma=``) or ``"zero"`` (LRP-0, gradient times input).
+  ``epsilon=``), ``"gamma"`` (with ``gamma=``) or ``"zero"`` (LRP-0, gradient times input). The gamma
+  rule is zennit's generalised one (four sign-split products), the rule LXT 2.1 uses for ViTs (its
+  ``examples/vit_torch.py`` puts ``zennit.rules.Gamma`` on every linear layer); its fast form needs
+  one extra matrix product each way (see :class:`medlrp.lrp.transformer_fast._GammaLinear`).
 * **class token and position embedding**: constants added to (or concatenated with) the tokens.
   Relevance flows only into tensors computed from the image, so the share of the class token and of the
   position embedding is absorbed like a bias's: ``sum(relevance) < logit`` by that share. The class

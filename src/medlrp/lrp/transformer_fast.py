@@ -7,8 +7,10 @@ hottest rules are single autograd functions with the same values as the engine's
 * epsilon rule on ``F.linear``: backward ``(g * z / stab(z)) @ W``, computed as
   ``g - eps * g / (|z| + eps)`` (equal: ``z / stab(z) == |z| / (|z| + eps)``, 0 at ``z == 0``);
 * proportional split of a sum (zennit's ``Norm``, stabiliser 1e-6): the same factor on the sum;
-* zennit's gamma rule on ``F.linear`` with three matrix products each way (see :class:`_GammaLinear`);
-* identity rule of GELU / SiLU / tanh (``f(0) = 0``): ``g * f(x) / x``, 0 where ``x == 0``.
+* zennit's gamma rule on ``F.linear`` with two matrix products each way (see :class:`_GammaLinear`);
+* identity rule of GELU / SiLU / tanh (``f(0) = 0``): ``g * f(x) / x``, 0 where ``x == 0``;
+* a patch embedding (convolution with stride == kernel, no padding) under epsilon or gamma: the same
+  linear fast forms on the patches laid out as tokens.
 
 They apply in the fast path (``create_graph=False``) only; the exact second-order path and every
 other case (other rules, BatchNorm merges, broadcasting sums, ``alpha=``) go to the engine's handlers.
@@ -16,6 +18,7 @@ other case (other rules, BatchNorm merges, broadcasting sums, ``alpha=``) go to 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -81,21 +84,21 @@ class _Identity(torch.autograd.Function):
         return None, (grad * y).div_(x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), None
 
 
-def _stabilize(x: Tensor, eps: float) -> Tensor:
-    return torch.where(x >= 0, x + eps, x - eps)
-
-
 class _GammaLinear(torch.autograd.Function):
-    """zennit's generalised gamma rule on ``F.linear`` with three matrix products each way.
+    """zennit's generalised gamma rule on ``F.linear`` with two matrix products each way.
 
-    With ``A = W+ x+``, ``D = W- x-`` (and ``B``, ``C`` the cross terms), the rule's denominators are
-    ``sp = z + g (A + D + b+)`` and ``sn = z + g (B + C + b-)`` with ``B + C = z - b - (A + D)``, so
-    only ``P = A + D = W+ |x| + W x-`` is needed beside ``z``. As ``P >= 0`` and ``B + C <= 0``,
-    ``sp >= z`` where ``z > 0`` and ``sn <= z`` where ``z < 0``: the stabiliser's sign is known.
-    Backward, with ``u``/``v`` the incoming gradient times the ratios of positive and negative outputs:
-    ``x > 0`` gets ``W+^T (g (u - v)) + W^T (u + (1 + g) v)``, ``x < 0``
-    ``W^T ((1 + g) u + v) - W+^T (g (u - v))`` and ``x == 0`` both (as the engine's clamped inputs);
-    an input known to be ``>= 0`` takes the first form everywhere (one product less each way).
+    The rule (zennit 0.5.1 ``Gamma``, which LXT 2.1 puts on a ViT's linear layers): outputs ``z > 0``
+    share their relevance in proportion to ``(W + g W+) x+ + (W + g W-) x- + b + g b+`` (denominator
+    ``sp``), outputs ``z < 0`` to ``(W + g W-) x+ + (W + g W+) x- + b + g b-`` (``sn``). Written with
+    ``|W|`` (``W+ = (W + |W|) / 2``, ``W- = (W - |W|) / 2``) everything reduces to ``z`` and one extra
+    product ``q = |W| |x|``: ``sp, sn = (1 + g/2) z +- (g/2) (q + |b|)``, so both stabilised
+    denominators are ``sign(z) * D`` with ``D = (1 + g/2) |z| + (g/2) (q + |b|) + eps > 0``. With
+    ``c = grad * |z| / D`` and ``d = grad * z / D``, the gradient at an input ``x > 0`` is
+    ``W^T (1 + g/2) c + |W|^T (g/2) d``, at ``x < 0`` the same with ``-|W|^T``, and at ``x == 0`` the
+    sum of both branches (as the engine's clamped inputs); an input known to be ``>= 0`` takes the
+    ``x > 0`` form everywhere. That is 2 matrix products forward and 2 backward where the four-product
+    form takes 3 and 3 (a plain forward+backward: 3). Both scale factors sit in the cached weight
+    ``k |W|`` (``k = (g/2) / (1 + g/2)``) and in ``D`` divided by ``1 + g/2``.
     """
 
     @staticmethod
@@ -104,50 +107,102 @@ class _GammaLinear(torch.autograd.Function):
         x: Tensor,
         weight: Tensor,
         bias: Tensor | None,
-        w_pos: Tensor,
+        w_abs: Tensor,
         gamma: float,
         stabilizer: float,
     ) -> Tensor:
         z = F.linear(x, weight, bias)
         nonneg = bool((x.min() >= 0).item()) if x.numel() else True
         with torch.no_grad():
+            grow = 1.0 + 0.5 * gamma
             if nonneg:
-                p = _mm(x, w_pos.t())
+                den = _mm(x, w_abs.t())
+                zeros = False
             else:
-                p = _mm(x.abs(), w_pos.t()).add_(_mm(x.clamp(max=0), weight.t()))
-        ctx.gamma, ctx.stabilizer, ctx.nonneg = gamma, stabilizer, nonneg
-        ctx.save_for_backward(x, z, p, weight, w_pos, bias)
+                x_abs = x.abs()
+                zeros = bool((x_abs.min() == 0).item()) if x.numel() else False
+                den = _mm(x_abs, w_abs.t())
+                del x_abs
+            # den = D / (1 + g/2) = |z| + k (q + |b|) + eps / (1 + g/2); w_abs is already k |W|
+            shift = stabilizer / grow
+            if bias is None:
+                den.add_(shift)
+            else:
+                den.add_(bias.detach().abs().mul(gamma * 0.5 / grow).add_(shift))
+            a = z.detach().abs()
+            den.add_(a)
+            c = a.div_(den)  # (1 + g/2) |z| / D
+            d = torch.div(z.detach(), den)  # (1 + g/2) z / D; times k |W| below gives (g/2) z / D
+            del den
+        ctx.nonneg, ctx.zeros = nonneg, zeros
+        ctx.save_for_backward(x if not nonneg else None, c, d, weight, w_abs)
         return z
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, z, p, weight, w_pos, bias = ctx.saved_tensors
-        gamma, eps = ctx.gamma, ctx.stabilizer
-        # torch.where is ~10x slower than arithmetic on CPU: masks by clamping instead.
-        # sp >= z > 0 where z > 0 and sn <= z < 0 where z < 0, so clamping them leaves those entries
-        # alone and keeps the other denominators away from 0 (where the numerator is 0).
-        if bias is None:
-            sp = torch.add(z, p, alpha=gamma)
-            sn = torch.add(z, z - p, alpha=gamma)
-        else:
-            sp = torch.add(z, p + bias.clamp(min=0), alpha=gamma)
-            sn = torch.add(z, z - bias - p + bias.clamp(max=0), alpha=gamma)
-        u = (grad * z.clamp(min=0)).div_(sp.clamp_(min=0).add_(eps))
-        v = (grad * z.clamp(max=0)).div_(sn.clamp_(max=0).sub_(eps))
-        m = _mm((u - v).mul_(gamma), w_pos)
-        t = _mm(torch.add(u, v, alpha=1.0 + gamma), weight)
+        x, c, d, weight, w_abs = ctx.saved_tensors
+        # c and d are this node's own buffers and the backward runs once: scaled in place (a second
+        # backward would fail the saved tensors' version check instead of reading changed values)
+        t = _mm(c.mul_(grad), weight)
+        m = _mm(d.mul_(grad), w_abs)
         if ctx.nonneg:
-            return m.add_(t), None, None, None, None, None
-        s = _mm(torch.add(v, u, alpha=1.0 + gamma), weight)
-        # x > 0: m + t; x < 0: s - m; x == 0: s + t (both clamped branches, as the engine)
-        above = (x > 0).to(x.dtype)
-        below = (x < 0).to(x.dtype)
-        out = (s + t).add_(above * (m - s)).sub_(below * (m + t))
-        return out, None, None, None, None, None
+            return t.add_(m), None, None, None, None, None
+        if ctx.zeros:  # x == 0 takes both branches: 2 t (m cancels)
+            sign = x.sign()
+            m.mul_(sign)
+            t.mul_(sign.abs_().neg_().add_(2.0))
+            return t.add_(m), None, None, None, None, None
+        return t.addcmul_(m, x.sign()), None, None, None, None, None
+
+
+class _AbsWeights:
+    """``k |W|`` per weight and ``k``, kept between the passes of one explainer (as the engine's cache).
+
+    Valid while the weight object, its version counter and its storage address are unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, float], tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] = {}
+
+    def get(self, weight: Tensor, k: float) -> Tensor:
+        key = (id(weight), k)
+        entry = self.entries.get(key)
+        version = (weight._version, weight.data_ptr())
+        if entry is not None and entry[0]() is weight and entry[1] == version:
+            return entry[2]
+        value = weight.detach().abs().mul_(k)
+        self.entries[key] = (weakref.ref(weight), version, value)
+        return value
+
+
+# one store per explainer's weight cache: it lives and dies with the explainer
+_ABS_WEIGHTS: weakref.WeakKeyDictionary[Any, _AbsWeights] = weakref.WeakKeyDictionary()
+
+
+def _scaled_abs_weight(engine: Engine, weight: Tensor, k: float) -> Tensor:
+    owner = engine.weights
+    if owner is None:
+        return weight.detach().abs().mul_(k)
+    store = _ABS_WEIGHTS.get(owner)
+    if store is None:
+        store = _ABS_WEIGHTS[owner] = _AbsWeights()
+    return store.get(weight, k)
 
 
 def _tracked(engine: Engine, t: Any) -> bool:
     return isinstance(t, Tensor) and engine.node(t) is not None
+
+
+def _fast_linear(engine: Engine, x: Tensor, weight: Tensor, bias: Tensor | None, rule: Any) -> Tensor | None:
+    """``x @ W^T + b`` under the epsilon or gamma rule as one node (``None``: another rule)."""
+    flat = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], -1)  # a patch embedding's kernel
+    if type(rule) is Epsilon:
+        return _EpsilonLinear.apply(x, flat, bias, rule.epsilon)
+    if type(rule) is Gamma:
+        k = 0.5 * rule.gamma / (1.0 + 0.5 * rule.gamma)
+        w_abs = _scaled_abs_weight(engine, weight, k).reshape(flat.shape)  # cached per parameter object
+        return _GammaLinear.apply(x, flat, bias, w_abs, rule.gamma, rule.stabilizer)
+    return None
 
 
 def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -156,17 +211,70 @@ def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, 
         bias = args[2] if len(args) > 2 else None
         if not (_tracked(engine, weight) or _tracked(engine, bias)):
             name, module = engine.layer_of(weight)
-            rule = engine.select_rule("linear", name, module)
-            if type(rule) is Epsilon:
-                out = _EpsilonLinear.apply(args[0], weight, bias, rule.epsilon)
-                engine.track(out)
-                return out
-            if type(rule) is Gamma:
-                w_pos = weight.detach().clamp(min=0)
-                out = _GammaLinear.apply(args[0], weight, bias, w_pos, rule.gamma, rule.stabilizer)
+            out = _fast_linear(engine, args[0], weight, bias, engine.select_rule("linear", name, module))
+            if out is not None:
                 engine.track(out)
                 return out
     return HANDLERS[func](engine, func, args, kwargs)
+
+
+_CONV_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+def _as_tuple(v: Any, n: int) -> tuple[Any, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _patch_conv(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A patch embedding (convolution with stride == kernel, no padding): a linear map of the patches.
+
+    The non-overlapping patches are laid out as tokens and go through the linear fast forms (2 matrix
+    products each way for gamma, 2 in all for epsilon) instead of the engine's convolution products,
+    whose backward (a strided transposed convolution) is several times slower on CPU.
+    """
+    bound = dict(zip(_CONV_NAMES, args, strict=False))
+    bound.update(kwargs)
+    x, weight, bias = bound.get("input"), bound.get("weight"), bound.get("bias")
+    if (
+        not engine.dual
+        and isinstance(weight, Tensor)
+        and _tracked(engine, x)
+        and set(bound) <= set(_CONV_NAMES)
+    ):
+        dims = weight.dim() - 2
+        kernel = tuple(weight.shape[2:])
+        padding = bound.get("padding", 0)
+        plain = (
+            x.dim() == dims + 2
+            and bound.get("groups", 1) == 1
+            and _as_tuple(bound.get("stride", 1), dims) == kernel
+            and _as_tuple(bound.get("dilation", 1), dims) == (1,) * dims
+            and (padding == "valid" or _as_tuple(padding, dims) == (0,) * dims)
+            and not (_tracked(engine, weight) or _tracked(engine, bias))
+        )
+        if plain:
+            name, module = engine.layer_of(weight)
+            rule = engine.select_rule("conv", name, module)
+            if type(rule) in (Epsilon, Gamma):
+                out = _fast_linear(engine, _patches(x, kernel), weight, bias, rule)
+                assert out is not None
+                # (N, *grid, out) -> (N, out, *grid), contiguous as the convolution's output
+                out = out.movedim(-1, 1).contiguous()
+                engine.track(out)
+                return out
+    return HANDLERS[func](engine, func, args, kwargs)
+
+
+def _patches(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """``(N, C, *spatial)`` -> ``(N, *grid, C * prod(kernel))``, patches flattened as the kernel is."""
+    n, c = x.shape[:2]
+    grid = [s // k for s, k in zip(x.shape[2:], kernel, strict=True)]
+    x = x[(slice(None), slice(None), *(slice(0, g * k) for g, k in zip(grid, kernel, strict=True)))]
+    shape = [n, c] + [v for g, k in zip(grid, kernel, strict=True) for v in (g, k)]
+    d = len(kernel)
+    # (N, C, g1, k1, g2, k2, ...) -> (N, g1, g2, ..., C, k1, k2, ...)
+    perm = [0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2)]
+    return x.reshape(shape).permute(perm).reshape(n, *grid, -1)
 
 
 def _add(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -210,4 +318,7 @@ def fast_handlers(stabilised_sums: bool) -> dict[Any, Handler]:
     for f in variants("gelu", "silu", "tanh"):
         if f in HANDLERS:
             table[f] = _activation
+    for f in variants("conv1d", "conv2d", "conv3d"):
+        if f in HANDLERS:
+            table[f] = _patch_conv
     return table

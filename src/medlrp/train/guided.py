@@ -177,14 +177,19 @@ def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @contextmanager
-def record_batch_statistics(model: nn.Module, stats: BatchStats) -> Iterator[BatchStats]:
+def record_batch_statistics(
+    model: nn.Module, stats: BatchStats, keep_graph: bool = True
+) -> Iterator[BatchStats]:
     """During this block, store each training BatchNorm's batch mean and (biased) variance in ``stats``.
 
-    The hooks live only inside the block (removed also on error).
+    With ``keep_graph`` the statistics carry their graph, so a loss on the relevance also differentiates
+    through them, as the training forward does. Held constant instead, the guidance gradient ignores
+    BatchNorm's invariance to the scale of its input: a guided model then drifted to predicting one class
+    in eval mode. The hooks live only inside the block (removed also on error).
     """
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach()
+        x = args[0] if keep_graph else args[0].detach()
         dims = [0, *range(2, x.dim())]
         stats[module] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
 

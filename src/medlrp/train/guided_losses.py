@@ -238,10 +238,10 @@ class GuidanceLoss(nn.Module):
         tau: Passed to both (added to the detached unit).
     """
 
-    def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1e-6) -> None:
+    def __init__(self, outside: float = 1.0, mass: float = 1.0, tau: float = 1e-6, p: float = 1.0) -> None:
         super().__init__()
         self.outside_weight, self.mass_weight = float(outside), float(mass)
-        self.outside = RelevanceOutsideLoss(p=1.0, tau=tau)
+        self.outside = RelevanceOutsideLoss(p=p, tau=tau)
         self.mass = RelevanceMassLoss(tau=tau)
 
     def forward(

@@ -20,6 +20,9 @@ class PhantomCase:
         token: Whether the confounding corner token is drawn.
         lesion: The lesion's opacity map (0 outside the lesion); ``mask`` covers every non-zero value.
         meta: The drawn parameters (sizes, contrasts), for inspection and tests.
+        region: ``uint8`` 0/1 map of the organ in which class evidence may lie (the brain for glioma,
+            the lung fields for the chest): a generous "may matter" annotation for guided training,
+            which the corner token lies outside of. Not written to dataset folders.
     """
 
     image: np.ndarray
@@ -28,6 +31,7 @@ class PhantomCase:
     token: bool
     lesion: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    region: np.ndarray | None = None
 
 
 def rngs(seed: Sequence[int], count: int) -> list[np.random.Generator]:

@@ -55,6 +55,7 @@ def chest_case(
         token=token,
         lesion=lesion.astype(np.float32),
         meta=meta,
+        region=(lungs > 0).astype(np.uint8),
     )
 
 

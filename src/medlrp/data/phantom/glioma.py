@@ -42,11 +42,11 @@ def glioma_case(
         with_lesion: ``False`` draws the same case without its tumour (for tests).
 
     Returns:
-        The case; ``mask`` is the tumour (every voxel the tumour changes).
+        The case; ``mask`` is the tumour (every voxel the tumour changes), ``region`` the brain.
     """
     r_anat, r_lesion, r_noise = rngs(seed, 3)
     coords = shapes.grid(shape)
-    image, brain = _anatomy(r_anat, coords, shape)
+    image, brain, head = _anatomy(r_anat, coords, shape)
     lesion, value, meta = _tumour(r_lesion, coords, shape, label)
     lesion = lesion * brain  # a glioma grows in the brain, never into the skull
     if not with_lesion:
@@ -63,16 +63,18 @@ def glioma_case(
         token=token,
         lesion=lesion.astype(np.float32),
         meta=meta,
+        region=head.astype(np.uint8),  # HEADTMP
     )
 
 
 def _anatomy(
     rng: np.random.Generator, coords: list[np.ndarray], shape: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scalp, skull, brain (cortex + white matter + texture) and ventricles, no noise.
 
     Returns:
-        The image and the brain's soft opacity map (exactly 0 at the skull).
+        The image, the brain's soft opacity map (exactly 0 at the skull) and the head (inside the
+        scalp's outline) as a boolean map.
     """
     dims = len(shape)
     radii = [0.78, 0.86, 0.72][-dims:]
@@ -96,7 +98,7 @@ def _anatomy(
         vr = [r * rng.uniform(0.8, 1.2) for r in vr]
         vent = shapes.inside(shapes.radius_field(coords, vc, vr, angle + side * 0.2), 0.3)
         image = image * (1 - vent) + 0.15 * vent
-    return image, shapes.inside(rho / 0.87, 0.05)
+    return image, shapes.inside(rho / 0.87, 0.05), rho < 1.0
 
 
 def _tumour(
