@@ -176,16 +176,19 @@ def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
     """
     x = args[0] if args else kwargs.get("input")
     inplace = func in _RELU_INPLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-    if inplace and not engine.dual and isinstance(x, Tensor) and settle(x):
-        torch.relu_(x)
-        node = engine.node(x)
-        node.linear, node.gate, node.nonneg, node.is_input = None, False, True, False
-        return x
+    if not engine.dual and isinstance(x, Tensor):
+        if inplace and settle(x, relu=True):
+            torch.relu_(x)
+            node = engine.node(x)
+            node.linear, node.gate, node.nonneg, node.is_input = None, False, True, False
+            return x
+        settle(x)
     return transparent(torch.relu, sign="nonneg")(engine, torch.relu, (x,), {})
 
 
 _RELU_INPLACE = set(variants("relu_"))
 register_handler(*variants("relu", "relu_"))(_relu)
+DEFERRING.update(variants("relu", "relu_"))  # settles its input itself (a ReLU variant when in place)
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 

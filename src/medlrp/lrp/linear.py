@@ -27,7 +27,7 @@ import torch
 
 from medlrp.lrp.engine import Engine
 from medlrp.lrp.route import route
-from medlrp.lrp.rules import REFERENCE_RULES, FusedSignRule, LinearRule, Quantities, ZBox
+from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox
 
 Tensor = torch.Tensor
 
@@ -341,22 +341,34 @@ class LinearCall:
     def _fused(
         self, z: Tensor, scale: Scale | None, bias: Tensor | float, keys: list[str], products: list[Tensor]
     ) -> Tensor | None:
-        """The route of a sign rule's fused fast path (inputs >= 0, scale >= 0), else ``None``."""
+        """The route of the rule's fused fast path (see :meth:`LinearRule.fast_keys`), else ``None``."""
         rule = self.rule
-        if not (isinstance(rule, FusedSignRule) and self.nonneg and keys == ["A", "Z"]):
+        fast = rule.fast_keys(self.nonneg, scale is not None and scale.mixed)
+        if fast is None or list(fast) != keys:
             return None
-        if scale is not None and scale.mixed:
-            return None
-        a = self.value("A")
+        a = self.value("A") if "A" in keys else None
         s = None if scale is None else scale.s
+        if isinstance(bias, Tensor):
+            bias = bias.detach()  # a parameter: no graph in the fast path
 
         def compute() -> list[Tensor]:
-            return rule.fused_state(z, a, s, bias)
+            return rule.fast_state(z, a, s, bias)
 
-        def expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, Tensor]:
-            return rule.fused_grads(list(state), s, grad)  # type: ignore[arg-type]
+        def expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
+            return rule.fast_grads(list(state), s, grad)  # type: ignore[arg-type]
 
-        return route(z, products, compute=compute, guard=(z, a), expand=expand)
+        relu = None
+        if rule.relu_variant:
+
+            def relu_compute() -> list[Tensor]:
+                return rule.relu_state(a, s, bias) or []
+
+            def relu_expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
+                return rule.relu_grads(list(state), z, s, grad)  # type: ignore[arg-type]
+
+            relu = (relu_compute, relu_expand)
+        guard = (z,) if a is None else (z, a)
+        return route(z, products, compute=compute, guard=guard, expand=expand, relu=relu)  # type: ignore[arg-type]
 
     def _finish(self, z: Tensor, routed: Tensor) -> Tensor:
         if self.engine.dual:

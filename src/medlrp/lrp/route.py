@@ -20,7 +20,7 @@ Expand = Callable[[Coefficients, torch.Tensor], tuple[torch.Tensor | None, ...]]
 class _Spec:
     """Holds the value and the coefficients (or how to compute them lazily, in the backward pass)."""
 
-    __slots__ = ("value", "coefficients", "compute", "owned", "guard", "expand")
+    __slots__ = ("value", "coefficients", "compute", "owned", "guard", "expand", "relu")
 
     def __init__(
         self,
@@ -30,9 +30,11 @@ class _Spec:
         owned: bool = False,
         guard: Sequence[torch.Tensor] = (),
         expand: Expand | None = None,
+        relu: tuple[Callable[[], Coefficients], Expand] | None = None,
     ) -> None:
         self.value = value
         self.expand = expand
+        self.relu = relu
         self.coefficients = coefficients
         self.compute = compute
         self.owned = owned
@@ -104,6 +106,7 @@ def route(
     owned: bool = False,
     guard: Sequence[torch.Tensor] = (),
     expand: Expand | None = None,
+    relu: tuple[Callable[[], Coefficients], Expand] | None = None,
 ) -> torch.Tensor:
     """Return ``value`` with its gradient sent to ``products`` scaled by ``coefficients``.
 
@@ -120,22 +123,31 @@ def route(
             are computed, computing them raises instead of returning wrong values.
         expand: With ``compute``: ``compute`` returns a compact state (fewer tensors kept from the
             forward to the backward pass) and ``expand(state, grad)`` returns the products' gradients.
+        relu: With ``compute``/``expand``: the pair to use instead when the value's only consumer is an
+            in-place ReLU (see :func:`settle`); its ``expand`` may read the ReLU's output.
     """
     if coefficients is None and compute is None:
         raise ValueError("route() needs coefficients or compute")
-    return _Route.apply(_Spec(value.detach(), coefficients, compute, owned, guard, expand), *products)
+    return _Route.apply(_Spec(value.detach(), coefficients, compute, owned, guard, expand, relu), *products)
 
 
-def settle(t: torch.Tensor) -> bool:
+def settle(t: torch.Tensor, relu: bool = False) -> bool:
     """Compute now the pending coefficients of the route that produced ``t`` (before ``t`` changes).
 
     Returns whether ``t`` is the direct output of a route (and so may be modified in place once its
     coefficients are settled: nothing else of the engine reads its storage).
+
+    ``relu``: ``t`` is about to be passed through an in-place ReLU and nothing read it before (every
+    other consumer settles it first), so a route with a ReLU variant keeps a smaller state and reads
+    the ReLU's output in the backward pass, where the gradient is zero wherever ``t <= 0``.
     """
     if t._base is not None:
         return False
     spec = getattr(t.grad_fn, "spec", None)
     if not isinstance(spec, _Spec):
         return False
+    if relu and spec.relu is not None and spec.coefficients is None:
+        spec.compute, spec.expand = spec.relu
+    spec.relu = None
     spec.get()
     return True

@@ -123,11 +123,50 @@ class LinearRule(Rule):
         """Return ``{product key: coefficient}`` for the products that carry the gradient."""
         raise NotImplementedError
 
+    # -- fused fast path (no graph): few elementwise passes, a compact state kept for the backward pass.
+    #    ``z``: the (merged) layer output; ``a = W+ x`` (unmerged); ``s``: the merged BatchNorm scale
+    #    (per channel, ``None`` without one); ``bias``: the merged bias. Equal to :meth:`coefficients`
+    #    up to rounding.
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """Sorted physical product keys of the fused path, or ``None`` (no fused path here).
+
+        Args:
+            nonneg: The input is known to be >= 0.
+            mixed: The merged scale has entries of both signs.
+        """
+        return None
+
+    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """The state kept for the backward pass (fresh tensors; ``z`` intact)."""
+        raise NotImplementedError
+
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+        """The products' gradients (in :meth:`fast_keys` order; consumes ``state``)."""
+        raise NotImplementedError
+
+    #: Has :meth:`relu_state` / :meth:`relu_grads`.
+    relu_variant = False
+
+    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+        """A smaller state for an output consumed only by an in-place ReLU (if :attr:`relu_variant`).
+
+        The backward pass then reads ``z`` itself (:meth:`relu_grads`) after the ReLU zeroed its
+        negative part: the gradient there is zero, so only the values where ``z > 0`` matter.
+        """
+        return None
+
+    def relu_grads(
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+    ) -> tuple[Tensor, ...]:
+        """The products' gradients from :meth:`relu_state` and the ReLU's output ``z``."""
+        raise NotImplementedError
+
 
 class Epsilon(LinearRule):
     """LRP-epsilon: ``R_in = x * W^T (R / stab(z))``, with ``stab(z) = z + epsilon * sign(z)``."""
 
     name = "epsilon"
+    relu_variant = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
@@ -139,6 +178,32 @@ class Epsilon(LinearRule):
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
         return {"Z": stabilized_ratio(q.z, self.epsilon)}
+
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: every input and scale."""
+        return ("Z",)
+
+    def _scaled_ratio(self, z: Tensor, s: Tensor | None) -> Tensor:
+        c = stabilized_ratio(z, self.epsilon)
+        return c if s is None else c.mul_(s)
+
+    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """``[s z / stab(z)]``."""
+        return [self._scaled_ratio(z, s)]
+
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.fast_grads`."""
+        return (state[0].mul_(grad),)
+
+    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+        """Nothing: the ratio is computed from the ReLU's output in the backward pass."""
+        return []
+
+    def relu_grads(
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+    ) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.relu_grads`."""
+        return (self._scaled_ratio(z, s).mul_(grad),)
 
 
 class Zero(LinearRule):
@@ -159,6 +224,7 @@ class ZPlus(LinearRule):
 
     name = "zplus"
     needs_input_signs = True
+    relu_variant = True
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
@@ -180,27 +246,34 @@ class ZPlus(LinearRule):
         c = q.z / stabilize(den, self.stabilizer)
         return {"A": c} if nonneg else {"A": c, "D": c}
 
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0."""
+        return ("A",) if nonneg and not mixed else None
 
-class FusedSignRule(LinearRule):
-    """A sign rule with a fused fast path for inputs >= 0 (after a ReLU), the common case.
+    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+        """``[P + eps]``, ``P = s A + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
+        assert a is not None
+        return [_affine(a, 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
 
-    With ``z = V x + beta`` (``V = s W`` after a merged BatchNorm with a scale ``s >= 0``), ``A = W+ x``
-    and ``B = W- x = Z - b - A`` (virtual), the rule's coefficients on the two physical products
-    ``A`` and ``Z`` are computed from ``z``, ``A``, ``s`` and ``beta`` in a few elementwise passes, and
-    only a compact state is kept from the forward to the backward pass. Equal to the general path up
-    to rounding; used only without a graph (``create_graph=False``).
-    """
+    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """``[s z / (P + eps)]``."""
+        (dp,) = self.relu_state(a, s, bias) or []
+        c = torch.div(z, dp, out=dp)
+        return [c if s is None else c.mul_(s)]
 
-    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
-        """The state kept for the backward pass (fresh tensors)."""
-        raise NotImplementedError
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.fast_grads`."""
+        return (state[0].mul_(grad),)
 
-    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
-        """The gradients of the products ``A`` and ``Z`` (consumes ``state``)."""
-        raise NotImplementedError
+    def relu_grads(
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+    ) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.relu_grads`."""
+        c = torch.div(z, state[0], out=state[0])
+        return ((c if s is None else c.mul_(s)).mul_(grad),)
 
 
-class AlphaBeta(FusedSignRule):
+class AlphaBeta(LinearRule):
     """LRP-alpha-beta: positive and negative contributions normalised separately.
 
     ``R_in = alpha * [x+ V+^T (R/sp) + x- V-^T (R/sp)] - beta * [x+ V-^T (R/sn) + x- V+^T (R/sn)]`` with
@@ -209,6 +282,7 @@ class AlphaBeta(FusedSignRule):
 
     name = "alpha-beta"
     needs_input_signs = True
+    relu_variant = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
@@ -233,29 +307,47 @@ class AlphaBeta(FusedSignRule):
         cn = q.z * (-self.beta / stabilize(dn, self.stabilizer))
         return {"A": cp, "B": cn} if nonneg else {"A": cp, "B": cn, "C": cn, "D": cp}
 
-    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
-        """``[cp - cn, cn]``: ``cp = alpha z / (P + eps)``, ``cn = beta z / (eps + (P - z))``.
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
+        return ("A", "Z") if nonneg and not mixed else None
 
-        ``P = s A + beta+``; ``z - P = V- x + beta- <= 0``, so ``stab(z - P) = (z - P) - eps`` (the
-        clamp only absorbs rounding where ``V- x + beta-`` is 0, whose products vanish anyway).
+    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+        """``[P + eps]``, ``P = s A + beta+``."""
+        assert a is not None
+        return [_affine(a, 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
+
+    def _split(self, dp: Tensor, z: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(s (cp - cn), s cn)`` from ``dp = P + eps``.
+
+        ``cp = alpha z / (P + eps)``, ``cn = beta z / (eps + (P - z))``; ``z - P = V- x + beta- <= 0``,
+        so ``stab(z - P) = (z - P) - eps`` (the clamp only absorbs
+        rounding where ``V- x + beta-`` is 0, whose products vanish anyway).
         """
-        eps = self.stabilizer
-        dp = _affine(a, 1.0 if s is None else s, _pos(bias) + eps)  # P + eps
-        q = torch.sub(dp, z).clamp_(min=eps)  # eps + (P - z)
-        cn = q.reciprocal_().mul_(z).mul_(self.beta)
-        cpn = dp.reciprocal_().mul_(z).mul_(self.alpha).sub_(cn)
-        return [cpn, cn]
+        q = torch.sub(dp, z).clamp_(min=self.stabilizer)  # eps + (P - z)
+        # the merged scale s is applied here: the products are the unmerged layer's
+        cn = torch.div(z, q, out=q).mul_(self.beta if s is None else self.beta * s)
+        cpn = torch.div(z, dp, out=dp).mul_(self.alpha if s is None else self.alpha * s).sub_(cn)
+        return cpn, cn
 
-    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+        """``[s (cp - cn), s cn]``."""
+        (dp,) = self.relu_state(a, s, bias) or []
+        return list(self._split(dp, z, s))
+
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
         """``A``: ``s (cp - cn) g``; ``Z`` (standing for ``B = Z - b - A``): ``s cn g``."""
         cpn, cn = state
-        if s is not None:
-            cpn.mul_(s)
-            cn.mul_(s)
+        return cpn.mul_(grad), cn.mul_(grad)
+
+    def relu_grads(
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+    ) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.relu_grads`."""
+        cpn, cn = self._split(state[0], z, s)
         return cpn.mul_(grad), cn.mul_(grad)
 
 
-class Gamma(FusedSignRule):
+class Gamma(LinearRule):
     """Generalised LRP-gamma (zennit's ``Gamma``), four products split by the sign of the true output.
 
     With ``g = gamma`` and ``(V + g V+)``, ``(V + g V-)`` the modified weights:
@@ -305,20 +397,25 @@ class Gamma(FusedSignRule):
         ca, cb = torch.add(v, u, alpha=g1), torch.add(u, v, alpha=g1)
         return {"A": ca, "B": cb} if nonneg else {"A": ca, "B": cb, "C": cb, "D": ca}
 
-    def fused_state(self, z: Tensor, a: Tensor, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
+        return ("A", "Z") if nonneg and not mixed else None
+
+    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
         """``[w]``, ``w = u - v`` (``u``, ``v`` as in :meth:`coefficients`, never both non-zero).
 
         With ``P = s A + beta+``: ``sp = z + gamma P`` and ``sn = (1 + gamma) z - gamma P``, so
         ``w = z / (gamma P + eps + max(z, -(1 + gamma) z))`` for either sign of ``z``.
         """
+        assert a is not None
         g = self.gamma
         d = _affine(a, g if s is None else g * s, g * _pos(bias) + self.stabilizer)
         m = z.mul(-(1.0 + g))
         d.add_(torch.maximum(m, z, out=m))
         del m
-        return [d.reciprocal_().mul_(z)]
+        return [torch.div(z, d, out=d)]
 
-    def fused_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
         """``A``: ``s gamma w g``; ``Z``: ``s (u + (1 + gamma) v) g = s max(w, -(1 + gamma) w) g``."""
         (w,) = state
         g = self.gamma
