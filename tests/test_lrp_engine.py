@@ -405,3 +405,40 @@ def test_in_place_relu_after_a_read_is_an_error_not_a_wrong_map():
     bad = bad.double().eval()
     with pytest.raises(RuntimeError, match="modified in place"):
         medlrp.LRP(bad, "epsilon").relevance(x, 0)
+
+
+@pytest.mark.parametrize("name", medlrp.COMPOSITES.names())
+def test_fused_fast_path_equals_the_general_rules(name):
+    """The fast path (fused coefficients, in-place ReLUs, compact states) equals the general path."""
+
+    class Convs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.c3 = nn.Conv2d(4, 4, 1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = nn.functional.relu(self.b1(self.c1(x)), inplace=True)
+            h = torch.relu_(self.b2(self.c2(h)) + h)  # a merged output read by a sum, not a ReLU
+            h = nn.functional.relu(self.c3(h), inplace=True) + h  # unmerged conv, then a sum
+            return self.fc(h.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = randomize(Convs()).double()
+    with torch.no_grad():
+        model.b2.weight[1] = -0.5  # a negative BatchNorm scale: the general path for that layer
+    x = inputs()
+    lrp = medlrp.LRP(model, name)
+    fast = lrp.relevance(x, [0, 1, 2])
+    general = lrp.relevance(x, [0, 1, 2], create_graph=True).detach()
+    torch.testing.assert_close(fast, general, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        model.b2.weight.abs_()
+    torch.testing.assert_close(
+        lrp.relevance(x, [0, 1, 2]),
+        lrp.relevance(x, [0, 1, 2], create_graph=True).detach(),
+        rtol=1e-9,
+        atol=1e-12,
+    )
