@@ -85,3 +85,39 @@ def test_gamma_cache_follows_weight_changes() -> None:
     again = lrp.relevance(x, 0)
     fresh = medlrp.LRP(model, "attnlrp", linear="gamma").relevance(x, 0)
     assert torch.allclose(again, fresh, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("linear", ["epsilon", "gamma"])
+def test_patch_embedding_fast_form_equals_the_engines_convolution_rule(linear: str) -> None:
+    """A patch embedding (stride == kernel convolution) through the linear fast forms: same relevance."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from medlrp.lrp import transformer_fast
+    from medlrp.lrp.transformer import attnlrp
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import vit_zoo
+
+    seen: list[tuple[int, ...]] = []
+    patches = transformer_fast._patches
+
+    def spy(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
+        seen.append(kernel)
+        return patches(x, kernel)
+
+    for name in ("timm-vit", "monai3d"):  # Conv2d and Conv3d patch embeddings
+        model, x = vit_zoo.make(name)
+        seen.clear()
+        transformer_fast._patches = spy
+        try:
+            fast = medlrp.LRP(model, "attnlrp", linear=linear).relevance(x, 0)
+        finally:
+            transformer_fast._patches = patches
+        assert len(seen) == 1 and len(seen[0]) == x.dim() - 2, (name, seen)
+        composite = attnlrp(linear=linear)
+        handlers = {k: v for k, v in composite.handlers.items() if v is not transformer_fast._patch_conv}
+        generic = medlrp.LRP(model, dataclasses.replace(composite, handlers=handlers)).relevance(x, 0)
+        err = (fast - generic).flatten(1).norm(dim=1) / generic.flatten(1).norm(dim=1)
+        assert (err < 1e-10).all(), (name, err)

@@ -1,7 +1,8 @@
 """Run LXT's CP-LRP on a seeded torchvision ViT in THIS process (LXT patches torch.nn process-wide).
 
 Used by tests/test_vit_lxt.py in a subprocess (so the patching never reaches the test process) and by
-benchmarks/vit_speed.py. Usage: ``python tests/vit_lxt_reference.py OUT.pt [--arch vit_b_16] [--size 32]``.
+benchmarks/vit_speed.py. Usage: ``python tests/vit_lxt_reference.py OUT.pt [--arch vit_b_16] [--size 32]
+[--gamma G]`` (``--gamma``: also LXT's gamma recipe, CP-LRP plus zennit's ``Gamma`` on linear layers).
 """
 
 from __future__ import annotations

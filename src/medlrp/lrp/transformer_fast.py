@@ -230,7 +230,8 @@ def _patch_conv(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
 
     The non-overlapping patches are laid out as tokens and go through the linear fast forms (2 matrix
     products each way for gamma, 2 in all for epsilon) instead of the engine's convolution products,
-    whose backward (a strided transposed convolution) is several times slower on CPU.
+    whose backward (a strided transposed convolution) is several times slower on CPU. As for
+    ``F.linear`` here, a BatchNorm right after the layer is not merged into it (no ViT has one).
     """
     bound = dict(zip(_CONV_NAMES, args, strict=False))
     bound.update(kwargs)
