@@ -346,13 +346,13 @@ class LinearCall:
         fast = rule.fast_keys(self.nonneg, scale is not None and scale.mixed)
         if fast is None or list(fast) != keys:
             return None
-        a = self.value("A") if "A" in keys else None
+        values = {k: self.value(k) for k in keys if k != "Z"}
         s = None if scale is None else scale.s
         if isinstance(bias, Tensor):
             bias = bias.detach()  # a parameter: no graph in the fast path
 
         def compute() -> list[Tensor]:
-            return rule.fast_state(z, a, s, bias)
+            return rule.fast_state(z, values, s, bias)
 
         def expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
             return rule.fast_grads(list(state), s, grad)  # type: ignore[arg-type]
@@ -361,13 +361,13 @@ class LinearCall:
         if rule.relu_variant:
 
             def relu_compute() -> list[Tensor]:
-                return rule.relu_state(a, s, bias) or []
+                return rule.relu_state(values, s, bias) or []
 
             def relu_expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
                 return rule.relu_grads(list(state), z, s, grad)  # type: ignore[arg-type]
 
             relu = (relu_compute, relu_expand)
-        guard = (z,) if a is None else (z, a)
+        guard = (z, *values.values())
         return route(z, products, compute=compute, guard=guard, expand=expand, relu=relu)  # type: ignore[arg-type]
 
     def _finish(self, z: Tensor, routed: Tensor) -> Tensor:

@@ -124,7 +124,8 @@ class LinearRule(Rule):
         raise NotImplementedError
 
     # -- fused fast path (no graph): few elementwise passes, a compact state kept for the backward pass.
-    #    ``z``: the (merged) layer output; ``a = W+ x`` (unmerged); ``s``: the merged BatchNorm scale
+    #    ``z``: the (merged) layer output; ``p``: the unmerged product values by key (``A = W+ x``,
+    #    ``LP = W+ low`` ...); ``s``: the merged BatchNorm scale
     #    (per channel, ``None`` without one); ``bias``: the merged bias. Equal to :meth:`coefficients`
     #    up to rounding.
     def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
@@ -136,7 +137,9 @@ class LinearRule(Rule):
         """
         return None
 
-    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
         """The state kept for the backward pass (fresh tensors; ``z`` intact)."""
         raise NotImplementedError
 
@@ -147,7 +150,9 @@ class LinearRule(Rule):
     #: Has :meth:`relu_state` / :meth:`relu_grads`.
     relu_variant = False
 
-    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+    def relu_state(
+        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor] | None:
         """A smaller state for an output consumed only by an in-place ReLU (if :attr:`relu_variant`).
 
         The backward pass then reads ``z`` itself (:meth:`relu_grads`) after the ReLU zeroed its
@@ -187,7 +192,9 @@ class Epsilon(LinearRule):
         c = stabilized_ratio(z, self.epsilon)
         return c if s is None else c.mul_(s)
 
-    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
         """``[s z / stab(z)]``."""
         return [self._scaled_ratio(z, s)]
 
@@ -195,7 +202,9 @@ class Epsilon(LinearRule):
         """See :meth:`LinearRule.fast_grads`."""
         return (state[0].mul_(grad),)
 
-    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+    def relu_state(
+        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor] | None:
         """Nothing: the ratio is computed from the ReLU's output in the backward pass."""
         return []
 
@@ -250,14 +259,17 @@ class ZPlus(LinearRule):
         """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0."""
         return ("A",) if nonneg and not mixed else None
 
-    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+    def relu_state(
+        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor] | None:
         """``[P + eps]``, ``P = s A + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
-        assert a is not None
-        return [_affine(a, 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
+        return [_affine(p["A"], 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
 
-    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
         """``[s z / (P + eps)]``."""
-        (dp,) = self.relu_state(a, s, bias) or []
+        (dp,) = self.relu_state(p, s, bias) or []
         c = torch.div(z, dp, out=dp)
         return [c if s is None else c.mul_(s)]
 
@@ -311,10 +323,11 @@ class AlphaBeta(LinearRule):
         """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
         return ("A", "Z") if nonneg and not mixed else None
 
-    def relu_state(self, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor] | None:
+    def relu_state(
+        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor] | None:
         """``[P + eps]``, ``P = s A + beta+``."""
-        assert a is not None
-        return [_affine(a, 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
+        return [_affine(p["A"], 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
 
     def _split(self, dp: Tensor, z: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(s (cp - cn), s cn)`` from ``dp = P + eps``.
@@ -329,9 +342,11 @@ class AlphaBeta(LinearRule):
         cpn = torch.div(z, dp, out=dp).mul_(self.alpha if s is None else self.alpha * s).sub_(cn)
         return cpn, cn
 
-    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
         """``[s (cp - cn), s cn]``."""
-        (dp,) = self.relu_state(a, s, bias) or []
+        (dp,) = self.relu_state(p, s, bias) or []
         return list(self._split(dp, z, s))
 
     def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
@@ -401,15 +416,16 @@ class Gamma(LinearRule):
         """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
         return ("A", "Z") if nonneg and not mixed else None
 
-    def fast_state(self, z: Tensor, a: Tensor | None, s: Tensor | None, bias: Tensor | float) -> list[Tensor]:
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
         """``[w]``, ``w = u - v`` (``u``, ``v`` as in :meth:`coefficients`, never both non-zero).
 
         With ``P = s A + beta+``: ``sp = z + gamma P`` and ``sn = (1 + gamma) z - gamma P``, so
         ``w = z / (gamma P + eps + max(z, -(1 + gamma) z))`` for either sign of ``z``.
         """
-        assert a is not None
         g = self.gamma
-        d = _affine(a, g if s is None else g * s, g * _pos(bias) + self.stabilizer)
+        d = _affine(p["A"], g if s is None else g * s, g * _pos(bias) + self.stabilizer)
         m = z.mul(-(1.0 + g))
         d.add_(torch.maximum(m, z, out=m))
         del m
@@ -459,6 +475,32 @@ class ZBox(LinearRule):
         den = q.z - q["LP"] - q["HN"] - q.bias
         c = q.z / stabilize(den, self.stabilizer)
         return {"Z": c, "LP": -c, "HN": -c}
+
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: a scale >= 0."""
+        return None if mixed else ("HN", "LP", "Z")
+
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
+        """``[s z / stab(z - s LP - s HN - beta)]``."""
+        d = torch.add(p["LP"], p["HN"])
+        if s is not None:
+            d.mul_(s)
+        d = torch.sub(z, d, out=d)
+        if not isinstance(bias, float) or bias != 0.0:
+            d.sub_(bias)
+        # stab(d) = d + eps sign(d), sign(0) = +1; copysign differs only at d = -0.0, which needs z = -0.0
+        # and gives the same c = 0
+        d.add_(torch.copysign(torch.full((), self.stabilizer, dtype=d.dtype, device=d.device), d))
+        c = torch.div(z, d, out=d)
+        return [c if s is None else c.mul_(s)]
+
+    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+        """``HN`` and ``LP``: ``-c g`` (one tensor for both); ``Z``: ``c g``."""
+        gz = state[0].mul_(grad)
+        gn = torch.neg(gz)
+        return gn, gn, gz
 
 
 class Flat(LinearRule):
