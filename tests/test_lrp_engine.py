@@ -416,13 +416,14 @@ def test_fused_fast_path_equals_the_general_rules(name):
             super().__init__()
             self.c1, self.b1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
             self.c2, self.b2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
-            self.c3 = nn.Conv2d(4, 4, 1)
+            self.c3, self.c4 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
             self.fc = nn.Linear(4, 3)
 
         def forward(self, x):
             h = nn.functional.relu(self.b1(self.c1(x)), inplace=True)
             h = torch.relu_(self.b2(self.c2(h)) + h)  # a merged output read by a sum, not a ReLU
-            h = nn.functional.relu(self.c3(h), inplace=True) + h  # unmerged conv, then a sum
+            h = nn.functional.relu(self.c3(h - 0.5), inplace=True) + h  # unmerged, inputs of both signs
+            h = self.c4(h - 0.5) + h  # inputs of both signs, read by a sum
             return self.fc(h.mean((2, 3)))
 
     torch.manual_seed(0)

@@ -242,31 +242,38 @@ class Engine(TorchFunctionMode):
         self.references.append((value, leaf))
         return leaf
 
-    def signed_weight(self, weight: torch.Tensor, positive: bool) -> torch.Tensor:
-        """``W+`` (``positive``) or ``W-`` of a weight, computed once per pass and only if needed.
+    def weight_part(self, weight: torch.Tensor, part: str) -> torch.Tensor:
+        """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (``"|"``), computed once per pass if needed.
 
-        In the fast path (not dual) the clamped weight is detached (the relevance never differentiates
-        w.r.t. parameters there) and, with a :class:`WeightCache`, reused by later passes.
+        In the fast path (not dual) the result is detached (the relevance never differentiates w.r.t.
+        parameters there) and, with a :class:`WeightCache`, reused by later passes.
         """
-        key = (id(weight), "+" if positive else "-")
+        key = (id(weight), part)
         hit = self.cache.get(key)
         if hit is None:
             if self.dual:
-                hit = weight.clamp(min=0) if positive else weight.clamp(max=0)
+                hit = _part(weight, part)
             elif self.weights is not None:
-                hit = self.weights.signed(weight, positive)
+                hit = self.weights.part(weight, part)
             else:
-                w = weight.detach()
-                hit = w.clamp(min=0) if positive else w.clamp(max=0)
+                hit = _part(weight.detach(), part)
             self.cache[key] = hit
         return hit
+
+
+def _part(w: torch.Tensor, part: str) -> torch.Tensor:
+    if part == "+":
+        return w.clamp(min=0)
+    if part == "-":
+        return w.clamp(max=0)
+    return w.abs()
 
 
 _Entry = tuple["weakref.ref[torch.Tensor]", tuple[int, int], torch.Tensor]
 
 
 class WeightCache:
-    """Clamped weights (``W+``, ``W-``) kept between the passes of one explainer.
+    """Clamped weights (``W+``, ``W-``, ``|W|``) kept between the passes of one explainer.
 
     An entry is keyed by the weight's identity and valid while the weight object is the same and its
     version counter (``weight._version``, bumped by every in-place change such as an optimiser step)
@@ -275,18 +282,17 @@ class WeightCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, bool], _Entry] = {}
+        self._entries: dict[tuple[int, str], _Entry] = {}
 
-    def signed(self, weight: torch.Tensor, positive: bool) -> torch.Tensor:
-        """``W+`` (``positive``) or ``W-`` of ``weight`` (detached), from the cache when still valid."""
-        key = (id(weight), positive)
+    def part(self, weight: torch.Tensor, part: str) -> torch.Tensor:
+        """``W+``, ``W-`` or ``|W|`` (``part``: ``"+"``, ``"-"``, ``"|"``), detached, cached while valid."""
+        key = (id(weight), part)
         entry = self._entries.get(key)
         # the storage address too: ``param.data = other`` swaps the storage without a version bump
         version = (weight._version, weight.data_ptr())
         if entry is not None and entry[0]() is weight and entry[1] == version:
             return entry[2]
-        w = weight.detach()
-        value = w.clamp(min=0) if positive else w.clamp(max=0)
+        value = _part(weight.detach(), part)
         try:
             ref = weakref.ref(weight)
         except TypeError:  # pragma: no cover - every torch.Tensor is weak-referenceable

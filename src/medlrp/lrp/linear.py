@@ -44,6 +44,7 @@ _PRODUCTS = {
     "HN": ("high", "W-"),
     "F": ("ones", "1"),
     "Q": ("ones", "W2"),
+    "M": ("|x|", "|W|"),  # |W| |x| = V+x+ + V-x- - V+x- - V-x+: the fused path for inputs of both signs
 }
 
 
@@ -95,8 +96,14 @@ class LinearCall:
         self._true: dict[str, Tensor] = {}
         self.bias = None if bias is None else self._channel(bias)
 
-        keys = self._physical(self.rule.needed(self.nonneg), None)
-        grad_keys = self._physical(self._coefficient_keys(), None)
+        # the fused fast path's products only, as long as it may apply (a merged BatchNorm with a mixed
+        # scale, known later, computes the general path's products then, from the routed input)
+        fast = None if engine.dual else rule.fast_keys(self.nonneg, False)
+        if fast is not None:
+            keys = grad_keys = set(fast)
+        else:
+            keys = self._physical(self.rule.needed(self.nonneg), None)
+            grad_keys = self._physical(self._coefficient_keys(), None)
         needs_z_grad = "Z" in grad_keys
         if engine.dual:
             self.z_true = call(x, weight, bias)
@@ -149,6 +156,8 @@ class LinearCall:
             return x if self.nonneg else x.clamp(min=0)
         if kind == "x-":
             return x.clamp(max=0)
+        if kind == "|x|":
+            return x.abs()
         if kind not in self.references:
             self.references[kind] = self._reference(kind)
         true, leaf = self.references[kind]
@@ -172,8 +181,8 @@ class LinearCall:
 
     def _weight(self, kind: str) -> Tensor:
         w = self.weight
-        if kind in ("W+", "W-"):
-            return self.engine.signed_weight(w, kind == "W+")
+        if kind in ("W+", "W-", "|W|"):
+            return self.engine.weight_part(w, kind[1])
         if kind == "1":
             return torch.ones_like(w)
         return w * w
@@ -316,6 +325,9 @@ class LinearCall:
         return self._build(y, scale, bias.detach())
 
     def _build(self, z: Tensor, scale: Scale | None, bias: Tensor | float) -> Tensor:
+        routed = None if self.engine.dual else self._fused(z.detach(), scale, bias)
+        if routed is not None:
+            return self._finish(z, routed)
         keys = sorted(
             self._physical(self._coefficient_keys(), scale)
             | self._physical(self.rule.needed(self.nonneg), scale)
@@ -328,25 +340,23 @@ class LinearCall:
             routed = route(z, [p for p, _ in kept], [c for _, c in kept])
         else:
             z_value = z.detach()
-            routed = self._fused(z_value, scale, bias, keys, products)
-            if routed is None:
 
-                def compute() -> list[Tensor | None]:
-                    return self.coefficients(z_value, scale, bias, keys)
+            def compute() -> list[Tensor | None]:
+                return self.coefficients(z_value, scale, bias, keys)
 
-                guard = (z_value, self.z_value, *products)
-                routed = route(z_value, products, compute=compute, owned=True, guard=guard)
+            guard = (z_value, self.z_value, *products)
+            routed = route(z_value, products, compute=compute, owned=True, guard=guard)
         return self._finish(z, routed)
 
-    def _fused(
-        self, z: Tensor, scale: Scale | None, bias: Tensor | float, keys: list[str], products: list[Tensor]
-    ) -> Tensor | None:
+    def _fused(self, z: Tensor, scale: Scale | None, bias: Tensor | float) -> Tensor | None:
         """The route of the rule's fused fast path (see :meth:`LinearRule.fast_keys`), else ``None``."""
         rule = self.rule
         fast = rule.fast_keys(self.nonneg, scale is not None and scale.mixed)
-        if fast is None or list(fast) != keys:
+        if fast is None:
             return None
-        values = {k: self.value(k) for k in keys if k != "Z"}
+        products = [self.routed_product(k) for k in fast]
+        values = {k: self.value(k) for k in fast if k != "Z"}
+        nonneg = self.nonneg
         s = None if scale is None else scale.s
         if isinstance(bias, Tensor):
             bias = bias.detach()  # a parameter: no graph in the fast path
@@ -355,16 +365,16 @@ class LinearCall:
             return rule.fast_state(z, values, s, bias)
 
         def expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
-            return rule.fast_grads(list(state), s, grad)  # type: ignore[arg-type]
+            return rule.fast_grads(list(state), s, grad, nonneg)  # type: ignore[arg-type]
 
         relu = None
         if rule.relu_variant:
 
             def relu_compute() -> list[Tensor]:
-                return rule.relu_state(values, s, bias) or []
+                return rule.relu_state(z, values, s, bias) or []
 
             def relu_expand(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
-                return rule.relu_grads(list(state), z, s, grad)  # type: ignore[arg-type]
+                return rule.relu_grads(list(state), z, s, grad, nonneg)  # type: ignore[arg-type]
 
             relu = (relu_compute, relu_expand)
         guard = (z, *values.values())

@@ -78,6 +78,21 @@ def _neg(b: Tensor | float) -> Tensor | float:
     return b.clamp(max=0) if isinstance(b, Tensor) else min(b, 0.0)
 
 
+def _positive(
+    z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float, extra: float
+) -> Tensor:
+    """``P + extra`` as a new tensor, ``P = V+ x+ + V- x- + beta+`` (the positive products and bias).
+
+    Inputs >= 0: ``P = s A + beta+``; inputs of both signs: ``V+ x+ + V- x- = (V x + |V| |x|) / 2``, so
+    ``P = (z - beta + s M) / 2 + beta+`` with ``M = |W| |x|`` (one product instead of three).
+    """
+    scale = 1.0 if s is None else s
+    if "A" in p:
+        return _affine(p["A"], scale, _pos(bias) + extra)
+    t = _affine(p["M"], scale, -bias)
+    return t.add_(z).mul_(0.5).add_(_pos(bias) + extra)
+
+
 def _affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
     """``shift + scale * a`` as one new tensor (``scale``/``shift``: per channel or scalars)."""
     if isinstance(scale, Tensor) or isinstance(shift, Tensor):
@@ -143,7 +158,9 @@ class LinearRule(Rule):
         """The state kept for the backward pass (fresh tensors; ``z`` intact)."""
         raise NotImplementedError
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
         """The products' gradients (in :meth:`fast_keys` order; consumes ``state``)."""
         raise NotImplementedError
 
@@ -151,7 +168,7 @@ class LinearRule(Rule):
     relu_variant = False
 
     def relu_state(
-        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor] | None:
         """A smaller state for an output consumed only by an in-place ReLU (if :attr:`relu_variant`).
 
@@ -161,7 +178,7 @@ class LinearRule(Rule):
         return None
 
     def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
     ) -> tuple[Tensor, ...]:
         """The products' gradients from :meth:`relu_state` and the ReLU's output ``z``."""
         raise NotImplementedError
@@ -198,18 +215,20 @@ class Epsilon(LinearRule):
         """``[s z / stab(z)]``."""
         return [self._scaled_ratio(z, s)]
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
         """See :meth:`LinearRule.fast_grads`."""
         return (state[0].mul_(grad),)
 
     def relu_state(
-        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor] | None:
         """Nothing: the ratio is computed from the ReLU's output in the backward pass."""
         return []
 
     def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
     ) -> tuple[Tensor, ...]:
         """See :meth:`LinearRule.relu_grads`."""
         return (self._scaled_ratio(z, s).mul_(grad),)
@@ -256,33 +275,38 @@ class ZPlus(LinearRule):
         return {"A": c} if nonneg else {"A": c, "D": c}
 
     def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0."""
-        return ("A",) if nonneg and not mixed else None
+        """See :meth:`LinearRule.fast_keys`: a scale >= 0."""
+        if mixed:
+            return None
+        return ("A",) if nonneg else ("M", "Z")
 
     def relu_state(
-        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor] | None:
-        """``[P + eps]``, ``P = s A + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
-        return [_affine(p["A"], 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
+        """``[P + eps]``, ``P = V+ x+ + V- x- + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
+        return [_positive(z, p, s, bias, self.stabilizer)]
 
     def fast_state(
         self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor]:
         """``[s z / (P + eps)]``."""
-        (dp,) = self.relu_state(p, s, bias) or []
+        (dp,) = self.relu_state(z, p, s, bias) or []
         c = torch.div(z, dp, out=dp)
         return [c if s is None else c.mul_(s)]
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.fast_grads`."""
-        return (state[0].mul_(grad),)
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
+        """``A``: ``s c g``; inputs of both signs: ``M`` and ``Z``: ``s c g / 2`` each (one tensor)."""
+        g = state[0].mul_(grad)
+        return (g,) if nonneg else (g.mul_(0.5), g)
 
     def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
     ) -> tuple[Tensor, ...]:
         """See :meth:`LinearRule.relu_grads`."""
         c = torch.div(z, state[0], out=state[0])
-        return ((c if s is None else c.mul_(s)).mul_(grad),)
+        return self.fast_grads([c if s is None else c.mul_(s)], s, grad, nonneg)
 
 
 class AlphaBeta(LinearRule):
@@ -320,14 +344,16 @@ class AlphaBeta(LinearRule):
         return {"A": cp, "B": cn} if nonneg else {"A": cp, "B": cn, "C": cn, "D": cp}
 
     def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
-        return ("A", "Z") if nonneg and not mixed else None
+        """See :meth:`LinearRule.fast_keys`: a scale >= 0 (``B = Z - b - A`` is virtual)."""
+        if mixed:
+            return None
+        return ("A", "Z") if nonneg else ("M", "Z")
 
     def relu_state(
-        self, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor] | None:
-        """``[P + eps]``, ``P = s A + beta+``."""
-        return [_affine(p["A"], 1.0 if s is None else s, _pos(bias) + self.stabilizer)]
+        """``[P + eps]``, ``P = V+ x+ + V- x- + beta+``."""
+        return [_positive(z, p, s, bias, self.stabilizer)]
 
     def _split(self, dp: Tensor, z: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(s (cp - cn), s cn)`` from ``dp = P + eps``.
@@ -346,20 +372,28 @@ class AlphaBeta(LinearRule):
         self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor]:
         """``[s (cp - cn), s cn]``."""
-        (dp,) = self.relu_state(p, s, bias) or []
+        (dp,) = self.relu_state(z, p, s, bias) or []
         return list(self._split(dp, z, s))
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
-        """``A``: ``s (cp - cn) g``; ``Z`` (standing for ``B = Z - b - A``): ``s cn g``."""
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
+        """``A``: ``s (cp - cn) g``; ``Z`` (standing for ``B = Z - b - A``): ``s cn g``.
+
+        Inputs of both signs (``cp`` on ``V+x+ + V-x-``, ``cn`` on the rest): ``M``: ``s (cp - cn) g / 2``,
+        ``Z``: ``s (cp + cn) g / 2``.
+        """
         cpn, cn = state
+        if not nonneg:
+            cn.add_(cpn, alpha=0.5)
+            cpn.mul_(0.5)
         return cpn.mul_(grad), cn.mul_(grad)
 
     def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
     ) -> tuple[Tensor, ...]:
         """See :meth:`LinearRule.relu_grads`."""
-        cpn, cn = self._split(state[0], z, s)
-        return cpn.mul_(grad), cn.mul_(grad)
+        return self.fast_grads(list(self._split(state[0], z, s)), s, grad, nonneg)
 
 
 class Gamma(LinearRule):
@@ -413,30 +447,43 @@ class Gamma(LinearRule):
         return {"A": ca, "B": cb} if nonneg else {"A": ca, "B": cb, "C": cb, "D": ca}
 
     def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: inputs >= 0, scale >= 0 (``B = Z - b - A`` is virtual)."""
-        return ("A", "Z") if nonneg and not mixed else None
+        """See :meth:`LinearRule.fast_keys`: a scale >= 0 (``B = Z - b - A`` is virtual)."""
+        if mixed:
+            return None
+        return ("A", "Z") if nonneg else ("M", "Z")
 
     def fast_state(
         self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
     ) -> list[Tensor]:
         """``[w]``, ``w = u - v`` (``u``, ``v`` as in :meth:`coefficients`, never both non-zero).
 
-        With ``P = s A + beta+``: ``sp = z + gamma P`` and ``sn = (1 + gamma) z - gamma P``, so
+        With ``P = V+ x+ + V- x- + beta+`` (see :func:`_positive`): ``sp = z + gamma P`` and
+        ``sn = (1 + gamma) z - gamma P``, so
         ``w = z / (gamma P + eps + max(z, -(1 + gamma) z))`` for either sign of ``z``.
         """
         g = self.gamma
-        d = _affine(p["A"], g if s is None else g * s, g * _pos(bias) + self.stabilizer)
+        d = _positive(z, p, s, bias, 0.0).mul_(g).add_(self.stabilizer)
         m = z.mul(-(1.0 + g))
         d.add_(torch.maximum(m, z, out=m))
         del m
         return [torch.div(z, d, out=d)]
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
-        """``A``: ``s gamma w g``; ``Z``: ``s (u + (1 + gamma) v) g = s max(w, -(1 + gamma) w) g``."""
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
+        """``A``: ``s gamma w g``; ``Z``: ``s (u + (1 + gamma) v) g = s max(w, -(1 + gamma) w) g``.
+
+        Inputs of both signs (``ca`` on ``V+x+ + V-x-``, ``cb`` on the rest; ``ca - cb = gamma w``,
+        ``ca + cb = (2 + gamma) |w|``): ``M``: ``s gamma w g / 2``, ``Z``: ``s (2 + gamma) |w| g / 2``.
+        """
         (w,) = state
         g = self.gamma
-        t = w.mul(-(1.0 + g))
-        torch.maximum(t, w, out=t)
+        if nonneg:
+            t = w.mul(-(1.0 + g))
+            torch.maximum(t, w, out=t)
+        else:
+            t = w.abs().mul_(1.0 + 0.5 * g)
+            w.mul_(0.5)
         if s is not None:
             t.mul_(s)
             w.mul_(s)
@@ -496,7 +543,9 @@ class ZBox(LinearRule):
         c = torch.div(z, d, out=d)
         return [c if s is None else c.mul_(s)]
 
-    def fast_grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor) -> tuple[Tensor, ...]:
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
         """``HN`` and ``LP``: ``-c g`` (one tensor for both); ``Z``: ``c g``."""
         gz = state[0].mul_(grad)
         gn = torch.neg(gz)
