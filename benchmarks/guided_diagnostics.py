@@ -3,7 +3,8 @@
 Trains ``cnn2d`` plainly on the confounded (a) and on the unconfounded (c) glioma 2D phantom (same seed
 and budget), then for several LRP composites (relevance of the logit difference, test split) reports the
 median share of absolute relevance outside the tumour mask (grown by 0, 6, 10, 16 pixels) and in the
-token corner, and the signed relevance inside the mask over the explained logit difference. An
+token corner, the share outside the head (the region that may matter: ``--mask-kind head`` of
+guided_training.py), and the signed relevance inside the mask over the explained logit difference. An
 explanation loss can only steer a model away from a shortcut if it scores the right model better than
 the shortcut model.
 
@@ -27,7 +28,14 @@ from medlrp.train.guided import grow_mask, logit_difference
 RESULTS = Path(__file__).with_name("results")
 
 
-def shares(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, comp: str) -> dict:
+def shares(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    head: torch.Tensor,
+    comp: str,
+) -> dict:
     r, out, _ = medlrp.LRP(model, comp, start="logit-difference").attribute(x, y)
     r, d = r.detach(), logit_difference(out, y).sum(1).detach()
     total = r.abs().flatten(1).sum(1)
@@ -40,6 +48,7 @@ def shares(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch
         )
         for m in (0, 6, 10, 16)
     }
+    row["abs_outside_head"] = float(((r.abs() * (1 - head)).flatten(1).sum(1) / total).median())
     row["abs_in_token_corner"] = float(((r.abs() * token).flatten(1).sum(1) / total).median())
     row["signed_inside_over_logit"] = float(((r * mask).flatten(1).sum(1) / d).median())
     return row
@@ -52,9 +61,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "guided_diagnostics.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     data = {"a": phantom(True, args.n, args.seed, 64), "c": phantom(False, args.n, args.seed, 64)}
     test = data["a"]["test"]
+    head = phantom(True, args.n, args.seed, 64, mask_kind="head")["test"].mask
     results: dict = {}
     for name, d in data.items():
         with torch.random.fork_rng(devices=[]):
@@ -63,8 +73,8 @@ def main() -> None:
         fit(model, d["train"], TrainConfig(epochs=args.epochs, batch_size=32, seed=args.seed))
         model.eval()
         results[name] = {"test_accuracy": accuracy(model, test)}
-        for comp in ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box"):
-            results[name][comp] = shares(model, test.x, test.label, test.mask, comp)
+        for comp in ("epsilon", "epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-gamma-box"):
+            results[name][comp] = shares(model, test.x, test.label, test.mask, head, comp)
         print(name, json.dumps(results[name], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -9,7 +9,9 @@ from medlrp.errors import InputError
 from medlrp.train.guided import (
     GuidedLoss,
     batch_statistics_as_running,
+    eval_mode,
     input_x_gradient_relevance,
+    logit_difference,
     lrp_relevance,
     record_batch_statistics,
 )
@@ -206,3 +208,64 @@ def test_batch_of_the_trainer_seam():
     batch = Batch(x, y, mask, torch.ones(8, dtype=torch.bool), [str(i) for i in range(8)])
     loss, parts = GuidedLoss(1.0, composite="epsilon").loss_fn()(model, batch)
     assert isinstance(parts["ce"], float) and parts["guidance"] > 0 and loss.requires_grad
+
+
+def test_batch_statistics_keep_their_graph():
+    torch.manual_seed(0)
+    model = _cnn().train()
+    x, _, _ = _data()
+    for keep in (True, False):
+        stats = {}
+        with record_batch_statistics(model, stats, keep_graph=keep):
+            model(x)
+        ((mean, var),) = stats.values()
+        assert mean.requires_grad == keep and var.requires_grad == keep
+        conv = model[0](x).detach()
+        assert torch.allclose(var, conv.var(dim=(0, 2, 3), unbiased=False), atol=1e-6)
+    # the guidance gradient reaches the first convolution also through the BatchNorm statistics:
+    # it differs from the one with the statistics held constant
+    x, y, mask = _data()
+    grads = {}
+    for keep in (True, False):
+        stats = {}
+        with record_batch_statistics(model, stats, keep_graph=keep):
+            model(x)
+        with eval_mode(model), batch_statistics_as_running(stats):
+            r, _ = lrp_relevance("epsilon")(model, x, y, logit_difference)
+        (grads[keep],) = torch.autograd.grad((r * (1 - mask)).abs().sum(), [model[0].weight])
+    assert not torch.allclose(grads[True], grads[False])
+
+
+def test_phantom_region_holds_the_tumour_and_not_the_token():
+    from medlrp.data.phantom import glioma_case
+
+    case = glioma_case([0, 1], (64, 64), label=0, token=True)
+    assert case.region is not None and case.region.shape == case.mask.shape
+    assert (case.region[case.mask > 0] == 1).all()  # the tumour lies in the head
+    assert case.region[:14, :14].sum() == 0  # the corner token lies outside
+    assert 0.3 < case.region.mean() < 0.7
+
+
+def test_default_guidance_composite_sees_inhibition_in_cnns():
+    from medlrp.models.vit import vit2d
+    from medlrp.train.guided import GUIDANCE_CNN_COMPOSITE, guidance_composite
+
+    assert guidance_composite(_cnn()) == GUIDANCE_CNN_COMPOSITE == "epsilon-alpha2-beta1-flat"
+    assert guidance_composite(vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2)) == "attnlrp"
+    # the default relevance function uses it: identical to asking for it by name
+    torch.manual_seed(0)
+    # a second convolution: the first layer is flat in both composites
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 2),
+    ).eval()
+    x, y, _ = _data(n=2)
+    r_default, _ = lrp_relevance()(model, x, y, logit_difference)
+    r_named, _ = lrp_relevance(GUIDANCE_CNN_COMPOSITE)(model, x, y, logit_difference)
+    r_plus, _ = lrp_relevance("epsilon-plus-flat")(model, x, y, logit_difference)
+    assert torch.equal(r_default, r_named) and not torch.allclose(r_default, r_plus)

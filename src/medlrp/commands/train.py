@@ -62,9 +62,12 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size", help="Cases per step."),
         lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine decay)."),
         guided: bool = typer.Option(
-            False, "--guided", help="Explanation-guided training: LRP relevance outside the masks costs."
+            False,
+            "--guided",
+            help="Explanation-guided training: LRP relevance outside the masks costs (masks: the region "
+            "that may matter, e.g. the organ or body).",
         ),
-        guidance_weight: float = typer.Option(1.0, "--guidance-weight", help="Explanation loss weight."),
+        guidance_weight: float = typer.Option(0.3, "--guidance-weight", help="Explanation loss weight."),
         mask_margin: int = typer.Option(
             0, "--mask-margin", help="--guided: grow the masks by this many pixels (lesion surroundings)."
         ),

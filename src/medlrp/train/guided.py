@@ -2,7 +2,7 @@
 
 :class:`GuidedLoss` is a plain :class:`torch.nn.Module` for any training loop::
 
-    crit = GuidedLoss(guidance_weight=1.0)                 # LRP, logit difference, GuidanceLoss
+    crit = GuidedLoss(guidance_weight=0.3)                 # LRP, logit difference, GuidanceLoss
     loss, parts = crit(model, x, y, mask=mask, has_mask=has_mask)
     loss.backward()                                        # exact gradients through the relevance
 
@@ -15,17 +15,27 @@ Design decisions, each with its reason:
   others. Explaining only the label's logit lets a shortcut move into the other logits; the softmax
   depends on differences only, so for two classes the difference is all there is to the decision.
 - The relevance explains the function being trained: the model runs in ``eval()`` mode (restored
-  afterwards) with the batch statistics of the training forward held in the BatchNorm buffers
-  (restored afterwards), so the LRP engine merges each BatchNorm with exactly the normalisation the
-  training forward used, held constant. Explaining with the running statistics instead is a loophole:
-  the model keeps its shortcut under batch statistics while the explained (running-statistics) model
-  looks clean. The cross-entropy runs on the model in its own (training) mode, on every case.
+  afterwards) with the batch statistics of the training forward (with their graph) held in the
+  BatchNorm buffers (restored afterwards), so the LRP engine merges each BatchNorm with exactly the
+  normalisation the training forward used, and the guidance gradient flows through the statistics as
+  the cross-entropy's does. Explaining with the running statistics instead is a loophole: the model
+  keeps its shortcut under batch statistics while the explained (running-statistics) model looks clean.
+  Holding the statistics constant made guided models stop learning (measured, BENCHMARKS.md). The
+  cross-entropy runs on the model in its own (training) mode, on every case.
+- The default composite sees inhibition (:func:`guidance_composite`): z+ rules ignore inhibitory
+  paths, an obvious place for a guided model to keep a shortcut. No LRP rule sees evidence carried by
+  units the input switches *off*, and guided models do keep part of a shortcut there (measured in
+  BENCHMARKS.md): check a guided model with and without the suspected artefact.
+- The mask is the region that MAY matter (the organ, the body), not the lesion: a right model puts most
+  of its relevance outside a tight lesion mask too (it reads the lesion against its context), so a
+  lesion mask barely prefers it to a shortcut model; what a shortcut adds lies outside the anatomy
+  (markers, labels, the scanner's background). See ``docs/`` and BENCHMARKS.md.
 - Only every ``explain_every``-th case of the batch is explained (by position, cases without a mask
   skipped) and its loss is weighted by ``explain_every``: an unbiased estimate of the loss over all
   cases (the batches are shuffled, so every case is explained every few epochs). Differentiable LRP
-  costs several plain steps per case (a forward with both graphs and a double backward); explaining a
-  quarter of the batch keeps a guided step near 3 plain steps (measured: 2.8x for ``cnn2d``, 3.6x for
-  ``vit2d``, see BENCHMARKS.md). ``explain_every=1`` explains every case.
+  costs several plain steps per case (a forward with both graphs and a double backward); explaining an
+  eighth of the batch keeps a guided step under 3 plain steps (see BENCHMARKS.md). ``explain_every=1``
+  explains every case.
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
@@ -50,7 +60,9 @@ from medlrp.train.guided_losses import GuidanceLoss
 
 __all__ = [
     "GuidedLoss",
+    "GUIDANCE_CNN_COMPOSITE",
     "class_relevance",
+    "guidance_composite",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -103,14 +115,31 @@ def input_x_gradient_relevance(
     return x * grad, logits
 
 
+#: The guidance composite where the engine's default would use z+ rules (CNNs).
+GUIDANCE_CNN_COMPOSITE = "epsilon-alpha2-beta1-flat"
+
+
+def guidance_composite(model: nn.Module) -> str:
+    """The composite :func:`lrp_relevance` uses by default: the engine's, with z+ replaced by alpha2-beta1.
+
+    z+ rules (``epsilon-plus*``, the engine's CNN default) do not see inhibitory evidence, so a model
+    trained against them may carry a shortcut through inhibition unseen. alpha2-beta1 attributes
+    inhibition too and stays smooth enough to train against; it guided best in BENCHMARKS.md (the plain
+    epsilon rule is too noisy to train against; with gamma, guided models stopped learning).
+    Transformers keep the engine's default (``attnlrp``).
+    """
+    from medlrp.lrp.composites import CNN_DEFAULT, default_composite_name
+
+    name = default_composite_name(model)
+    return GUIDANCE_CNN_COMPOSITE if name == CNN_DEFAULT else name
+
+
 def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
     """A relevance function running :class:`medlrp.LRP` with ``create_graph=True``.
 
     Args:
-        composite: LRP composite name (``None``: the engine's default, ``epsilon-plus-flat`` for CNNs,
-            ``attnlrp`` for transformers). Beware: z+ rules (``epsilon-plus*``) do not see inhibitory
-            evidence, and a guided model can learn to hide its shortcut there; signed rules
-            (``epsilon``, ``epsilon-gamma-box``) see it, at a higher cost (see BENCHMARKS.md).
+        composite: LRP composite name (``None``: :func:`guidance_composite`, i.e.
+            ``epsilon-alpha2-beta1-flat`` for CNNs, ``attnlrp`` for transformers).
         **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box).
     """
     names = {id(fn): name for name, fn in _STARTS.items()}
@@ -122,7 +151,8 @@ def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
 
         # the engine's own names skip a division by the logits
         engine_start: Any = names.get(id(start), start)
-        explainer = LRP(model, composite=composite, start=engine_start, **options)
+        name = composite if composite is not None else guidance_composite(model)
+        explainer = LRP(model, composite=name, start=engine_start, **options)
         relevance, logits, _ = explainer.attribute(x, target, create_graph=True)
         return relevance, logits
 
@@ -248,12 +278,12 @@ class GuidedLoss(nn.Module):
 
     def __init__(
         self,
-        guidance_weight: float = 1.0,
+        guidance_weight: float = 0.3,
         criterion: nn.Module | None = None,
         relevance_fn: RelevanceFn | None = None,
         composite: str | None = None,
         start: str | StartFn = "logit-difference",
-        explain_every: int = 4,
+        explain_every: int = 8,
         mask_margin: int = 0,
     ) -> None:
         super().__init__()

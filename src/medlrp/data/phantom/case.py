@@ -20,9 +20,10 @@ class PhantomCase:
         token: Whether the confounding corner token is drawn.
         lesion: The lesion's opacity map (0 outside the lesion); ``mask`` covers every non-zero value.
         meta: The drawn parameters (sizes, contrasts), for inspection and tests.
-        region: ``uint8`` 0/1 map of the organ in which class evidence may lie (the brain for glioma,
-            the lung fields for the chest): a generous "may matter" annotation for guided training,
-            which the corner token lies outside of. Not written to dataset folders.
+        region: ``uint8`` 0/1 map of where class evidence may lie (the head, i.e. inside the scalp
+            outline, for glioma; the lung fields for the chest): the generous "may matter" annotation
+            of explanation-guided training (the corner token lies outside it). In memory only; dataset
+            folders hold ``mask``.
     """
 
     image: np.ndarray

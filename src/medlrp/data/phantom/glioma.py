@@ -42,7 +42,7 @@ def glioma_case(
         with_lesion: ``False`` draws the same case without its tumour (for tests).
 
     Returns:
-        The case; ``mask`` is the tumour (every voxel the tumour changes), ``region`` the brain.
+        The case; ``mask`` is the tumour (every voxel the tumour changes), ``region`` the head.
     """
     r_anat, r_lesion, r_noise = rngs(seed, 3)
     coords = shapes.grid(shape)
@@ -63,7 +63,7 @@ def glioma_case(
         token=token,
         lesion=lesion.astype(np.float32),
         meta=meta,
-        region=head.astype(np.uint8),  # HEADTMP
+        region=head.astype(np.uint8),
     )
 
 
