@@ -9,7 +9,8 @@ Score-CAM: its floor is one forward pass per channel of the layer through the wh
 batches (32) that medlrp and pytorch-grad-cam use. By default it is measured on ResNet18's layer4 (512
 channels) at 112 px, one image; ``--scorecam-model resnet50`` runs the full case, ResNet50's layer4
 (2048 channels) at 224 px, one image (minutes per contender: there the warm-up is one batch of the
-floor only, not a whole call of each contender).
+floor only, not a whole call of each contender). Score-CAM rows also give this process's CPU time,
+which with ``--threads 1`` is the work done and far less disturbed than wall time by other jobs.
 
     .venv/bin/python benchmarks/cam_speed.py [--repeats 5] [--threads N] [--cams gradcam,...] [--no-scorecam]
         [--scorecam-model resnet18|resnet50]
@@ -38,16 +39,26 @@ RESULTS = Path(__file__).parent / "results"
 SCORE_BATCH = 32
 
 
-def interleaved(fns: dict, repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Median seconds of each callable; one warm-up call each (unless ``warmup=False``), then rounds."""
+def interleaved(
+    fns: dict, repeats: int, warmup: bool = True, cpu: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Median wall seconds of each callable; one warm-up call each (unless ``warmup=False``), then rounds.
+
+    ``cpu``, when given, receives the median CPU seconds of this process per callable: with one torch
+    thread that is the work done, much less disturbed than wall time by other jobs on a shared machine.
+    """
     for fn in fns.values() if warmup else ():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu_times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({k: statistics.median(v) for k, v in cpu_times.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -144,7 +155,9 @@ def score_cam(repeats: int, arch: str = "resnet18") -> list[dict]:
     if not full:  # a whole warm-up call of each contender would double minutes of runtime
         with torch.no_grad():
             model(masked)
-    t = interleaved({"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}, repeats, warmup=full)
+    cpu: dict[str, float] = {}
+    fns = {"floor": floor, "medlrp": ours, "pytorch-grad-cam": theirs}
+    t = interleaved(fns, repeats, warmup=full, cpu=cpu)
     peer.activations_and_grads.release()
     rows = [
         {
@@ -154,11 +167,17 @@ def score_cam(repeats: int, arch: str = "resnet18") -> list[dict]:
             "floor_seconds": t["floor"],
             "x_floor": t[name] / t["floor"],
             "x_pytorch_grad_cam": t[name] / t["pytorch-grad-cam"],
+            "cpu_seconds": cpu[name],
+            "floor_cpu_seconds": cpu["floor"],
+            "cpu_x_floor": cpu[name] / cpu["floor"],
+            "cpu_x_pytorch_grad_cam": cpu[name] / cpu["pytorch-grad-cam"],
         }
         for name in ("medlrp", "pytorch-grad-cam")
     ]
     for row in rows:
         show(row)
+        cpu_row = {**row, "impl": f"{row['impl']} (CPU s)", "seconds": row["cpu_seconds"]}
+        show(cpu_row | {"x_floor": row["cpu_x_floor"], "x_pytorch_grad_cam": row["cpu_x_pytorch_grad_cam"]})
     return rows
 
 

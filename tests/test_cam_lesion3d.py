@@ -1,103 +1,174 @@
-"""3D: MONAI DenseNet121 maps have the input's shape; on a quickly trained 3D DenseNet (MONAI's DenseNet
-class, small widths so training fits the test budget) the CAMs and occlusion peak on a planted lesion."""
+"""3D: on MONAI DenseNet121 trained here on the medlrp 3D glioma phantom, every CAM and occlusion gives
+maps of the input's spatial shape whose peak lies on the planted tumour.
 
+The model learns "tumour present" (1) vs "absent" (0) from pairs of phantom volumes (32^3, the
+smallest grid DenseNet121 takes: its stem convolution, max pool and three transitions halve it five
+times) that differ only in the tumour (`glioma_case(..., with_lesion=False)` draws the same anatomy and
+noise without it), so the evidence for class 1 is the tumour and nothing else. Training fits the test
+budget: 64 pairs, 6 epochs (130 s of one thread on the shared 2-core machine). BENCHMARKS.md ("CAM and
+gradient methods") has the figures; `benchmarks/cam_3d_phantom.py` prints them.
+"""
+
+import itertools
+
+import numpy as np
 import pytest
 import torch
-from monai.networks.nets import DenseNet, DenseNet121
+from monai.networks.nets import DenseNet121
+from scipy import ndimage
 
 import medlrp
 from medlrp.cam import CAMS
+from medlrp.data.phantom import glioma_case
 
 SIZE = 32
-RADIUS = 5.0  # the lesion mask: within two blob sigmas of the centre
+TRAIN_PAIRS, TEST_PAIRS, EPOCHS, BATCH = 64, 20, 6, 16
+#: The CAM layer: the rectified input of the last convolution of dense block 1 (128 channels, 8^3).
+#: DenseNet121's later maps are 4^3, 2^3 and 1^3 at this grid, too coarse to place a peak within a few
+#: voxels of a tumour; the block's own output concatenates unrectified convolution outputs.
+LAYER = "features.denseblock1.denselayer6.layers.relu2"
+NEAR = 4.0  # voxels, one cell of the layer's 8^3 grid: the peak is inside the tumour or this near it
+SHARE = 0.8  # ... for at least this share of the explained cases
 
 
-def volumes(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noise volumes; odd samples carry a bright Gaussian blob (the lesion) at a random centre."""
-    x = 0.3 * torch.randn(n, 1, SIZE, SIZE, SIZE, generator=generator)
-    label = torch.arange(n) % 2
-    centre = torch.randint(8, SIZE - 8, (n, 3), generator=generator)
-    grid = torch.stack(torch.meshgrid(*[torch.arange(SIZE)] * 3, indexing="ij")).float()
+def pairs(split: int, n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """``2n`` volumes: each phantom case without (label 0) and with (label 1) its tumour; the masks."""
+    xs, labels, masks = [], [], []
     for i in range(n):
-        if label[i]:
-            d2 = ((grid - centre[i].view(3, 1, 1, 1)) ** 2).sum(0)
-            x[i, 0] += 2.0 * torch.exp(-d2 / (2 * 2.5**2))
-    return x, label, centre
+        grade = i % 2  # both tumour grades
+        for present in (0, 1):
+            case = glioma_case([split, i], (SIZE,) * 3, grade, token=False, with_lesion=bool(present))
+            xs.append(case.image)
+            labels.append(present)
+        masks += [case.mask, case.mask]  # the tumour's mask, also for the volume without it
+    return torch.from_numpy(np.stack(xs))[:, None], torch.tensor(labels), np.stack(masks)
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Running BatchNorm statistics for the final weights (an equal-weight average over ``x``).
+
+    After a few fast epochs the running averages (momentum 0.1) still mix in earlier weights, and at
+    this grid the deepest BatchNorms see one position per sample, so eval mode then misclassifies.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), 2 * BATCH):
+            model(x[start : start + 2 * BATCH])
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
 
 
 @pytest.fixture(scope="module")
 def trained():
+    """The trained model, its test accuracy, and the test cases it detects the tumour in (with masks)."""
     torch.manual_seed(0)
+    x, y, _ = pairs(0, TRAIN_PAIRS)
+    model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
-    model = DenseNet(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=2,
-        init_features=8,
-        growth_rate=8,
-        block_config=(2, 2),
-        bn_size=2,
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(24):
-        x, y, _ = volumes(8, generator)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    x, y, centre = volumes(12, generator)
+    for _ in range(EPOCHS):
+        model.train()
+        # Both volumes of a pair in the same batch: the difference between them is the tumour.
+        order = (2 * torch.randperm(TRAIN_PAIRS, generator=generator)[:, None] + torch.arange(2)).flatten()
+        for start in range(0, len(order), BATCH):
+            idx = order[start : start + BATCH]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    recalibrate_batchnorm(model, x)
+    x, y, masks = pairs(1, TEST_PAIRS)
     with torch.no_grad():
-        accuracy = (model(x).argmax(1) == y).float().mean()
-    assert accuracy >= 0.9, "the 3D model did not learn the lesion"
-    return model, x[y == 1], centre[y == 1]
+        right = model(x).argmax(1) == y
+    chosen = right & (y == 1)
+    return model, right.float().mean().item(), x[chosen], masks[chosen.numpy()]
 
 
-def peak(r: torch.Tensor) -> torch.Tensor:
-    """Coordinates of each map's maximum (the centroid of its plateau, for piecewise-constant maps)."""
+def test_the_model_detects_the_tumour(trained):
+    _, accuracy, x, _ = trained
+    assert accuracy >= 0.85, accuracy
+    assert len(x) >= 12  # enough explained cases for the shares below to mean something
+
+
+def plateaus(r: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(N, *spatial)``: where each ``(N, *spatial)`` map attains its maximum."""
     flat = r.flatten(1)
     top = flat >= flat.max(1, keepdim=True).values - 1e-6 * flat.abs().max(1, keepdim=True).values
-    coords = (
-        torch.stack(torch.meshgrid(*[torch.arange(s) for s in r.shape[1:]], indexing="ij")).flatten(1).float()
-    )
-    return (top.float() @ coords.T) / top.sum(1, keepdim=True)
+    return top.view(r.shape)
 
 
-METHODS = [cls.name for cls in CAMS] + ["occlusion"]
+def distances_to_tumour(relevance: torch.Tensor, masks: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """Distance in voxels from each map's peak to its case's tumour mask (0 inside).
+
+    The peak is the centroid of the voxels where the map is maximal (one voxel for a CAM), or with
+    ``nearest`` the plateau's voxel nearest the tumour (for occlusion, whose maps are constant on each
+    window: "the most relevant window overlaps the tumour").
+    """
+    out = []
+    for top, mask in zip(plateaus(relevance.sum(1)).numpy(), masks, strict=True):
+        distance = ndimage.distance_transform_edt(1 - mask)
+        if nearest:
+            out.append(distance[top].min())
+        else:
+            out.append(distance[tuple(np.argwhere(top).mean(0).round().astype(int))])
+    return np.array(out)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_maps_peak_on_the_lesion(trained, method):
-    model, x, centre = trained
-    options = {"window": 8, "stride": 8} if method == "occlusion" else {"layer": "features.denseblock1"}
-    e = medlrp.explain(model, x, 1, method=method, **options)
-    assert e.relevance.shape[0] == len(x) and e.relevance.shape[2:] == (SIZE, SIZE, SIZE)
-    distance = (peak(e.relevance.sum(1)) - centre.float()).norm(dim=1)
-    # "On the lesion": inside the mask or within one voxel of it, for most samples.
-    assert (distance <= RADIUS + 1).float().mean() >= 0.75, distance.tolist()
+def windows(size: int, window: int) -> list[tuple[slice, ...]]:
+    """The occlusion windows of a cube with stride = window."""
+    starts = range(0, size, window)
+    return [tuple(slice(a, a + window) for a in corner) for corner in itertools.product(starts, repeat=3)]
 
 
-def test_default_layer_maps_peak_near_the_lesion(trained):
-    """At the default layer (a 4^3 map: one cell is 8 voxels) the peak is at most a cell away."""
-    model, x, centre = trained
-    e = medlrp.explain(model, x, 1, method="gradcam")
-    assert e.options["layer"] == "class_layers.relu"
-    distance = (peak(e.relevance[:, 0]) - centre.float()).norm(dim=1)
-    assert (distance <= 8).float().mean() >= 0.75, distance.tolist()
+def test_on_the_tumour_is_a_small_target(trained):
+    """The criteria can fail: a peak at a random voxel, or a random window, meets them rarely."""
+    *_, masks = trained
+    near = np.mean([(ndimage.distance_transform_edt(1 - m) <= NEAR).mean() for m in masks])
+    assert near < 0.15, near
+    overlaps = np.mean([np.mean([m[w].any() for w in windows(SIZE, 8)]) for m in masks])
+    assert overlaps < 0.15, overlaps
 
 
-def test_densenet121_3d_maps_have_the_input_shape():
-    """The gradient CAMs on MONAI DenseNet121 (3D, 32^3); Score-CAM and occlusion run above on the
-    trained DenseNet (the same code path, at a fraction of DenseNet121's cost per forward pass)."""
-    torch.manual_seed(0)
-    model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2).eval()
-    x = torch.randn(1, 1, SIZE, SIZE, SIZE)
-    e = medlrp.explain(model, x, 1, method="gradcam")
+@pytest.mark.parametrize("method", [cls.name for cls in CAMS if cls.uses_gradients])
+def test_gradient_cams_peak_on_the_tumour(trained, method):
+    model, _, x, masks = trained
+    e = medlrp.explain(model, x, 1, method=method, layer=LAYER)
+    assert e.relevance.shape == (len(x), 1, SIZE, SIZE, SIZE)
+    distance = distances_to_tumour(e.relevance, masks)
+    assert (distance <= NEAR).mean() >= SHARE, distance.tolist()
+
+
+def test_scorecam_peaks_on_the_tumour(trained):
+    """Score-CAM on the same layer (all 128 channels) for 4 cases: 512 forward passes of DenseNet121."""
+    model, _, x, masks = trained
+    e = medlrp.explain(model, x[:4], 1, method="scorecam", layer=LAYER)
+    assert e.relevance.shape == (4, 1, SIZE, SIZE, SIZE)
+    distance = distances_to_tumour(e.relevance, masks[:4])
+    assert (distance <= NEAR).mean() >= 0.75, distance.tolist()
+
+
+def test_occlusion_peaks_on_the_tumour(trained):
+    """Occlusion with 8^3 windows (64 per case) for 8 cases: the most relevant window overlaps the tumour."""
+    model, _, x, masks = trained
+    e = medlrp.explain(model, x[:8], 1, method="occlusion", window=8, stride=8)
+    assert e.relevance.shape == (8, 1, SIZE, SIZE, SIZE)
+    distance = distances_to_tumour(e.relevance, masks[:8], nearest=True)
+    assert (distance == 0).mean() >= 0.75, distance.tolist()
+
+
+def test_densenet121_default_layer_and_deeper_maps_have_the_input_shape(trained):
+    model, _, x, _ = trained
+    e = medlrp.explain(model, x[:2], 1, method="gradcam")
     assert e.options["layer"] == "features.transition3.conv"  # the last map with more than one position
     for cls in CAMS:
         if cls.uses_gradients:
-            e = medlrp.explain(model, x, 1, method=cls.name, layer="features.denseblock3")
-            assert e.relevance.shape == (1, 1, SIZE, SIZE, SIZE), cls.name
+            e = medlrp.explain(model, x[:2], 1, method=cls.name, layer="features.denseblock3")
+            assert e.relevance.shape == (2, 1, SIZE, SIZE, SIZE), cls.name
             assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
 
 
