@@ -194,10 +194,39 @@ class LinearCall:
             if key == "Z":
                 hit = self.call(self.x_routed, self.weight, self._raw_bias())
             else:
-                inp, w = _PRODUCTS[key]
-                hit = self.call(self._input(inp, True), self._weight(w), None)
+                hit = self._product(key, True)
             self._routed[key] = hit
         return hit
+
+    def _product(self, key: str, routed: bool) -> Tensor:
+        inp, w = _PRODUCTS[key]
+        x = self._input(inp, routed)
+        if key == "F":
+            flat = self._flat(x)
+            if flat is not None:
+                return flat
+        return self.call(x, self._weight(w), None)
+
+    def _flat(self, ones: Tensor) -> Tensor | None:
+        """``ones * ones-weights`` is the same for every output channel: one channel, expanded.
+
+        Exact (the gradient of the expansion sums over the channels, as the full product's would), and
+        one output channel's cost instead of all; ``None`` where a single-channel weight does not fit
+        the call (grouped or transposed convolutions), which then compute the full product.
+        """
+        shape = self.z_value.shape
+        try:
+            one = self.call(ones, torch.ones_like(self.weight[:1]), None)
+        except RuntimeError:
+            return None
+        cdim = self.channel_dim % len(shape)
+        if (
+            one.dim() != len(shape)
+            or one.shape[cdim] != 1
+            or any(a != b for i, (a, b) in enumerate(zip(one.shape, shape, strict=True)) if i != cdim)
+        ):
+            return None
+        return one.expand(shape)
 
     def value(self, key: str) -> Tensor:
         """The product ``key``'s true value (with its graph in dual mode)."""
@@ -207,8 +236,7 @@ class LinearCall:
             return self.routed_product(key).detach()
         hit = self._true.get(key)
         if hit is None:
-            inp, w = _PRODUCTS[key]
-            hit = self._true[key] = self.call(self._input(inp, False), self._weight(w), None)
+            hit = self._true[key] = self._product(key, False)
         return hit
 
     def _raw_bias(self) -> Tensor | None:

@@ -569,6 +569,40 @@ class Flat(LinearRule):
         """See :meth:`LinearRule.coefficients`."""
         return {"F": q.z / stabilize(q["F"], self.stabilizer)}
 
+    relu_variant = True
+
+    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
+        """See :meth:`LinearRule.fast_keys`: every input and scale (flat ignores the weights)."""
+        return ("F",)
+
+    def relu_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor] | None:
+        """``[F + eps]`` (``F >= 0`` counts inputs, so ``stab(F) = F + eps``; one channel, expanded)."""
+        f = p["F"]
+        if f.dim() > 1 and f.stride(1) == 0:  # one channel expanded over the others: keep one
+            f = f.narrow(1, 0, 1)
+        return [f + self.stabilizer]
+
+    def fast_state(
+        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
+    ) -> list[Tensor]:
+        """``[z / (F + eps)]``."""
+        (den,) = self.relu_state(z, p, s, bias) or []
+        return [torch.div(z, den)]
+
+    def fast_grads(
+        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.fast_grads`."""
+        return (state[0].mul_(grad),)
+
+    def relu_grads(
+        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
+    ) -> tuple[Tensor, ...]:
+        """See :meth:`LinearRule.relu_grads`."""
+        return (torch.div(z, state[0]).mul_(grad),)
+
 
 class WSquare(LinearRule):
     """LRP-w^2: ``R_in = (V**2)^T (R / stab(V**2 1 + beta**2))`` (zennit squares the bias too)."""
