@@ -282,12 +282,18 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             engine.track(true, routed).nonneg = nonneg
             return true
         value = true.detach()
+
+        def after_relu(state: Any, grad: Tensor) -> tuple[Tensor]:
+            # read by an in-place ReLU only: nothing kept, the ratio is taken of the ReLU's output
+            return (stabilized_ratio(value, NORM_STABILIZER).mul_(grad),)
+
         routed = route(
             value,
             [true],
             compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)],
             owned=True,
             guard=(value,),
+            relu=(list, after_relu),
         )
         engine.track(routed).nonneg = nonneg
         return routed
