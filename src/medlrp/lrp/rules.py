@@ -206,8 +206,11 @@ class Epsilon(LinearRule):
         return ("Z",)
 
     def _scaled_ratio(self, z: Tensor, s: Tensor | None) -> Tensor:
-        c = stabilized_ratio(z, self.epsilon)
-        return c if s is None else c.mul_(s)
+        if s is None:
+            return stabilized_ratio(z, self.epsilon)
+        # s / (1 + |eps / z|) = s |z| / (|z| + eps): the scale divides instead of a reciprocal and a product
+        t = torch.div(torch.full((), self.epsilon, dtype=z.dtype, device=z.device), z).abs_().add_(1.0)
+        return torch.div(s, t, out=t)
 
     def fast_state(
         self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
