@@ -9,15 +9,6 @@ import medlrp
 from medlrp import metrics as M
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: thread wake-ups cost more than the work on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear(shape, classes=3, seed=0):
     torch.manual_seed(seed)
     lin = torch.nn.Linear(math.prod(shape), classes, dtype=torch.float64)

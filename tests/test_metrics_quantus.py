@@ -15,15 +15,6 @@ quantus = pytest.importorskip("quantus")
 warnings.filterwarnings("ignore")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: thread wake-ups cost more than the work on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model():
     torch.manual_seed(0)
     layers = [
