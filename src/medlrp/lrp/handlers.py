@@ -183,9 +183,10 @@ def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
             node.linear, node.gate, node.nonneg, node.is_input = None, False, True, False
             return x
         settle(x)
-    return transparent(torch.relu, sign="nonneg")(engine, torch.relu, (x,), {})
+    return _RELU_OUT_OF_PLACE(engine, torch.relu, (x,), {})
 
 
+_RELU_OUT_OF_PLACE = transparent(torch.relu, sign="nonneg")
 _RELU_INPLACE = set(variants("relu_"))
 register_handler(*variants("relu", "relu_"))(_relu)
 DEFERRING.update(variants("relu", "relu_"))  # settles its input itself (a ReLU variant when in place)

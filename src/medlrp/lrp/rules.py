@@ -161,8 +161,11 @@ class LinearRule(Rule):
     def fast_grads(
         self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
     ) -> tuple[Tensor, ...]:
-        """The products' gradients (in :meth:`fast_keys` order; consumes ``state``)."""
-        raise NotImplementedError
+        """The products' gradients (in :meth:`fast_keys` order; consumes ``state``).
+
+        Default: the state holds one coefficient per product, scaled in place by the gradient.
+        """
+        return tuple(c.mul_(grad) for c in state)
 
     #: Has :meth:`relu_state` / :meth:`relu_grads`.
     relu_variant = False
@@ -217,12 +220,6 @@ class Epsilon(LinearRule):
     ) -> list[Tensor]:
         """``[s z / stab(z)]``."""
         return [self._scaled_ratio(z, s)]
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.fast_grads`."""
-        return (state[0].mul_(grad),)
 
     def relu_state(
         self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
@@ -593,12 +590,6 @@ class Flat(LinearRule):
         """``[z / (F + eps)]``."""
         (den,) = self.relu_state(z, p, s, bias) or []
         return [torch.div(z, den)]
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.fast_grads`."""
-        return (state[0].mul_(grad),)
 
     def relu_grads(
         self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
