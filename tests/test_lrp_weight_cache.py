@@ -1,4 +1,4 @@
-"""The clamped-weight cache of one LRP object: reused between calls, invalidated by parameter changes."""
+"""Clamped weights of one LRP object follow parameter changes between calls (they are never kept)."""
 
 import torch
 from torch import nn

@@ -243,22 +243,62 @@ class Engine(TorchFunctionMode):
         return leaf
 
     def weight_part(self, weight: torch.Tensor, part: str) -> torch.Tensor:
-        """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (``"|"``), computed once per pass if needed.
+        """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (``"|"``).
 
-        In the fast path (not dual) the result is detached (the relevance never differentiates w.r.t.
-        parameters there) and, with a :class:`WeightCache`, reused by later passes.
+        Dual mode: computed once per pass, with its graph. Fast path: detached and computed per call,
+        never kept (see :func:`clamped_product`: the backward pass recomputes it instead of saving it).
         """
+        if not self.dual:
+            return _part(weight.detach(), part)
         key = (id(weight), part)
         hit = self.cache.get(key)
         if hit is None:
-            if self.dual:
-                hit = _part(weight, part)
-            elif self.weights is not None:
-                hit = self.weights.part(weight, part)
-            else:
-                hit = _part(weight.detach(), part)
-            self.cache[key] = hit
+            hit = self.cache[key] = _part(weight, part)
         return hit
+
+
+def clamped_product(
+    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    part: str,
+) -> torch.Tensor:
+    """``call(x, W_part)`` whose autograd node recomputes ``W_part`` in the backward pass.
+
+    Autograd would keep the clamped weight of every layer from the forward to the backward pass (one
+    copy of the model's weights for z+, gamma and alpha-beta); clamping again costs a fraction of one
+    product. An in-place change of ``weight`` in between is an error, as autograd's own check would be.
+    """
+    wp = _part(weight.detach(), part)
+    version = weight._version
+    storage = wp.untyped_storage().data_ptr()
+
+    def pack(t: torch.Tensor) -> Any:
+        # the clamped weight itself or a view of it (``F.linear`` saves its transpose)
+        if t.untyped_storage().data_ptr() == storage:
+            return _Recipe(t.size(), t.stride(), t.storage_offset())
+        return t
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if not isinstance(saved, _Recipe):
+            return saved
+        if weight._version != version:
+            raise RuntimeError(
+                "medlrp: a weight was modified in place between the forward and the backward pass of LRP"
+            )
+        return _part(weight.detach(), part).as_strided(saved.size, saved.stride, saved.offset)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return call(x, wp, None)
+
+
+class _Recipe:
+    """A saved clamped weight (or a view of it) that the backward pass recomputes."""
+
+    __slots__ = ("size", "stride", "offset")
+
+    def __init__(self, size: torch.Size, stride: tuple[int, ...], offset: int) -> None:
+        self.size, self.stride, self.offset = size, stride, offset
 
 
 def _part(w: torch.Tensor, part: str) -> torch.Tensor:
@@ -269,40 +309,12 @@ def _part(w: torch.Tensor, part: str) -> torch.Tensor:
     return w.abs()
 
 
-_Entry = tuple["weakref.ref[torch.Tensor]", tuple[int, int], torch.Tensor]
-
-
 class WeightCache:
-    """Clamped weights (``W+``, ``W-``, ``|W|``) kept between the passes of one explainer.
+    """The per-explainer store of derived weights (the ViT fast path's ``k |W|``), kept between calls.
 
-    An entry is keyed by the weight's identity and valid while the weight object is the same and its
-    version counter (``weight._version``, bumped by every in-place change such as an optimiser step)
-    and storage address are unchanged; a stale entry is recomputed. Changes made through ``.data``
-    (which bypasses the version counter) are not seen. Values are detached: only for the fast path.
+    An owner token: stores keyed by it live and die with the explainer (see
+    :mod:`medlrp.lrp.transformer_fast`).
     """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, str], _Entry] = {}
-
-    def part(self, weight: torch.Tensor, part: str) -> torch.Tensor:
-        """``W+``, ``W-`` or ``|W|`` (``part``: ``"+"``, ``"-"``, ``"|"``), detached, cached while valid."""
-        key = (id(weight), part)
-        entry = self._entries.get(key)
-        # the storage address too: ``param.data = other`` swaps the storage without a version bump
-        version = (weight._version, weight.data_ptr())
-        if entry is not None and entry[0]() is weight and entry[1] == version:
-            return entry[2]
-        value = _part(weight.detach(), part)
-        try:
-            ref = weakref.ref(weight)
-        except TypeError:  # pragma: no cover - every torch.Tensor is weak-referenceable
-            return value
-        self._entries[key] = (ref, version, value)
-        return value
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        self._entries.clear()
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:

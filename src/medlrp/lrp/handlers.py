@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from medlrp.lrp.engine import DEFERRING, Engine, Handler, _tensors
 from medlrp.lrp.linear import LinearCall, bind_linear, make_call
+from medlrp.lrp.pooling import compact_max_pool, pool_arguments
 from medlrp.lrp.route import route, settle
 from medlrp.lrp.rules import LinearRule, stabilize, stabilized_ratio
 
@@ -155,7 +156,7 @@ _VIEWS = (
     "view view_as reshape reshape_as flatten unflatten permute transpose swapaxes t squeeze unsqueeze "
     "contiguous expand expand_as repeat narrow select split chunk unbind tensor_split movedim moveaxis "
     "cat concat concatenate stack hstack vstack flip roll index_select gather take_along_dim "
-    "max_pool1d max_pool2d max_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
+    "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
     "max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices "
     "pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle "
     "amax amin max min maximum minimum"
@@ -166,6 +167,26 @@ for _f in variants("neg", "leaky_relu", "constant_pad_nd", "pad") + [torch.Tenso
     register_handler(_f)(transparent(sign="unknown"))
 for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type_as", "identity"):
     register_handler(_f)(transparent(keeps_input=True))
+
+
+def _max_pool(dims: int) -> Handler:
+    """Max pooling: autograd's node in dual mode; in the fast path a node keeping one byte per output."""
+    plain = transparent()
+
+    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x = args[0] if args else kwargs.get("input")
+        p = None if engine.dual or not isinstance(x, Tensor) else pool_arguments(dims, args[1:], kwargs)
+        if p is None or x.dim() < dims + 1 or engine.node(x) is None:
+            return plain(engine, func, args, kwargs)
+        out = compact_max_pool(x, dims, p)
+        _track_all(engine, out, out, nonneg=_all_nonneg(engine, (x,)))
+        return out
+
+    return handler
+
+
+for _dims in (1, 2, 3):
+    register_handler(*variants(f"max_pool{_dims}d"))(_max_pool(_dims))
 
 
 def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

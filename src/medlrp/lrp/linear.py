@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from medlrp.lrp.engine import Engine
+from medlrp.lrp.engine import Engine, clamped_product
 from medlrp.lrp.route import route
 from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox
 
@@ -205,6 +205,8 @@ class LinearCall:
             flat = self._flat(x)
             if flat is not None:
                 return flat
+        if w in ("W+", "W-", "|W|") and not self.engine.dual:
+            return clamped_product(self.call, x, self.weight, w[1])
         return self.call(x, self._weight(w), None)
 
     def _flat(self, ones: Tensor) -> Tensor | None:

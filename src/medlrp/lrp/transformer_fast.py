@@ -175,7 +175,7 @@ class _AbsWeights:
         return value
 
 
-# one store per explainer's weight cache: it lives and dies with the explainer
+# one store per explainer (its WeightCache token): it lives and dies with the explainer
 _ABS_WEIGHTS: weakref.WeakKeyDictionary[Any, _AbsWeights] = weakref.WeakKeyDictionary()
 
 
