@@ -99,3 +99,36 @@ def test_clamped_product_refuses_a_weight_changed_before_the_backward() -> None:
     w.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "name", ["epsilon-plus", "epsilon-gamma-box", "epsilon-alpha2-beta1", "epsilon-plus-flat"]
+)
+def test_cheap_layers_recompute_their_state(name: str, monkeypatch) -> None:
+    """A one-channel first layer and a depthwise convolution (fan-in 9) keep no state; same relevance."""
+    import medlrp.lrp.linear as linear
+
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 10 * 10, 3),
+    ).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    lrp = medlrp.LRP(model, name)
+    fast = lrp.relevance(x, 2)
+    dual = lrp.relevance(x, 2, create_graph=True).detach()
+    torch.testing.assert_close(fast, dual, rtol=1e-9, atol=1e-12)
+    monkeypatch.setattr(linear, "CHEAP_FAN_IN", 0)  # everything kept from the forward pass
+    torch.testing.assert_close(lrp.relevance(x, 2), fast, rtol=1e-9, atol=1e-12)

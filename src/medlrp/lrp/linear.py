@@ -27,7 +27,7 @@ import torch
 
 from medlrp.lrp.engine import Engine, clamped_product
 from medlrp.lrp.route import route
-from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox
+from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox, _affine
 
 Tensor = torch.Tensor
 
@@ -46,6 +46,15 @@ _PRODUCTS = {
     "Q": ("ones", "W2"),
     "M": ("|x|", "|W|"),  # |W| |x| = V+x+ + V-x- - V+x- - V-x+: the fused path for inputs of both signs
 }
+
+
+#: Layers whose products cost at most this many multiply-adds per output element (a first layer on 1-3
+#: channels, a depthwise convolution) keep no rule state: the backward pass recomputes their products.
+CHEAP_FAN_IN = 32
+
+
+def _clamp(w: Tensor, part: str) -> Tensor:
+    return w.clamp(min=0) if part == "+" else w.clamp(max=0) if part == "-" else w.abs()
 
 
 class Scale:
@@ -407,8 +416,50 @@ class LinearCall:
                 return rule.relu_grads(list(state), z, s, grad, nonneg)  # type: ignore[arg-type]
 
             relu = (relu_compute, relu_expand)
+        if self._cheap(fast):
+            # keep nothing: the backward pass recomputes this cheap layer's products (its output is
+            # large: a first layer on a few channels, a depthwise convolution), then the state
+            recompute = self._recompute(fast, s, bias)
+
+            def expand_again(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
+                z_again, values_again = recompute()
+                return rule.fast_grads(rule.fast_state(z_again, values_again, s, bias), s, grad, nonneg)
+
+            return route(z, products, compute=list, expand=expand_again)  # type: ignore[arg-type]
         guard = (z, *values.values())
         return route(z, products, compute=compute, guard=guard, expand=expand, relu=relu)  # type: ignore[arg-type]
+
+    def _cheap(self, keys: Sequence[str]) -> bool:
+        """Whether the fused state is worth recomputing: products of at most :data:`CHEAP_FAN_IN` terms."""
+        if "F" in keys or keys == ("Z",):
+            return False  # flat keeps one channel, epsilon keeps nothing: no state to save
+        return self.weight.dim() > 2 and self.weight[0].numel() <= CHEAP_FAN_IN
+
+    def _recompute(
+        self, keys: Sequence[str], s: Tensor | None, bias: Tensor | float
+    ) -> Callable[[], tuple[Tensor, dict[str, Tensor]]]:
+        """A closure giving ``(z, products)`` again from the input; holds no output-sized tensor."""
+        call, weight, x = self.call, self.weight.detach(), self.x_routed.detach()
+        inputs = {kind: true.detach() for kind, (true, _) in self.references.items()}
+        nonneg = self.nonneg
+        scale = 1.0 if s is None else s
+
+        def product(key: str) -> Tensor:
+            kind, part = _PRODUCTS[key]
+            if kind == "x+":
+                inp = x if nonneg else x.clamp(min=0)
+            elif kind == "|x|":
+                inp = x.abs()
+            else:
+                inp = inputs[kind]
+            return call(inp, _clamp(weight, part[1]), None)
+
+        def recompute() -> tuple[Tensor, dict[str, Tensor]]:
+            with torch.no_grad():
+                z = _affine(call(x, weight, None), scale, bias)
+                return z, {k: product(k) for k in keys if k != "Z"}
+
+        return recompute
 
     def _finish(self, z: Tensor, routed: Tensor) -> Tensor:
         if self.engine.dual:
