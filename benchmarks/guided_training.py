@@ -228,6 +228,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         criterion=GuidanceLoss(),
         composite=s["composite"],
         explain_every=s["explain_every"],
+        reference_weight=s.get("reference_weight", 0.0),
     )
     row: dict[str, Any] = {"settings": s, "seed": seed}
     models = {}
@@ -284,6 +285,7 @@ def main() -> None:
     parser.add_argument("--guidance-weight", type=float, default=None, help="override every arch's")
     parser.add_argument("--cnn-composite", default=None, help="override the CNN's guidance composite")
     parser.add_argument("--explain-every", type=int, default=None, help="override every arch's")
+    parser.add_argument("--reference-weight", type=float, default=None, help="override every arch's")
     parser.add_argument("--repeats", type=int, default=10, help="step-time repeats (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs: a smoke run")
@@ -296,6 +298,8 @@ def main() -> None:
             s["weight"] = args.guidance_weight
         if args.explain_every is not None:
             s["explain_every"] = args.explain_every
+        if args.reference_weight is not None:
+            s["reference_weight"] = args.reference_weight
         if args.quick:
             s["n"], s["epochs"] = 120, 2
     if args.cnn_composite is not None and "cnn2d" in settings:

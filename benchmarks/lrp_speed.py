@@ -12,7 +12,11 @@ input (parameters not requiring grad), on the same model and batch. zennit runs 
 Memory: each contender runs once in a fresh subprocess; the figure is the peak resident set size
 during the run (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` right before the run) minus
 the resident set size just before it (model and input loaded).
-torch allocates on the CPU through the C allocator, which tracemalloc cannot see; RSS does.
+torch allocates on the CPU through the C allocator, which tracemalloc cannot see; RSS does. The
+subprocesses run with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc): blocks of 64 KB and more are mapped
+and unmapped on their own, so freed tensors leave the resident set at once and the peak is the peak
+of live tensors. Without it the figure depends on how the heap happened to fragment (plain VGG16
+measured 356-469 MB over five runs; with it 309 MB every time).
 Writes benchmarks/results/lrp_speed.json.
 """
 
@@ -159,7 +163,8 @@ def memory_all(arch: str, size: int, batch: int, with_zennit: bool) -> dict[str,
     for kind, name in contenders(with_zennit):
         key = f"{kind}:{name}"
         cmd = [sys.executable, __file__, "--one", arch, str(size), str(batch), key]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[key] = float(res.stdout.strip().splitlines()[-1])
     return out
 

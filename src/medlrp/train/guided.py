@@ -56,7 +56,7 @@ from torch import nn
 
 from medlrp.errors import InputError
 from medlrp.targets import one_hot_logit
-from medlrp.train.guided_losses import GuidanceLoss
+from medlrp.train.guided_losses import GuidanceLoss, ReferenceLoss, masked_reference
 
 __all__ = [
     "GuidedLoss",
@@ -252,6 +252,37 @@ def batch_statistics_as_running(stats: BatchStats) -> Iterator[None]:
             m.running_mean, m.running_var = mean, var
 
 
+def forward_with_statistics(model: nn.Module, x: torch.Tensor, stats: BatchStats) -> torch.Tensor:
+    """``model(x)`` in eval mode with the recorded batch statistics, differentiable through them.
+
+    ``F.batch_norm`` refuses running statistics that require grad, so each BatchNorm runs on detached
+    statistics and a forward hook adds ``bn(x; mean, var) - bn(x; detached)``: zero in value, the
+    statistics' gradient in the backward pass (as in the training forward and the LRP pass).
+    """
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        mean, var = stats[module]
+        inp = args[0]
+        shape = (1, -1) + (1,) * (inp.dim() - 2)
+
+        def affine(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            scale = torch.rsqrt(v + module.eps)
+            if module.weight is not None:
+                scale = scale * module.weight
+            return (inp - m.reshape(shape)) * scale.reshape(shape)
+
+        return output + (affine(mean, var) - affine(mean.detach(), var.detach()))
+
+    detached = {m: (mean.detach(), var.detach()) for m, (mean, var) in stats.items()}
+    handles = [m.register_forward_hook(hook) for m in stats]
+    try:
+        with eval_mode(model), batch_statistics_as_running(detached):
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
     """Dilate ``(N, 1, *spatial)`` masks (2D or 3D) by ``margin`` pixels (a cube/square neighbourhood)."""
     if margin <= 0:
@@ -274,6 +305,9 @@ class GuidedLoss(nn.Module):
         mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
             carry relevance then includes the lesion's surroundings (a classifier reads a lesion
             against its context, so a tight lesion mask also penalises right reasons).
+        reference_weight: Weight of :class:`~medlrp.train.guided_losses.ReferenceLoss` on the
+            explained cases (relevance relative to the case with its outside region made constant;
+            it sees what units switched off by the outside carry). 0 leaves it out.
     """
 
     def __init__(
@@ -285,6 +319,7 @@ class GuidedLoss(nn.Module):
         start: str | StartFn = "logit-difference",
         explain_every: int = 8,
         mask_margin: int = 0,
+        reference_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -299,6 +334,10 @@ class GuidedLoss(nn.Module):
         if mask_margin < 0:
             raise InputError(f"mask_margin must be >= 0, got {mask_margin}")
         self.mask_margin = int(mask_margin)
+        if not reference_weight >= 0:
+            raise InputError(f"reference weight must be >= 0, got {reference_weight}")
+        self.reference_weight = float(reference_weight)
+        self.reference = ReferenceLoss()
 
     def selection(self, n: int, has_mask: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
         """Which of ``n`` cases to explain: bool ``(n,)``.
@@ -348,10 +387,16 @@ class GuidedLoss(nn.Module):
         picked = self.selection(x.shape[0], has_mask, offset).to(x.device)
         if not bool(picked.any()):
             return ce, parts
+        region = grow_mask(mask[picked], self.mask_margin)
         with eval_mode(model), batch_statistics_as_running(stats):
             relevance, out = self.relevance_fn(model, x[picked], y[picked], self.start)
+        if self.reference_weight:
+            out_ref = forward_with_statistics(model, masked_reference(x[picked], region), stats)
         explained = self.start(out, y[picked]).sum(dim=1)
-        guidance = self.criterion(relevance, grow_mask(mask[picked], self.mask_margin), explained)
+        guidance = self.criterion(relevance, region, explained)
+        if self.reference_weight:
+            explained_ref = self.start(out_ref, y[picked]).sum(dim=1)
+            guidance = guidance + self.reference_weight * self.reference(explained, explained_ref)
         # mean over the explained cases -> unbiased estimate of the mean over the batch
         guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
         parts["guidance"] = guidance.detach()

@@ -21,6 +21,12 @@ Why the losses look the way they do (each closes a loophole a model uses to keep
   decides: the mass loss asks the mask region to explain the logit itself (``R_in == logit``), so any
   part of the decision not carried by the mask region (outside, absorbed by biases, hidden behind
   saturation) costs.
+- No rule that explains ``f(x)`` along the active paths sees evidence carried by units the shortcut
+  switches *off* (measured: guided CNNs then read the token while LRP shows nothing in its corner).
+  Relevance relative to a reference point does: for a reference ``x_ref`` equal to ``x`` inside the
+  mask and neutral outside, any complete attribution of ``f(x) - f(x_ref)`` lies outside the mask and
+  sums to ``f(x) - f(x_ref)``; :class:`ReferenceLoss` asks that sum to vanish
+  (:func:`masked_reference` builds the reference).
 - Explaining the target logit only lets the shortcut move into the other classes' logits: explain the
   logit difference (see :mod:`medlrp.train.guided`) or every class (:class:`BackgroundRelevanceLoss`).
 
@@ -38,10 +44,12 @@ from medlrp.errors import InputError
 
 __all__ = [
     "BackgroundRelevanceLoss",
+    "ReferenceLoss",
     "GuidanceLoss",
     "RelevanceMassLoss",
     "RelevanceOutsideLoss",
     "align_mask",
+    "masked_reference",
 ]
 
 
@@ -258,3 +266,52 @@ class GuidanceLoss(nn.Module):
         if self.mass_weight:
             loss = loss + self.mass_weight * self.mass(relevance, mask, logit, weight)
         return loss
+
+
+def masked_reference(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` inside the mask, each case's mean over its outside region outside (channel by channel).
+
+    The reference point of :class:`ReferenceLoss`: whatever the region outside the mask carries (a
+    token, a marker, the scanner's background texture) is replaced by a constant, nothing else changes.
+    """
+    m = align_mask(mask, x)
+    outside = (1 - m).expand_as(x)
+    dims = tuple(range(2, x.ndim))
+    mean = (x * outside).sum(dims, keepdim=True) / outside.sum(dims, keepdim=True).clamp_min(1.0)
+    return x * m + mean * (1 - m)
+
+
+class ReferenceLoss(nn.Module):
+    """What the region outside the mask does to the explained logit, relative to a reference point.
+
+    Per case: ``((e - e_ref) / max(|e|, |e_ref|)) ** 2`` with ``e`` the explained quantity (e.g. the logit
+    difference) of the case and ``e_ref`` that of its reference (:func:`masked_reference`: the same
+    inside the mask). By completeness ``e - e_ref`` is the total relevance of ``f(x) - f(x_ref)``, all of
+    it outside the mask, including what units switched off by the outside region carry, which
+    relevance of ``f(x)`` alone cannot show. The unit is detached (see :func:`_scale`).
+
+    Args:
+        tau: Lower bound of the unit.
+    """
+
+    def __init__(self, tau: float = 1e-6) -> None:
+        super().__init__()
+        self.tau = float(tau)
+
+    def forward(
+        self, explained: torch.Tensor, explained_ref: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the scalar loss of the batch.
+
+        Args:
+            explained: ``(N,)`` the explained quantity of each case.
+            explained_ref: ``(N,)`` the same for each case's reference.
+            weight: ``(N,)`` per-case weights.
+        """
+        if explained.shape != explained_ref.shape or explained.ndim != 1:
+            raise InputError(
+                f"ReferenceLoss: explained {tuple(explained.shape)} and reference "
+                f"{tuple(explained_ref.shape)} must both have shape (N,)"
+            )
+        unit = torch.maximum(explained.detach().abs(), explained_ref.detach().abs()).clamp_min(self.tau)
+        return _reduce(((explained - explained_ref) / unit) ** 2, weight)
