@@ -66,8 +66,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "arch_kwargs": {},
         "composite": "epsilon-alpha2-beta1-flat",
-        "explain_every": 8,
+        "explain_every": 16,
         "weight": 0.3,
+        "reference_weight": 3.0,
+        "reference_every": 2,
     },
     "vit2d": {
         "n": 1200,
@@ -75,18 +77,53 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "arch_kwargs": {"patch_size": 16},
         "composite": None,
-        "explain_every": 8,
-        "weight": 0.03,  # 0.1 and more: the guided ViT stops learning (BENCHMARKS.md)
+        "explain_every": 16,
+        "weight": 0.3,
+        "reference_weight": 3.0,
+        "reference_every": 2,
     },
 }
 
 
-def phantom(confounded: bool, n: int, seed: int, size: int, mask_kind: str = "tumour") -> dict[str, Batch]:
-    """The glioma 2D phantom in memory, split into train/val/test batches (z-scored like a checkpoint).
+#: ``(mean, std)`` of one fixed intensity map for a whole data set, or ``None``: each image z-scored on
+#: its own (Preprocessing's default). Per-image z-scoring leaks the token into every pixel: a bright
+#: patch raises the image's mean and std, so the whole head shifts with it (measured: guided models
+#: then read the token from the head's intensities, where no mask can object). See BENCHMARKS.md.
+Scale = tuple[float, float] | None
 
-    ``mask_kind``: ``"tumour"`` (the lesion masks) or ``"head"`` (each case's ``region``).
+
+def _prep(scale: Scale, size: int) -> Any:
+    prep = Preprocessing(
+        dims=2, channels=1, size=[size, size], intensity="zscore" if scale is None else "none"
+    )
+    if scale is None:
+        return prep
+    mean, std = scale
+    return lambda image: (prep(image) - mean) / std
+
+
+def fixed_scale(n: int, seed: int, size: int) -> tuple[float, float]:
+    """Mean and std of the confounded training split's raw intensities (one map for every split)."""
+    prep = Preprocessing(dims=2, channels=1, size=[size, size], intensity="none")
+    x = torch.stack(
+        [
+            prep(c.image[None])
+            for split, _, c in iter_cases(PhantomSpec("glioma", 2, n, True, seed, size))
+            if split == "train"
+        ]
+    )
+    return float(x.mean()), float(x.std())
+
+
+def phantom(
+    confounded: bool, n: int, seed: int, size: int, mask_kind: str = "tumour", scale: Scale = None
+) -> dict[str, Batch]:
+    """The glioma 2D phantom in memory, split into train/val/test batches.
+
+    ``mask_kind``: ``"tumour"`` (the lesion masks) or ``"head"`` (each case's ``region``); ``scale``:
+    see :data:`Scale`.
     """
-    prep = Preprocessing(dims=2, channels=1, size=[size, size])
+    prep = _prep(scale, size)
     cases: dict[str, list[Any]] = {}
     for split, case_id, case in iter_cases(PhantomSpec("glioma", 2, n, confounded, seed, size)):
         cases.setdefault(split, []).append((case_id, case))
@@ -111,9 +148,9 @@ def test_tokens(n: int, seed: int, size: int) -> torch.Tensor:
     return torch.tensor([c.token for split, _, c in iter_cases(spec) if split == "test"])
 
 
-def token_pairs(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every test case drawn with and without the token (nothing else differs), z-scored."""
-    prep = Preprocessing(dims=2, channels=1, size=[size, size])
+def token_pairs(n: int, seed: int, size: int, scale: Scale = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every test case drawn with and without the token (nothing else differs), normalised."""
+    prep = _prep(scale, size)
     split_idx = list(split_sizes(n)).index("test")
     on, off = [], []
     for i in range(split_sizes(n)["test"]):
@@ -213,22 +250,24 @@ def step_ratio(model: torch.nn.Module, batch: Batch, guided: Any, repeats: int) 
 
 def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """(a), (b), (c) and the step-time ratio for one architecture and seed."""
-    confounded = phantom(True, s["n"], seed, args.size)
-    guiding = phantom(True, s["n"], seed, args.size, args.mask_kind)["train"]
-    clean = phantom(False, s["n"], seed, args.size)
+    scale = fixed_scale(s["n"], seed, args.size) if args.normalise == "fixed" else None
+    confounded = phantom(True, s["n"], seed, args.size, scale=scale)
+    guiding = phantom(True, s["n"], seed, args.size, args.mask_kind, scale=scale)["train"]
+    clean = phantom(False, s["n"], seed, args.size, scale=scale)
     test = confounded["test"]  # identical to clean["test"]: token independent of the class
     assert torch.equal(test.x, clean["test"].x)
     tokens = test_tokens(s["n"], seed, args.size)
-    pairs = token_pairs(s["n"], seed, args.size)
+    pairs = token_pairs(s["n"], seed, args.size, scale)
     assert torch.equal(pairs[0][tokens], test.x[tokens]) and torch.equal(pairs[1][~tokens], test.x[~tokens])
     guiding = guiding._replace(mask=grow_mask(guiding.mask, args.mask_margin))
     config = TrainConfig(epochs=s["epochs"], batch_size=args.batch_size, lr=s["lr"], seed=seed)
     guided = GuidedLoss(
         s["weight"],
-        criterion=GuidanceLoss(),
+        criterion=GuidanceLoss(tau=1.0),
         composite=s["composite"],
         explain_every=s["explain_every"],
-        reference_weight=s.get("reference_weight", 0.0),
+        reference_weight=s["reference_weight"],
+        reference_every=s["reference_every"],
     )
     row: dict[str, Any] = {"settings": s, "seed": seed}
     models = {}
@@ -280,6 +319,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (data, weights, batch order)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--normalise",
+        choices=("fixed", "image"),
+        default="fixed",
+        help="fixed: one intensity map for the data set; image: each image z-scored (leaks the token)",
+    )
     parser.add_argument("--mask-kind", choices=("head", "tumour"), default="head")
     parser.add_argument("--mask-margin", type=int, default=0, help="grow the guidance masks (pixels)")
     parser.add_argument("--guidance-weight", type=float, default=None, help="override every arch's")

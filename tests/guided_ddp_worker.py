@@ -24,7 +24,7 @@ def main(out: str) -> None:
     mask[:, :, 4:12, 4:12] = 1
     has_mask = torch.tensor([True, True, False, True, True])
     batch = Batch(x, y, mask, has_mask, [str(i) for i in range(5)])
-    loss_fn = guided_loss_fn(GuidedLoss(1.0, explain_every=2), info)
+    loss_fn = guided_loss_fn(GuidedLoss(1.0, explain_every=2, reference_weight=1.0, reference_every=1), info)
     loss, parts = loss_fn(model, batch)
     loss.backward()
     if info is None or info.is_main:

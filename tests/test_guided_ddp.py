@@ -27,6 +27,6 @@ def test_two_processes_give_the_gradient_of_one(tmp_path):
         # shards of 3 and 2 cases: the scaling makes the uneven split exact too
         assert torch.allclose(g, b["grads"][name], rtol=1e-9, atol=1e-12), name
     assert any(g.abs().sum() > 0 for g in a["grads"].values())
-    for key in ("ce", "guidance", "acc"):
+    for key in ("ce", "guidance", "acc", "reference"):
         assert abs(a["parts"][key] - b["parts"][key]) < 1e-9, key
-    assert a["parts"]["guidance"] > 0
+    assert a["parts"]["guidance"] > 0 and a["parts"]["reference"] > 0

@@ -6,9 +6,11 @@ from medlrp.train.guided import logit_difference, resolve_start
 from medlrp.train.guided_losses import (
     BackgroundRelevanceLoss,
     GuidanceLoss,
+    ReferenceLoss,
     RelevanceMassLoss,
     RelevanceOutsideLoss,
     align_mask,
+    masked_reference,
 )
 
 
@@ -146,3 +148,32 @@ def test_grow_mask_2d_and_3d():
     assert grow_mask(m3, 1).sum() == 27 and grow_mask(m3, 1).shape == m3.shape
     with pytest.raises(InputError, match="mask_margin"):
         GuidedLoss(1.0, mask_margin=-1)
+
+
+def test_masked_reference_keeps_the_inside_and_takes_the_partner_outside():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
+    mask = torch.zeros(2, 4, 4)
+    mask[:, 1:3, 1:3] = 1
+    ref = masked_reference(x, mask)
+    inside = mask[:, None].bool().expand_as(x)
+    assert torch.equal(ref[inside], x[inside])
+    assert torch.equal(ref[~inside], x.roll(1, 0)[~inside])  # the previous case's outside
+    other = torch.full_like(x, -7.0)
+    assert torch.equal(masked_reference(x, mask, other)[~inside], other[~inside])
+    with pytest.raises(InputError, match="partner"):
+        masked_reference(x, mask, other[:1])
+
+
+def test_reference_loss_is_the_relative_change_of_the_explained_logit():
+    e = torch.tensor([2.0, -1.0, 0.1], requires_grad=True)
+    e_ref = torch.tensor([1.0, -1.0, 0.3])
+    loss = ReferenceLoss(tau=1.0)(e, e_ref)
+    # units max(|e|, |e_ref|, tau): 2, 1, 1
+    expected = ((1.0 / 2) ** 2 + 0.0 + 0.2**2) / 3
+    assert loss.item() == pytest.approx(expected)
+    (g,) = torch.autograd.grad(loss, e)
+    assert g[1] == 0 and g[0] > 0 and g[2] < 0
+    weighted = ReferenceLoss(tau=1.0)(e, e_ref, torch.tensor([0.0, 1.0, 1.0]))
+    assert weighted.item() == pytest.approx(0.2**2 / 3)
+    with pytest.raises(InputError):
+        ReferenceLoss()(e, e_ref[:2])

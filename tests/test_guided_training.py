@@ -10,12 +10,13 @@ from medlrp.train.guided import (
     GuidedLoss,
     batch_statistics_as_running,
     eval_mode,
+    forward_with_statistics,
     input_x_gradient_relevance,
     logit_difference,
     lrp_relevance,
     record_batch_statistics,
 )
-from medlrp.train.guided_losses import RelevanceOutsideLoss
+from medlrp.train.guided_losses import GuidanceLoss, RelevanceOutsideLoss
 
 
 def _cnn(dims=2, classes=2):
@@ -108,7 +109,9 @@ def test_guidance_gradient_differs_from_plain_and_matches_its_definition():
     model = _cnn().double().train()
     x, y, mask = _data()
     x, mask = x.double(), mask.double()
-    crit = GuidedLoss(1.0, criterion=RelevanceOutsideLoss(), composite="epsilon", explain_every=1)
+    crit = GuidedLoss(
+        1.0, criterion=RelevanceOutsideLoss(), composite="epsilon", explain_every=1, reference_weight=0.0
+    )
     loss, parts = crit(model, x, y, mask)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     # the same loss written out by hand: cross-entropy + outside share of the LRP relevance
@@ -171,7 +174,8 @@ def test_guidance_moves_relevance_off_a_shortcut():
         model = nn.Sequential(
             nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * size * size, 2)
         )
-        crit = GuidedLoss(weight, composite="epsilon", explain_every=1)
+        # the LRP term alone, in the unit of the logit (tau ~ 0: this toy model's logits stay small)
+        crit = GuidedLoss(weight, GuidanceLoss(), composite="epsilon", explain_every=1, reference_weight=0.0)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(20):
             loss, _ = crit(model, x, y, mask)
@@ -269,3 +273,68 @@ def test_default_guidance_composite_sees_inhibition_in_cnns():
     r_named, _ = lrp_relevance(GUIDANCE_CNN_COMPOSITE)(model, x, y, logit_difference)
     r_plus, _ = lrp_relevance("epsilon-plus-flat")(model, x, y, logit_difference)
     assert torch.equal(r_default, r_named) and not torch.allclose(r_default, r_plus)
+
+
+def test_forward_with_statistics_is_the_training_forward():
+    torch.manual_seed(0)
+    model = _cnn().double().train()
+    x, _, _ = _data()
+    x = x.double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    running = model[1].running_mean.clone()
+    stats = {}
+    with record_batch_statistics(model, stats):
+        out = model(x)
+    expected = torch.autograd.grad(out.sum(), list(model.parameters()))
+    stats = {}
+    with record_batch_statistics(model, stats):  # again: the first graph is spent
+        model(x)
+    got_out = forward_with_statistics(model, x, stats)
+    got = torch.autograd.grad(got_out.sum(), list(model.parameters()))
+    torch.testing.assert_close(got_out, out)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)  # also through the batch statistics
+    assert model.training and not model[1]._forward_hooks
+    assert not torch.equal(model[1].running_mean, running)  # only the training forward updated them
+
+
+def test_reference_term_sees_a_model_that_reads_outside_the_mask():
+    torch.manual_seed(0)
+    x, y, mask = _data(n=6)
+    # a model whose logits read only the corner, outside every mask
+    corner = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
+    with torch.no_grad():
+        w = torch.zeros(2, 1, 12, 12)
+        w[0, 0, :2, :2] = 1.0
+        corner[1].weight.copy_(w.flatten(1))
+    crit = GuidedLoss(2.0, reference_weight=1.5, reference_every=1, composite="epsilon")
+    loss, parts = crit(corner, x, y, mask)
+    assert parts["reference"] > 0
+    expected = parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"])
+    assert loss.item() == pytest.approx(float(expected))
+    assert GuidedLoss(0.0)(corner, x, y, mask)[0].item() == pytest.approx(float(parts["ce"]))  # plain
+    # the same model reading only the inside: no reference term
+    inside = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
+    with torch.no_grad():
+        inside[1].weight.copy_((w.roll((5, 5), dims=(2, 3))).flatten(1))
+    _, parts = crit(inside, x, y, mask)
+    assert parts["reference"] == 0
+    with pytest.raises(InputError):
+        GuidedLoss(1.0, reference_every=0)
+    with pytest.raises(InputError):
+        GuidedLoss(1.0, reference_weight=-1.0)
+
+
+def test_reference_every_estimates_the_batch_mean():
+    torch.manual_seed(0)
+    x, y, mask = _data(n=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
+    full = GuidedLoss(1.0, reference_weight=1.0, reference_every=1, composite="epsilon")
+    half = GuidedLoss(1.0, reference_weight=1.0, reference_every=2, composite="epsilon")
+    _, p_full = full(model, x, y, mask)
+    _, p_half = half(model, x, y, mask)
+    _, p_odd = half(model, x, y, mask, offset=1)
+    # the two halves average to the whole batch
+    assert float(p_half["reference"] + p_odd["reference"]) / 2 == pytest.approx(float(p_full["reference"]))

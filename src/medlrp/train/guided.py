@@ -256,22 +256,19 @@ def forward_with_statistics(model: nn.Module, x: torch.Tensor, stats: BatchStats
     """``model(x)`` in eval mode with the recorded batch statistics, differentiable through them.
 
     ``F.batch_norm`` refuses running statistics that require grad, so each BatchNorm runs on detached
-    statistics and a forward hook adds ``bn(x; mean, var) - bn(x; detached)``: zero in value, the
-    statistics' gradient in the backward pass (as in the training forward and the LRP pass).
+    statistics and a forward hook replaces its output by the same affine map computed from the
+    statistics with their graph (as in the training forward and the LRP pass).
     """
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         mean, var = stats[module]
         inp = args[0]
         shape = (1, -1) + (1,) * (inp.dim() - 2)
-
-        def affine(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            scale = torch.rsqrt(v + module.eps)
-            if module.weight is not None:
-                scale = scale * module.weight
-            return (inp - m.reshape(shape)) * scale.reshape(shape)
-
-        return output + (affine(mean, var) - affine(mean.detach(), var.detach()))
+        scale = torch.rsqrt(var + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight
+        out = (inp - mean.reshape(shape)) * scale.reshape(shape)
+        return out if module.bias is None else out + module.bias.reshape(shape)
 
     detached = {m: (mean.detach(), var.detach()) for m, (mean, var) in stats.items()}
     handles = [m.register_forward_hook(hook) for m in stats]
@@ -297,7 +294,7 @@ class GuidedLoss(nn.Module):
     Args:
         guidance_weight: Weight of the explanation loss (0 trains plainly).
         criterion: Explanation loss ``criterion(relevance, mask, logit) -> scalar`` (mean over its
-            cases; default :class:`~medlrp.train.guided_losses.GuidanceLoss`).
+            cases; default :class:`~medlrp.train.guided_losses.GuidanceLoss` with ``tau=1``).
         relevance_fn: How relevance is computed (default :func:`lrp_relevance` with ``composite``).
         composite: LRP composite for the default relevance function (see :func:`lrp_relevance`).
         start: ``"logit-difference"`` (default), ``"logit"`` or a callable ``start(output, target)``.
@@ -305,9 +302,13 @@ class GuidedLoss(nn.Module):
         mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
             carry relevance then includes the lesion's surroundings (a classifier reads a lesion
             against its context, so a tight lesion mask also penalises right reasons).
-        reference_weight: Weight of :class:`~medlrp.train.guided_losses.ReferenceLoss` on the
-            explained cases (relevance relative to the case with its outside region made constant;
-            it sees what units switched off by the outside carry). 0 leaves it out.
+        reference_weight: Weight of :class:`~medlrp.train.guided_losses.ReferenceLoss` relative to the
+            explanation loss (both are scaled by ``guidance_weight``), on every ``reference_every``-th
+            masked case (the explained logit relative to the case with another case's content outside
+            its mask: it sees what units switched off by the outside carry, which relevance of the
+            case alone cannot show; one plain forward per case). 0 leaves it out.
+        reference_every: Use every n-th masked case for the reference term (by position, weighted by
+            n: an unbiased estimate, as for ``explain_every``).
     """
 
     def __init__(
@@ -317,9 +318,10 @@ class GuidedLoss(nn.Module):
         relevance_fn: RelevanceFn | None = None,
         composite: str | None = None,
         start: str | StartFn = "logit-difference",
-        explain_every: int = 8,
+        explain_every: int = 16,
         mask_margin: int = 0,
-        reference_weight: float = 0.0,
+        reference_weight: float = 3.0,
+        reference_every: int = 2,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -327,7 +329,10 @@ class GuidedLoss(nn.Module):
         if explain_every < 1:
             raise InputError(f"explain_every must be at least 1, got {explain_every}")
         self.guidance_weight = float(guidance_weight)
-        self.criterion = criterion if criterion is not None else GuidanceLoss()
+        # a unit of at least one logit: an untrained network's logits are tiny, and a unit tied to them
+        # lets the guidance gradient outweigh the cross-entropy by their inverse (measured: the model
+        # never starts learning, cross-entropy stuck at log 2)
+        self.criterion = criterion if criterion is not None else GuidanceLoss(tau=1.0)
         self.relevance_fn = relevance_fn if relevance_fn is not None else lrp_relevance(composite)
         self.start = resolve_start(start)
         self.explain_every = int(explain_every)
@@ -337,6 +342,9 @@ class GuidedLoss(nn.Module):
         if not reference_weight >= 0:
             raise InputError(f"reference weight must be >= 0, got {reference_weight}")
         self.reference_weight = float(reference_weight)
+        if reference_every < 1:
+            raise InputError(f"reference_every must be at least 1, got {reference_every}")
+        self.reference_every = int(reference_every)
         self.reference = ReferenceLoss()
 
     def selection(self, n: int, has_mask: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
@@ -360,8 +368,9 @@ class GuidedLoss(nn.Module):
         mask: torch.Tensor | None = None,
         has_mask: torch.Tensor | None = None,
         offset: int = 0,
+        partner: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(loss, parts)``; ``parts`` holds the detached ``ce``, ``guidance`` and ``acc``.
+        """Return ``(loss, parts)``; ``parts``: the detached ``ce``, ``guidance``, ``acc`` (``reference``).
 
         ``guidance`` is the batch-mean explanation loss (estimated from the explained cases), unweighted.
 
@@ -372,6 +381,8 @@ class GuidedLoss(nn.Module):
             mask: ``(N, ...)`` masks (``None``: train plainly).
             has_mask: ``(N,)`` bool, which cases have a mask (default: all, when ``mask`` is given).
             offset: Position of ``x[0]`` in the whole batch (see :meth:`selection`).
+            partner: What goes outside each case's mask in its reference (default ``x.roll(1, 0)``;
+                a shard of a distributed batch passes its cases' predecessors in the whole batch).
         """
         stats: BatchStats = {}
         with record_batch_statistics(model, stats):
@@ -384,23 +395,51 @@ class GuidedLoss(nn.Module):
         }
         if mask is None or self.guidance_weight == 0:
             return ce, parts
+        loss = ce
+        if self.reference_weight and self.guidance_weight:
+            if partner is None:
+                partner = x.roll(1, dims=0)
+            reference = self._reference(model, x, y, logits, mask, has_mask, stats, parts, offset, partner)
+            loss = loss + self.guidance_weight * self.reference_weight * reference
         picked = self.selection(x.shape[0], has_mask, offset).to(x.device)
         if not bool(picked.any()):
-            return ce, parts
+            return loss, parts
         region = grow_mask(mask[picked], self.mask_margin)
         with eval_mode(model), batch_statistics_as_running(stats):
             relevance, out = self.relevance_fn(model, x[picked], y[picked], self.start)
-        if self.reference_weight:
-            out_ref = forward_with_statistics(model, masked_reference(x[picked], region), stats)
         explained = self.start(out, y[picked]).sum(dim=1)
         guidance = self.criterion(relevance, region, explained)
-        if self.reference_weight:
-            explained_ref = self.start(out_ref, y[picked]).sum(dim=1)
-            guidance = guidance + self.reference_weight * self.reference(explained, explained_ref)
         # mean over the explained cases -> unbiased estimate of the mean over the batch
         guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
         parts["guidance"] = guidance.detach()
-        return ce + self.guidance_weight * guidance, parts
+        return loss + self.guidance_weight * guidance, parts
+
+    def _reference(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        has_mask: torch.Tensor | None,
+        stats: BatchStats,
+        parts: dict[str, torch.Tensor],
+        offset: int,
+        partner: torch.Tensor,
+    ) -> torch.Tensor:
+        """:class:`ReferenceLoss` on every ``reference_every``-th masked case (a plain forward of each)."""
+        picked = (torch.arange(x.shape[0], device=x.device) + offset) % self.reference_every == 0
+        if has_mask is not None:
+            picked = picked & has_mask.to(x.device).bool()
+        if not bool(picked.any()):
+            return logits.new_zeros(())
+        region = grow_mask(mask[picked], self.mask_margin)
+        out_ref = forward_with_statistics(model, masked_reference(x[picked], region, partner[picked]), stats)
+        e, e_ref = self.start(logits[picked], y[picked]).sum(dim=1), self.start(out_ref, y[picked]).sum(dim=1)
+        # mean over the used cases, weighted back to the batch: an unbiased estimate of the batch mean
+        loss = self.reference(e, e_ref) * (float(picked.sum()) * self.reference_every / x.shape[0])
+        parts["reference"] = loss.detach()
+        return loss
 
     def loss_fn(self) -> Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]:
         """This loss as ``loss_fn(model, batch) -> (loss, parts as floats)`` for :func:`medlrp.train.fit`.

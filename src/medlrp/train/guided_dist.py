@@ -79,8 +79,9 @@ class _Step(nn.Module):
         has_mask: torch.Tensor | None,
         offset: int,
         scale: float,
+        partner: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, parts = self.criterion(self.model, x, y, mask, has_mask, offset)
+        loss, parts = self.criterion(self.model, x, y, mask, has_mask, offset, partner)
         return loss * scale, parts
 
 
@@ -117,6 +118,7 @@ class DistributedLoss:
             batch.has_mask[start:stop],
             start,
             self.info.world * (stop - start) / n,
+            batch.x.roll(1, dims=0)[start:stop],  # each case's reference partner, as in one process
         )
         return loss, _mean_parts(parts, (stop - start) / n)
 

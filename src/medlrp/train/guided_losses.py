@@ -268,33 +268,48 @@ class GuidanceLoss(nn.Module):
         return loss
 
 
-def masked_reference(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x`` inside the mask, each case's mean over its outside region outside (channel by channel).
+def masked_reference(
+    x: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each case inside its mask, its partner's content outside it (default: the previous case's).
 
     The reference point of :class:`ReferenceLoss`: whatever the region outside the mask carries (a
-    token, a marker, the scanner's background texture) is replaced by a constant, nothing else changes.
+    token, a marker, the scanner's background) comes from another case, nothing inside changes. Not a
+    constant fill: a fill computed from the case itself (its outside mean) still tells the token apart
+    (measured: a guided model read the fill level), and another case's background carries no
+    information about this case's label.
+
+    Args:
+        x: ``(N, C, *spatial)`` cases.
+        mask: Their masks.
+        partner: ``(N, C, *spatial)`` whose content goes outside the masks (default ``x.roll(1, 0)``:
+            each case's predecessor in the batch, cyclically).
     """
     m = align_mask(mask, x)
-    outside = (1 - m).expand_as(x)
-    dims = tuple(range(2, x.ndim))
-    mean = (x * outside).sum(dims, keepdim=True) / outside.sum(dims, keepdim=True).clamp_min(1.0)
-    return x * m + mean * (1 - m)
+    other = x.roll(1, dims=0) if partner is None else partner
+    if other.shape != x.shape:
+        raise InputError(
+            f"partner of shape {tuple(other.shape)} does not fit cases of shape {tuple(x.shape)}"
+        )
+    return x * m + other * (1 - m)
 
 
 class ReferenceLoss(nn.Module):
     """What the region outside the mask does to the explained logit, relative to a reference point.
 
-    Per case: ``((e - e_ref) / max(|e|, |e_ref|)) ** 2`` with ``e`` the explained quantity (e.g. the logit
-    difference) of the case and ``e_ref`` that of its reference (:func:`masked_reference`: the same
-    inside the mask). By completeness ``e - e_ref`` is the total relevance of ``f(x) - f(x_ref)``, all of
+    Per case: ``((e - e_ref) / max(|e|, |e_ref|, tau)) ** 2`` with ``e`` the explained quantity (e.g. the
+    logit difference) of the case and ``e_ref`` that of its reference (:func:`masked_reference`: the
+    same inside the mask). By completeness ``e - e_ref`` is the total relevance of ``f(x) - f(x_ref)``, all of
     it outside the mask, including what units switched off by the outside region carry, which
     relevance of ``f(x)`` alone cannot show. The unit is detached (see :func:`_scale`).
 
     Args:
-        tau: Lower bound of the unit.
+        tau: Lower bound of the unit, in logits: an untrained network's logits are tiny, and a unit tied
+            to them alone lets this loss's gradient outweigh the cross-entropy by their inverse
+            (measured: guided models then never start learning).
     """
 
-    def __init__(self, tau: float = 1e-6) -> None:
+    def __init__(self, tau: float = 1.0) -> None:
         super().__init__()
         self.tau = float(tau)
 
