@@ -66,7 +66,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "arch_kwargs": {},
         "composite": "epsilon-alpha2-beta1-flat",
-        "explain_every": 16,
+        "explain_every": 32,
         "weight": 0.3,
         "reference_weight": 3.0,
         "reference_every": 2,
@@ -77,7 +77,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "arch_kwargs": {"patch_size": 16},
         "composite": None,
-        "explain_every": 16,
+        "explain_every": 32,
         "weight": 0.3,
         "reference_weight": 3.0,
         "reference_every": 2,
@@ -331,6 +331,7 @@ def main() -> None:
     parser.add_argument("--cnn-composite", default=None, help="override the CNN's guidance composite")
     parser.add_argument("--explain-every", type=int, default=None, help="override every arch's")
     parser.add_argument("--reference-weight", type=float, default=None, help="override every arch's")
+    parser.add_argument("--reference-every", type=int, default=None, help="override every arch's")
     parser.add_argument("--repeats", type=int, default=10, help="step-time repeats (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs: a smoke run")
@@ -345,6 +346,8 @@ def main() -> None:
             s["explain_every"] = args.explain_every
         if args.reference_weight is not None:
             s["reference_weight"] = args.reference_weight
+        if args.reference_every is not None:
+            s["reference_every"] = args.reference_every
         if args.quick:
             s["n"], s["epochs"] = 120, 2
     if args.cnn_composite is not None and "cnn2d" in settings:

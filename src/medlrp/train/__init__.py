@@ -18,8 +18,10 @@ from medlrp.train.guided import GuidedLoss
 from medlrp.train.guided_losses import (
     BackgroundRelevanceLoss,
     GuidanceLoss,
+    ReferenceLoss,
     RelevanceMassLoss,
     RelevanceOutsideLoss,
+    masked_reference,
 )
 from medlrp.train.loop import EpochLog, History, TrainConfig, accuracy, fit, predict
 from medlrp.train.losses import LossFn, cross_entropy_loss
@@ -29,6 +31,7 @@ __all__ = [
     "BackgroundRelevanceLoss",
     "GuidanceLoss",
     "GuidedLoss",
+    "ReferenceLoss",
     "RelevanceMassLoss",
     "RelevanceOutsideLoss",
     "EpochLog",
@@ -44,6 +47,7 @@ __all__ = [
     "fit",
     "load_all",
     "load_splits",
+    "masked_reference",
     "minibatches",
     "predict",
     "subset",

@@ -2,7 +2,7 @@
 
 :class:`GuidedLoss` is a plain :class:`torch.nn.Module` for any training loop::
 
-    crit = GuidedLoss(guidance_weight=0.3)                 # LRP, logit difference, GuidanceLoss
+    crit = GuidedLoss(guidance_weight=0.3)                 # LRP + reference term, logit difference
     loss, parts = crit(model, x, y, mask=mask, has_mask=has_mask)
     loss.backward()                                        # exact gradients through the relevance
 
@@ -23,19 +23,32 @@ Design decisions, each with its reason:
   Holding the statistics constant made guided models stop learning (measured, BENCHMARKS.md). The
   cross-entropy runs on the model in its own (training) mode, on every case.
 - The default composite sees inhibition (:func:`guidance_composite`): z+ rules ignore inhibitory
-  paths, an obvious place for a guided model to keep a shortcut. No LRP rule sees evidence carried by
-  units the input switches *off*, and guided models do keep part of a shortcut there (measured in
-  BENCHMARKS.md): check a guided model with and without the suspected artefact.
+  paths, an obvious place for a guided model to keep a shortcut.
+- A reference-point term (:class:`~medlrp.train.guided_losses.ReferenceLoss`, on by default): the
+  explained logit of each case must not change when everything outside its mask is replaced by
+  another case's content. LRP explains ``f(x)`` along the paths the input switches *on*; evidence
+  carried by a unit the shortcut switches off, or spread over the image by a normalisation, is
+  invisible to any such map, while the logit change against a reference that agrees inside the mask
+  is, by completeness, exactly the relevance of ``f(x) - f(x_ref)``, all of it outside the mask.
+  Neither term alone worked on the phantom (measured, BENCHMARKS.md): without the reference the model
+  kept the shortcut unseen, without the LRP term it stopped learning.
+- Losses are measured in units of at least one logit (``tau=1``): an untrained network's logits are
+  tiny, and a unit tied to them alone lets the guidance gradient outweigh the cross-entropy by their
+  inverse, so that the model never starts learning (measured: cross-entropy stuck at log 2).
 - The mask is the region that MAY matter (the organ, the body), not the lesion: a right model puts most
   of its relevance outside a tight lesion mask too (it reads the lesion against its context), so a
   lesion mask barely prefers it to a shortcut model; what a shortcut adds lies outside the anatomy
   (markers, labels, the scanner's background). See ``docs/`` and BENCHMARKS.md.
+- Normalise intensities with a map that does not depend on the region outside the mask (a fixed
+  scale, or statistics inside the mask): a per-image z-score over the whole image moves every pixel
+  when a token appears in a corner, which hands the shortcut to the region inside the mask.
 - Only every ``explain_every``-th case of the batch is explained (by position, cases without a mask
   skipped) and its loss is weighted by ``explain_every``: an unbiased estimate of the loss over all
-  cases (the batches are shuffled, so every case is explained every few epochs). Differentiable LRP
-  costs several plain steps per case (a forward with both graphs and a double backward); explaining an
-  eighth of the batch keeps a guided step under 3 plain steps (see BENCHMARKS.md). ``explain_every=1``
-  explains every case.
+  cases (the batches are shuffled, so every case is explained every few epochs); the reference term
+  likewise uses every ``reference_every``-th case. Differentiable LRP costs several plain steps per
+  case (a forward with both graphs and a double backward), a reference one plain forward and backward;
+  the defaults (every 32nd case explained, every 2nd referenced) keep a guided step under 3 plain
+  steps (see BENCHMARKS.md). ``explain_every=1`` explains every case.
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
@@ -289,7 +302,9 @@ def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
 
 
 class GuidedLoss(nn.Module):
-    """Cross-entropy on every case plus ``guidance_weight`` times an explanation loss on masked cases.
+    """Cross-entropy on every case plus ``guidance_weight`` times the explanation losses on masked cases.
+
+    ``loss = ce + guidance_weight * (criterion(relevance) + reference_weight * reference)``.
 
     Args:
         guidance_weight: Weight of the explanation loss (0 trains plainly).
@@ -318,7 +333,7 @@ class GuidedLoss(nn.Module):
         relevance_fn: RelevanceFn | None = None,
         composite: str | None = None,
         start: str | StartFn = "logit-difference",
-        explain_every: int = 16,
+        explain_every: int = 32,
         mask_margin: int = 0,
         reference_weight: float = 3.0,
         reference_every: int = 2,
