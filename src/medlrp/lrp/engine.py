@@ -249,11 +249,11 @@ class Engine(TorchFunctionMode):
         never kept (see :func:`clamped_product`: the backward pass recomputes it instead of saving it).
         """
         if not self.dual:
-            return _part(weight.detach(), part)
+            return clamp_weight(weight.detach(), part)
         key = (id(weight), part)
         hit = self.cache.get(key)
         if hit is None:
-            hit = self.cache[key] = _part(weight, part)
+            hit = self.cache[key] = clamp_weight(weight, part)
         return hit
 
 
@@ -269,7 +269,7 @@ def clamped_product(
     copy of the model's weights for z+, gamma and alpha-beta); clamping again costs a fraction of one
     product. An in-place change of ``weight`` in between is an error, as autograd's own check would be.
     """
-    wp = _part(weight.detach(), part)
+    wp = clamp_weight(weight.detach(), part)
     version = weight._version
     storage = wp.untyped_storage().data_ptr()
 
@@ -286,7 +286,7 @@ def clamped_product(
             raise RuntimeError(
                 "medlrp: a weight was modified in place between the forward and the backward pass of LRP"
             )
-        return _part(weight.detach(), part).as_strided(saved.size, saved.stride, saved.offset)
+        return clamp_weight(weight.detach(), part).as_strided(saved.size, saved.stride, saved.offset)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         return call(x, wp, None)
@@ -301,7 +301,8 @@ class _Recipe:
         self.size, self.stride, self.offset = size, stride, offset
 
 
-def _part(w: torch.Tensor, part: str) -> torch.Tensor:
+def clamp_weight(w: torch.Tensor, part: str) -> torch.Tensor:
+    """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (any other part, e.g. ``"|"``)."""
     if part == "+":
         return w.clamp(min=0)
     if part == "-":

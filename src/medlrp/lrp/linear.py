@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from medlrp.lrp.engine import Engine, clamped_product
+from medlrp.lrp.engine import Engine, clamp_weight, clamped_product
 from medlrp.lrp.route import route
 from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox, _affine
 
@@ -51,10 +51,6 @@ _PRODUCTS = {
 #: Layers whose products cost at most this many multiply-adds per output element (a first layer on 1-3
 #: channels, a depthwise convolution) keep no rule state: the backward pass recomputes their products.
 CHEAP_FAN_IN = 32
-
-
-def _clamp(w: Tensor, part: str) -> Tensor:
-    return w.clamp(min=0) if part == "+" else w.clamp(max=0) if part == "-" else w.abs()
 
 
 class Scale:
@@ -452,7 +448,7 @@ class LinearCall:
                 inp = x.abs()
             else:
                 inp = inputs[kind]
-            return call(inp, _clamp(weight, part[1]), None)
+            return call(inp, clamp_weight(weight, part[1]), None)
 
         def recompute() -> tuple[Tensor, dict[str, Tensor]]:
             with torch.no_grad():
