@@ -102,8 +102,9 @@ class Engine(TorchFunctionMode):
         self.references: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: The leaf standing for the model input in the routed graph.
         self.routed_input: torch.Tensor | None = None
+        #: Clamped weights with their graph, once per pass (dual mode only).
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
-        #: Clamped weights kept between passes (fast path only; dual mode needs their graph).
+        #: The explainer's store of derived weights kept between passes (the ViT fast path's ``k |W|``).
         self.weights = None if dual else weights
         self._tracked: list[weakref.ref[torch.Tensor]] = []
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
