@@ -415,7 +415,7 @@ class LinearCall:
         if self._cheap(fast):
             # keep nothing: the backward pass recomputes this cheap layer's products (its output is
             # large: a first layer on a few channels, a depthwise convolution), then the state
-            recompute = self._recompute(fast, s, bias)
+            recompute = self._recompute(fast, s, bias, z)
 
             def expand_again(state: Sequence[Tensor | None], grad: Tensor) -> tuple[Tensor, ...]:
                 z_again, values_again = recompute()
@@ -432,9 +432,16 @@ class LinearCall:
         return self.weight.dim() > 2 and self.weight[0].numel() <= CHEAP_FAN_IN
 
     def _recompute(
-        self, keys: Sequence[str], s: Tensor | None, bias: Tensor | float
+        self, keys: Sequence[str], s: Tensor | None, bias: Tensor | float, z_kept: Tensor
     ) -> Callable[[], tuple[Tensor, dict[str, Tensor]]]:
-        """A closure giving ``(z, products)`` again from the input; holds no output-sized tensor."""
+        """A closure giving ``(z, products)`` again from the input.
+
+        ``z`` is the layer's output as kept (``z_kept``: the route's own storage, which an in-place ReLU
+        may have cut to 0; it is kept anyway, as the ReLU's output or the next layer's input) unless
+        the rule needs the uncut value: with inputs of both signs (``M``) the positive part is derived
+        from ``z``, so ``z`` is recomputed. Elsewhere a cut unit has gradient 0 and every normaliser of
+        the products on ``x+`` or on the references stays away from 0, so its coefficient is finite.
+        """
         call, weight, x = self.call, self.weight.detach(), self.x_routed.detach()
         inputs = {kind: true.detach() for kind, (true, _) in self.references.items()}
         nonneg = self.nonneg
@@ -450,9 +457,12 @@ class LinearCall:
                 inp = inputs[kind]
             return call(inp, clamp_weight(weight, part[1]), None)
 
+        # held only where read: a reference would keep the output alive to the end of the backward pass
+        kept = None if "M" in keys else z_kept
+
         def recompute() -> tuple[Tensor, dict[str, Tensor]]:
             with torch.no_grad():
-                z = _affine(call(x, weight, None), scale, bias)
+                z = _affine(call(x, weight, None), scale, bias) if kept is None else kept
                 return z, {k: product(k) for k in keys if k != "Z"}
 
         return recompute
