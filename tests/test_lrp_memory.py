@@ -128,3 +128,33 @@ def test_cheap_layers_recompute_their_state(name: str, monkeypatch) -> None:
     torch.testing.assert_close(fast, dual, rtol=1e-9, atol=1e-12)
     monkeypatch.setattr(linear, "CHEAP_FAN_IN", 0)  # everything kept from the forward pass
     torch.testing.assert_close(lrp.relevance(x, 2), fast, rtol=1e-9, atol=1e-12)
+
+
+def test_cheap_z_box_layer_with_bounds_per_case_and_per_pixel(monkeypatch) -> None:
+    """z-box bounds constant over a case take the one-case product of ones; per-pixel bounds the full one."""
+    import medlrp.lrp.linear as linear
+
+    torch.manual_seed(2)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 4, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 10 * 10, 3),
+        )
+        .double()
+        .eval()
+    )
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    low_map = -3.0 - torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    for options in ({}, {"low": -3.1, "high": 2.7}, {"low": low_map, "high": 3.0}):
+        lrp = medlrp.LRP(model, "epsilon-gamma-box", **options)
+        fast = lrp.relevance(x, 2)
+        torch.testing.assert_close(
+            fast, lrp.relevance(x, 2, create_graph=True).detach(), rtol=1e-9, atol=1e-12
+        )
+        monkeypatch.setattr(linear, "CHEAP_FAN_IN", 0)
+        torch.testing.assert_close(lrp.relevance(x, 2), fast, rtol=1e-9, atol=1e-12)
+        monkeypatch.setattr(linear, "CHEAP_FAN_IN", 32)

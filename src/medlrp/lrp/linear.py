@@ -455,6 +455,12 @@ class LinearCall:
                 inp = x.abs()
             else:
                 inp = inputs[kind]
+                if inp.dim() > 1 and all(st == 0 for st in inp.stride()[1:]):
+                    # a bound constant over each case (a number, or the case's min/max): the product is
+                    # that constant times one product of ones, computed for one case
+                    one = call(torch.ones_like(inp[:1]), clamp_weight(weight, part[1]), None)
+                    per_case = inp[(slice(None),) + (0,) * (inp.dim() - 1)]
+                    return one * per_case.reshape(-1, *([1] * (one.dim() - 1)))
             return call(inp, clamp_weight(weight, part[1]), None)
 
         # held only where read: a reference would keep the output alive to the end of the backward pass
