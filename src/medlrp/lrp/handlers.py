@@ -170,7 +170,7 @@ for _f in variants("contiguous", "clone", "to", "float", "double", "type", "type
 
 
 def _max_pool(dims: int) -> Handler:
-    """Max pooling: autograd's node in dual mode; in the fast path a node keeping one byte per output."""
+    """Max pooling: autograd's node in dual mode; in the fast path one that keeps no indices."""
     plain = transparent()
 
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

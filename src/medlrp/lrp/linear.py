@@ -442,6 +442,8 @@ class LinearCall:
         from ``z``, so ``z`` is recomputed. Elsewhere a cut unit has gradient 0 and every normaliser of
         the products on ``x+`` or on the references stays away from 0, so its coefficient is finite.
         """
+        # the closure lives until the backward pass: it holds the input and the weight (kept anyway), not
+        # ``self`` (whose products are output-sized), hence its own small copy of :meth:`_input`
         call, weight, x = self.call, self.weight.detach(), self.x_routed.detach()
         inputs = {kind: true.detach() for kind, (true, _) in self.references.items()}
         nonneg = self.nonneg

@@ -362,15 +362,18 @@ class GuidedLoss(nn.Module):
         self.reference_every = int(reference_every)
         self.reference = ReferenceLoss()
 
-    def selection(self, n: int, has_mask: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
+    def selection(
+        self, n: int, has_mask: torch.Tensor | None, offset: int = 0, every: int | None = None
+    ) -> torch.Tensor:
         """Which of ``n`` cases to explain: bool ``(n,)``.
 
         Args:
             n: Cases in the batch.
             has_mask: Which cases have a mask (``None``: all).
             offset: Position of the first case in the whole batch (for a shard of a distributed batch).
+            every: Take every n-th case (default ``explain_every``; the reference term passes its own).
         """
-        picked = (torch.arange(n) + offset) % self.explain_every == 0
+        picked = (torch.arange(n) + offset) % (self.explain_every if every is None else every) == 0
         if has_mask is not None:
             picked = picked & has_mask.detach().cpu().bool()
         return picked
@@ -443,9 +446,7 @@ class GuidedLoss(nn.Module):
         partner: torch.Tensor,
     ) -> torch.Tensor:
         """:class:`ReferenceLoss` on every ``reference_every``-th masked case (a plain forward of each)."""
-        picked = (torch.arange(x.shape[0], device=x.device) + offset) % self.reference_every == 0
-        if has_mask is not None:
-            picked = picked & has_mask.to(x.device).bool()
+        picked = self.selection(x.shape[0], has_mask, offset, self.reference_every).to(x.device)
         if not bool(picked.any()):
             return logits.new_zeros(())
         region = grow_mask(mask[picked], self.mask_margin)
