@@ -194,15 +194,18 @@ def test_cli_guided_training(tmp_path, capsys):
     assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2"]
+    guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2", "--explain-start", "1"]
     assert cli_main([*args, "--out", str(out), *guided]) == 0
     printed = capsys.readouterr().out
     assert "guidance" in printed and "ce" in printed
     extra = torch.load(out, weights_only=True)["extra"]
     assert extra["guided"] is True and extra["guidance_weight"] == 0.5 and extra["mask_margin"] == 2
+    assert extra["explain_start"] == 1
     assert all("guidance" in e for e in extra["history"])
     assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--mask-margin", "-1"]) == 2
+    assert cli_main([*args, "--out", str(out), "--guided", "--explain-start", "-1"]) == 2
+    assert "--explain-start" in capsys.readouterr().err
 
 
 def test_batch_of_the_trainer_seam():
@@ -338,3 +341,32 @@ def test_reference_every_estimates_the_batch_mean():
     _, p_odd = half(model, x, y, mask, offset=1)
     # the two halves average to the whole batch
     assert float(p_half["reference"] + p_odd["reference"]) / 2 == pytest.approx(float(p_full["reference"]))
+
+
+def test_explain_start_delays_the_explanation_term_only():
+    torch.manual_seed(0)
+    x, y, mask = _data(n=6)
+    model = _cnn().train()
+    crit = GuidedLoss(1.0, composite="epsilon", explain_every=1, reference_every=1, explain_start=2)
+    always = GuidedLoss(1.0, composite="epsilon", explain_every=1, reference_every=1)
+    with eval_mode(model):  # evaluation calls are not training steps
+        assert crit(model, x, y, mask)[1]["guidance"] == 0
+    assert crit.steps == 0
+    for step in range(3):
+        loss, parts = crit(model, x, y, mask)
+        ref_loss, ref_parts = always(model, x, y, mask)
+        # the reference term runs from the first step, the explanation term from step explain_start
+        assert float(parts["reference"]) == pytest.approx(float(ref_parts["reference"]))
+        if step < 2:
+            assert parts["guidance"] == 0
+            expected = parts["ce"] + crit.reference_weight * parts["reference"]
+            assert loss.item() == pytest.approx(float(expected))
+        else:
+            assert (
+                float(parts["guidance"]) == pytest.approx(float(ref_parts["guidance"]))
+                and parts["guidance"] > 0
+            )
+            assert loss.item() == pytest.approx(ref_loss.item())
+    assert crit.steps == 3
+    with pytest.raises(InputError, match="explain_start"):
+        GuidedLoss(1.0, explain_start=-1)

@@ -31,6 +31,25 @@ def tiny2d() -> tuple[nn.Module, torch.Tensor]:
     return m, torch.randn(2, 1, 32, 32)
 
 
+def tiny2d_stem() -> tuple[nn.Module, torch.Tensor]:
+    """medlrp's vit2d with a convolutional stem (conv + ReLU layers) reading the mean patch token."""
+    from medlrp.models.vit import vit2d
+
+    _seeded(2)
+    m = vit2d(
+        in_channels=1,
+        num_classes=3,
+        image_size=32,
+        patch_size=8,
+        dim=16,
+        depth=2,
+        heads=2,
+        stem=2,
+        pool="mean",
+    )
+    return m, torch.randn(2, 1, 32, 32)
+
+
 def tiny3d() -> tuple[nn.Module, torch.Tensor]:
     from medlrp.models.vit import vit3d
 
@@ -109,6 +128,7 @@ def monai3d() -> tuple[nn.Module, torch.Tensor]:
 
 ZOO: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
     "tiny2d": tiny2d,
+    "tiny2d-stem": tiny2d_stem,
     "tiny3d": tiny3d,
     "torchvision": torchvision_vit,
     "timm-vit": timm_vit,

@@ -71,13 +71,19 @@ def register(app: typer.Typer) -> None:
         mask_margin: int = typer.Option(
             0, "--mask-margin", help="--guided: grow the masks by this many pixels (lesion surroundings)."
         ),
+        explain_start: int = typer.Option(
+            0,
+            "--explain-start",
+            help="--guided: training steps before the LRP term starts (the reference term runs from the "
+            "first step); a ViT trained from scratch needs it (docs/data-and-training.md).",
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a model on a dataset folder; report accuracies and write a checkpoint for --model."""
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin)
+        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, explain_start)
         result = run_train(
             data,
             out if main else None,
@@ -92,7 +98,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(line)
 
 
-def guided_setup(guided: bool, weight: float, margin: int = 0) -> tuple[LossFn, dict[str, Any], bool]:
+def guided_setup(
+    guided: bool, weight: float, margin: int = 0, explain_start: int = 0
+) -> tuple[LossFn, dict[str, Any], bool]:
     """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0."""
     if not weight >= 0:
         raise InputError(f"--guidance-weight must be >= 0, not {weight}")
@@ -102,10 +110,13 @@ def guided_setup(guided: bool, weight: float, margin: int = 0) -> tuple[LossFn, 
     info = init_distributed()
     if not guided and info is None:
         return cross_entropy_loss, {}, True
-    criterion = GuidedLoss(weight if guided else 0.0, mask_margin=margin)
+    if explain_start < 0:
+        raise InputError(f"--explain-start must be >= 0, not {explain_start}")
+    criterion = GuidedLoss(weight if guided else 0.0, mask_margin=margin, explain_start=explain_start)
     extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
     if guided:
         extra["mask_margin"] = margin
+        extra["explain_start"] = explain_start
     if info is not None:
         extra["world_size"] = info.world
     return guided_loss_fn(criterion, info), extra, info is None or info.is_main

@@ -67,6 +67,13 @@ class Block(nn.Module):
 class TinyViT(nn.Module):
     """A small ViT for 2D or 3D inputs.
 
+    With ``stem > 0`` the patches are embedded after a convolutional stem ("early convolutions",
+    Xiao et al. 2021): ``stem`` blocks of a 3x3 convolution with stride 2 and a ReLU, widening to
+    ``dim // 2**(stem - k)`` channels, then the patch embedding on the stem's output with kernel
+    ``patch_size // 2**stem``. A patch still covers ``patch_size`` input pixels; the stem gives the
+    tokens the translation-tolerant local features a plain linear patch embedding must learn for every
+    position in its patch (which a tiny ViT on a few hundred cases does not).
+
     Args:
         dims: 2 or 3 spatial dimensions.
         in_channels: Input channels.
@@ -77,6 +84,9 @@ class TinyViT(nn.Module):
         depth: Number of blocks.
         heads: Attention heads.
         mlp_ratio: MLP hidden width over ``dim``.
+        stem: Convolutional stem blocks before the patch embedding (0: none).
+        pool: What the head reads: ``"cls"`` (the class token) or ``"mean"`` (the mean of the patch
+            tokens, as timm's ``global_pool="avg"``; the class token is then left out).
     """
 
     def __init__(
@@ -90,16 +100,31 @@ class TinyViT(nn.Module):
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 2.0,
+        stem: int = 0,
+        pool: str = "cls",
     ) -> None:
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise InputError(f"ViT pool must be 'cls' or 'mean', not {pool!r}")
+        self.pool = pool
         size = [image_size] * dims if isinstance(image_size, int) else [int(s) for s in image_size]
         if len(size) != dims or any(s % patch_size for s in size):
             raise InputError(
                 f"ViT image size {size} must be {dims}D and divisible by patch size {patch_size}"
             )
+        if stem < 0 or patch_size % 2**stem:
+            raise InputError(f"ViT patch size {patch_size} must be divisible by 2**stem ({2**stem})")
         self.grid = [s // patch_size for s in size]
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        self.patch_embed = conv(in_channels, dim, patch_size, stride=patch_size)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for k in range(stem):
+            width = max(1, dim // 2 ** (stem - k))
+            layers += [conv(channels, width, 3, stride=2, padding=1), nn.ReLU()]
+            channels = width
+        self.stem = nn.Sequential(*layers)
+        kernel = patch_size // 2**stem
+        self.patch_embed = conv(channels, dim, kernel, stride=kernel)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + math.prod(self.grid), dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio) for _ in range(depth)])
@@ -108,11 +133,11 @@ class TinyViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)``."""
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed
         tokens = self.norm(self.blocks(tokens))
-        return self.head(tokens[:, 0])
+        return self.head(tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1))
 
 
 @ARCHITECTURES.register("vit2d")
@@ -125,9 +150,13 @@ def vit2d(
     depth: int = 4,
     heads: int = 4,
     mlp_ratio: float = 2.0,
+    stem: int = 0,
+    pool: str = "cls",
 ) -> TinyViT:
-    """A tiny 2D ViT (64x64 input, 8x8 patches, 4 blocks of width 64 by default)."""
-    return TinyViT(2, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio)
+    """A tiny 2D ViT (64x64 input, 8x8 patches, 4 blocks of width 64, no stem by default)."""
+    return TinyViT(
+        2, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio, stem, pool
+    )
 
 
 @ARCHITECTURES.register("vit3d")
@@ -140,6 +169,10 @@ def vit3d(
     depth: int = 4,
     heads: int = 4,
     mlp_ratio: float = 2.0,
+    stem: int = 0,
+    pool: str = "cls",
 ) -> TinyViT:
-    """A tiny 3D ViT (32^3 input, 8^3 patches, 4 blocks of width 64 by default)."""
-    return TinyViT(3, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio)
+    """A tiny 3D ViT (32^3 input, 8^3 patches, 4 blocks of width 64, no stem by default)."""
+    return TinyViT(
+        3, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio, stem, pool
+    )

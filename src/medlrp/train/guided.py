@@ -49,6 +49,11 @@ Design decisions, each with its reason:
   case (a forward with both graphs and a double backward), a reference one plain forward and backward;
   the defaults (every 32nd case explained, every 2nd referenced) keep a guided step under 3 plain
   steps (see BENCHMARKS.md). ``explain_every=1`` explains every case.
+- The explanation term can start late (``explain_start`` training steps; the reference term runs from
+  the first step): the relevance of an untrained network is noise spread over the whole input, and
+  penalising it from the first step holds a tiny ViT at chance (measured: cross-entropy stuck at
+  log 2 for 40 epochs, with every weight, unit and term tried; BENCHMARKS.md), while the reference term
+  alone already keeps the shortcut out and lets the network learn. The CNN needs no delay.
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
@@ -324,6 +329,8 @@ class GuidedLoss(nn.Module):
             case alone cannot show; one plain forward per case). 0 leaves it out.
         reference_every: Use every n-th masked case for the reference term (by position, weighted by
             n: an unbiased estimate, as for ``explain_every``).
+        explain_start: Training steps (calls with the model in training mode, counted in ``steps``)
+            before the explanation term starts; the reference term runs from the first step.
     """
 
     def __init__(
@@ -337,6 +344,7 @@ class GuidedLoss(nn.Module):
         mask_margin: int = 0,
         reference_weight: float = 3.0,
         reference_every: int = 2,
+        explain_start: int = 0,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -360,6 +368,10 @@ class GuidedLoss(nn.Module):
         if reference_every < 1:
             raise InputError(f"reference_every must be at least 1, got {reference_every}")
         self.reference_every = int(reference_every)
+        if explain_start < 0:
+            raise InputError(f"explain_start must be >= 0, got {explain_start}")
+        self.explain_start = int(explain_start)
+        self.steps = 0
         self.reference = ReferenceLoss()
 
     def selection(
@@ -411,6 +423,9 @@ class GuidedLoss(nn.Module):
             "guidance": ce.new_zeros(()),
             "acc": (logits.detach().argmax(dim=1) == y).float().mean(),
         }
+        step = self.steps
+        if model.training:
+            self.steps += 1
         if mask is None or self.guidance_weight == 0:
             return ce, parts
         loss = ce
@@ -420,7 +435,7 @@ class GuidedLoss(nn.Module):
             reference = self._reference(model, x, y, logits, mask, has_mask, stats, parts, offset, partner)
             loss = loss + self.guidance_weight * self.reference_weight * reference
         picked = self.selection(x.shape[0], has_mask, offset).to(x.device)
-        if not bool(picked.any()):
+        if step < self.explain_start or not bool(picked.any()):
             return loss, parts
         region = grow_mask(mask[picked], self.mask_margin)
         with eval_mode(model), batch_statistics_as_running(stats):
