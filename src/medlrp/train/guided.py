@@ -30,8 +30,8 @@ Design decisions, each with its reason:
   carried by a unit the shortcut switches off, or spread over the image by a normalisation, is
   invisible to any such map, while the logit change against a reference that agrees inside the mask
   is, by completeness, exactly the relevance of ``f(x) - f(x_ref)``, all of it outside the mask.
-  Neither term alone worked on the phantom (measured, BENCHMARKS.md): without the reference the model
-  kept the shortcut unseen, without the LRP term it stopped learning.
+  Neither term alone worked for the CNN on the phantom (measured, BENCHMARKS.md): without the
+  reference the model kept the shortcut unseen, without the LRP term it stopped learning.
 - Losses are measured in units of at least one logit (``tau=1``): an untrained network's logits are
   tiny, and a unit tied to them alone lets the guidance gradient outweigh the cross-entropy by their
   inverse, so that the model never starts learning (measured: cross-entropy stuck at log 2).
