@@ -54,3 +54,27 @@ def test_gradcheck_wrt_parameters_and_input(composite: str, options: dict) -> No
     # the exact pass gives the same relevance as the fast one
     fast = lrp.relevance(x, target)
     torch.testing.assert_close(lrp.relevance(x, target, create_graph=True).detach(), fast)
+
+
+def test_gradcheck_with_a_convolutional_stem_and_mean_pooling() -> None:
+    torch.manual_seed(1)
+    model = (
+        vit2d(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_ratio=1.0, stem=2, pool="mean")
+        .double()
+        .eval()
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    lrp = medlrp.LRP(model)
+    target = torch.tensor([1, 0])
+    params = [model.stem[0].weight, model.stem[2].bias, model.patch_embed.weight, model.head.weight]
+
+    def of_params(*ps: torch.Tensor) -> torch.Tensor:
+        return lrp.relevance(x, target, create_graph=True)
+
+    assert torch.autograd.gradcheck(of_params, params, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+    r = lrp.relevance(x, target, create_graph=True)
+    assert r.abs().sum() > 0
+    torch.testing.assert_close(r.detach(), lrp.relevance(x, target))
