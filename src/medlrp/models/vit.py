@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,37 +143,15 @@ class TinyViT(nn.Module):
 
 @ARCHITECTURES.register("vit2d")
 def vit2d(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    image_size: int | Sequence[int] = 64,
-    patch_size: int = 8,
-    dim: int = 64,
-    depth: int = 4,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    stem: int = 0,
-    pool: str = "cls",
+    in_channels: int = 1, num_classes: int = 2, image_size: int | Sequence[int] = 64, **options: Any
 ) -> TinyViT:
-    """A tiny 2D ViT (64x64 input, 8x8 patches, 4 blocks of width 64, no stem by default)."""
-    return TinyViT(
-        2, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio, stem, pool
-    )
+    """A tiny 2D ViT: 64x64 input; ``options`` as :class:`TinyViT` (8x8 patches, 4 blocks of width 64)."""
+    return TinyViT(2, in_channels, num_classes, image_size, **options)
 
 
 @ARCHITECTURES.register("vit3d")
 def vit3d(
-    in_channels: int = 1,
-    num_classes: int = 2,
-    image_size: int | Sequence[int] = 32,
-    patch_size: int = 8,
-    dim: int = 64,
-    depth: int = 4,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    stem: int = 0,
-    pool: str = "cls",
+    in_channels: int = 1, num_classes: int = 2, image_size: int | Sequence[int] = 32, **options: Any
 ) -> TinyViT:
-    """A tiny 3D ViT (32^3 input, 8^3 patches, 4 blocks of width 64, no stem by default)."""
-    return TinyViT(
-        3, in_channels, num_classes, image_size, patch_size, dim, depth, heads, mlp_ratio, stem, pool
-    )
+    """A tiny 3D ViT: 32^3 input; ``options`` as :class:`TinyViT` (8^3 patches, 4 blocks of width 64)."""
+    return TinyViT(3, in_channels, num_classes, image_size, **options)
