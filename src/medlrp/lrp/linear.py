@@ -27,7 +27,7 @@ import torch
 
 from medlrp.lrp.engine import Engine, clamp_weight, clamped_product
 from medlrp.lrp.route import route
-from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox, _affine
+from medlrp.lrp.rules import REFERENCE_RULES, LinearRule, Quantities, ZBox, affine
 
 Tensor = torch.Tensor
 
@@ -470,7 +470,7 @@ class LinearCall:
 
         def recompute() -> tuple[Tensor, dict[str, Tensor]]:
             with torch.no_grad():
-                z = _affine(call(x, weight, None), scale, bias) if kept is None else kept
+                z = affine(call(x, weight, None), scale, bias) if kept is None else kept
                 return z, {k: product(k) for k in keys if k != "Z"}
 
         return recompute

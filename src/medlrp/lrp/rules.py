@@ -88,12 +88,12 @@ def _positive(
     """
     scale = 1.0 if s is None else s
     if "A" in p:
-        return _affine(p["A"], scale, _pos(bias) + extra)
-    t = _affine(p["M"], scale, -bias)
+        return affine(p["A"], scale, _pos(bias) + extra)
+    t = affine(p["M"], scale, -bias)
     return t.add_(z).mul_(0.5).add_(_pos(bias) + extra)
 
 
-def _affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
+def affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
     """``shift + scale * a`` as one new tensor (``scale``/``shift``: per channel or scalars)."""
     if isinstance(scale, Tensor) or isinstance(shift, Tensor):
         scale_t = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
@@ -114,6 +114,17 @@ class Rule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+class Stabilized:
+    """Mixin of the rules whose only parameter is the stabiliser of their denominator."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, float]:
+        """See :meth:`Rule.params`."""
+        return {"stabilizer": self.stabilizer}
 
 
 class LinearRule(Rule):
@@ -244,7 +255,7 @@ class Zero(LinearRule):
         return {"Z": torch.ones_like(q.z)}
 
 
-class ZPlus(LinearRule):
+class ZPlus(Stabilized, LinearRule):
     """LRP-z+ (zennit's ``ZPlus``: alpha=1, beta=0 with negative inputs allowed).
 
     ``R_in = x+ * (V+)^T (R / s) + x- * (V-)^T (R / s)``, ``s = stab(V+ x+ + V- x- + beta+)``.
@@ -253,13 +264,6 @@ class ZPlus(LinearRule):
     name = "zplus"
     needs_input_signs = True
     relu_variant = True
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"stabilizer": self.stabilizer}
 
     def needed(self, nonneg: bool) -> tuple[str, ...]:
         """See :meth:`LinearRule.needed`."""
@@ -552,18 +556,11 @@ class ZBox(LinearRule):
         return gn, gn, gz
 
 
-class Flat(LinearRule):
+class Flat(Stabilized, LinearRule):
     """LRP-flat: every input in the receptive field gets an equal share, ``R_in = 1^T (R / stab(1^T 1))``."""
 
     name = "flat"
     references = ("F",)
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"stabilizer": self.stabilizer}
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
@@ -598,18 +595,11 @@ class Flat(LinearRule):
         return (torch.div(z, state[0]).mul_(grad),)
 
 
-class WSquare(LinearRule):
+class WSquare(Stabilized, LinearRule):
     """LRP-w^2: ``R_in = (V**2)^T (R / stab(V**2 1 + beta**2))`` (zennit squares the bias too)."""
 
     name = "wsquare"
     references = ("Q",)
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"stabilizer": self.stabilizer}
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
@@ -623,17 +613,10 @@ class Pass(Rule):
     name = "pass"
 
 
-class Norm(Rule):
+class Norm(Stabilized, Rule):
     """Proportional split for sums, averages and pooling: ``R_i = x_i * R / stab(sum)`` (no weights)."""
 
     name = "norm"
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"stabilizer": self.stabilizer}
 
 
 #: Rules that read a reference instead of (or besides) the layer input; only on input layers.
