@@ -54,6 +54,14 @@ def test_train_vit(tmp_path, capsys, data):
     )
     loaded = load_model(ckpt)
     assert loaded.arch == "vit2d" and loaded.model(torch.randn(1, 1, 32, 32)).shape == (1, 2)
+    assert not list(loaded.model.stem.parameters()) and loaded.model.pool == "cls"
+    # architecture options reach the factory and the checkpoint (the guided benchmark's ViT)
+    options = ["--arch-option", "stem=2", "--arch-option", "pool=mean", "--arch-option", "patch_size=16"]
+    args = ["train", "--data", str(data), "--out", str(ckpt), "--arch", "vit2d", "--epochs", "1", "--quiet"]
+    assert main([*args, *options]) == 0
+    loaded = load_model(ckpt)
+    assert loaded.model.pool == "mean" and loaded.model.grid == [2, 2]
+    assert [m.stride for m in loaded.model.stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2), (2, 2)]
 
 
 @pytest.mark.parametrize(
@@ -64,6 +72,10 @@ def test_train_vit(tmp_path, capsys, data):
         (["--arch", "cnn3d"], "cannot take 2D input"),
         (["--epochs", "0"], "--epochs"),
         (["--lr", "-1"], "--lr"),
+        (["--arch-option", "stem"], "NAME=VALUE"),
+        (["--arch", "vit2d", "--arch-option", "nonsense=1"], "nonsense"),
+        (["--arch", "vit2d", "--arch-option", "stem=9"], "2**stem"),
+        (["--arch-option", "num_classes=3"], "set from the data"),
     ],
 )
 def test_train_bad_input_one_line_exit_2(tmp_path, capsys, data, extra, message):

@@ -22,6 +22,7 @@ def run_train(
     progress: bool = True,
     loss_fn: LossFn = cross_entropy_loss,
     extra: dict[str, Any] | None = None,
+    arch_options: dict[str, Any] | None = None,
 ) -> TrainedModel:
     """Training with a progress bar (see :func:`medlrp.train.train_on_folder`)."""
     config.check()
@@ -35,7 +36,30 @@ def run_train(
             loss_fn=loss_fn,
             on_step=on_step,
             extra={"data": str(data), **(extra or {})},
+            arch_options=arch_options,
         )
+
+
+def parse_arch_options(items: list[str]) -> dict[str, Any]:
+    """``["stem=2", "pool=mean"]`` -> ``{"stem": 2, "pool": "mean"}`` (ints, floats, else strings).
+
+    Raises:
+        InputError: An item without ``=`` or with an empty name.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--arch-option {item!r}: expected NAME=VALUE, e.g. stem=2")
+        value: Any = text.strip()
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+        options[name.strip()] = value
+    return options
 
 
 def summary_lines(result: TrainedModel) -> list[str]:
@@ -57,6 +81,12 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="Dataset folder ({train,val,test}/<class>/<case>)."),
         out: Path = typer.Option(..., "--out", help="Checkpoint file to write."),
         arch: str | None = typer.Option(None, "--arch", help="Architecture (default cnn2d / cnn3d)."),
+        arch_option: list[str] = typer.Option(
+            [],
+            "--arch-option",
+            help="NAME=VALUE passed to the architecture (repeatable), e.g. --arch vit2d "
+            "--arch-option stem=2 --arch-option pool=mean.",
+        ),
         epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
         seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
         batch_size: int = typer.Option(16, "--batch-size", help="Cases per step."),
@@ -83,6 +113,7 @@ def register(app: typer.Typer) -> None:
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        options = parse_arch_options(arch_option)
         loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, explain_start)
         result = run_train(
             data,
@@ -92,6 +123,7 @@ def register(app: typer.Typer) -> None:
             progress=main and not quiet,
             loss_fn=loss_fn,
             extra=extra,
+            arch_options=options,
         )
         if main:
             for line in summary_lines(result):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,17 +75,32 @@ def default_arch(dims: int) -> str:
 
 
 def build_model(
-    arch: str, preprocessing: Preprocessing, num_classes: int
+    arch: str,
+    preprocessing: Preprocessing,
+    num_classes: int,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Instantiate a registered architecture for this input; return it and its factory kwargs.
 
+    Args:
+        arch: Registered architecture name.
+        preprocessing: The input the model will see (channels, size).
+        num_classes: Output classes.
+        options: More keyword arguments of the factory (e.g. ``{"stem": 2, "pool": "mean"}`` for
+            ``vit2d``); they are stored in the checkpoint with the rest.
+
     Raises:
-        InputError: Unknown architecture, or one that cannot take this input (e.g. ``cnn2d`` on volumes).
+        InputError: Unknown architecture or option, or one that cannot take this input (e.g. ``cnn2d``
+            on volumes).
     """
     factory = ARCHITECTURES.get(arch)
     kwargs: dict[str, Any] = {"in_channels": preprocessing.channels, "num_classes": num_classes}
     if arch.startswith("vit"):
         kwargs["image_size"] = list(preprocessing.size)
+    fixed = set(kwargs) & set(options or {})
+    if fixed:
+        raise InputError(f"architecture option(s) {sorted(fixed)} are set from the data, not by hand")
+    kwargs.update(options or {})
     try:
         model = factory(**kwargs)
         assert isinstance(model, nn.Module)
@@ -107,6 +123,7 @@ def train_on_folder(
     loss_fn: LossFn = cross_entropy_loss,
     on_step: StepCallback | None = None,
     extra: dict[str, Any] | None = None,
+    arch_options: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
     """Train a registered architecture on a dataset folder and write a checkpoint.
 
@@ -118,12 +135,13 @@ def train_on_folder(
         loss_fn: The training loss seam (plain cross-entropy by default).
         on_step: Progress callback (see :func:`medlrp.train.loop.fit`).
         extra: More entries for the checkpoint's ``extra`` dict.
+        arch_options: More keyword arguments of the architecture's factory (see :func:`build_model`).
 
     Returns:
         The trained model (eval mode), its accuracies on train/val/test, and the checkpoint path.
     """
     info = {"data": str(data), **(extra or {})}
-    return train_on_splits(load_splits(data), out, arch, config, loss_fn, on_step, info)
+    return train_on_splits(load_splits(data), out, arch, config, loss_fn, on_step, info, arch_options)
 
 
 def train_on_splits(
@@ -134,6 +152,7 @@ def train_on_splits(
     loss_fn: LossFn = cross_entropy_loss,
     on_step: StepCallback | None = None,
     extra: dict[str, Any] | None = None,
+    arch_options: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
     """:func:`train_on_folder` on splits already in memory (see :func:`load_splits`)."""
     config = config or TrainConfig()
@@ -142,7 +161,7 @@ def train_on_splits(
     # The seed fixes the initial weights; the global random state is restored afterwards.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model, kwargs = build_model(arch, splits.preprocessing, len(splits.classes))
+        model, kwargs = build_model(arch, splits.preprocessing, len(splits.classes), arch_options)
     history = fit(model, splits.train, config, val=splits.val, loss_fn=loss_fn, on_step=on_step)
     scores = {"train": accuracy(model, splits.train)}
     for name, batch in (("val", splits.val), ("test", splits.test)):
