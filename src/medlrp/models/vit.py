@@ -87,7 +87,7 @@ class TinyViT(nn.Module):
         mlp_ratio: MLP hidden width over ``dim``.
         stem: Convolutional stem blocks before the patch embedding (0: none).
         pool: What the head reads: ``"cls"`` (the class token) or ``"mean"`` (the mean of the patch
-            tokens, as timm's ``global_pool="avg"``; the class token is then left out).
+            tokens, as timm's ``global_pool="avg"``; the class token still takes part in attention).
     """
 
     def __init__(

@@ -241,7 +241,8 @@ def record_batch_statistics(
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dim=dims)
         # two passes by hand: Tensor.var over (0, 2, ...) is ~5x slower on the CPU (measured: 12.7 ms
-        # against 2.5 ms for a (32, 16, 64, 64) batch), a third of a plain training step of cnn2d
+        # against 2.5 ms for a (32, 16, 64, 64) batch; cnn2d's guided step fell from ~2.83 to ~2.62
+        # plain steps)
         centred = x - mean.reshape((1, -1) + (1,) * (x.dim() - 2))
         stats[module] = (mean, (centred * centred).mean(dim=dims))
 
