@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import medlrp
-from guided_training import phantom  # benchmarks/ is the script's folder
+from guided_training import fixed_scale, phantom  # benchmarks/ is the script's folder
 from medlrp.models.preprocessing import Preprocessing
 from medlrp.train import TrainConfig, accuracy, build_model, fit
 from medlrp.train.guided import grow_mask, logit_difference
@@ -59,12 +59,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--normalise",
+        choices=("fixed", "image"),
+        default="fixed",
+        help="fixed: one intensity map for the data set (as guided_training.py); image: each image z-scored",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "guided_diagnostics.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = {"a": phantom(True, args.n, args.seed, 64), "c": phantom(False, args.n, args.seed, 64)}
+    scale = fixed_scale(args.n, args.seed, 64) if args.normalise == "fixed" else None
+    data = {
+        "a": phantom(True, args.n, args.seed, 64, scale=scale),
+        "c": phantom(False, args.n, args.seed, 64, scale=scale),
+    }
     test = data["a"]["test"]
-    head = phantom(True, args.n, args.seed, 64, mask_kind="head")["test"].mask
+    head = phantom(True, args.n, args.seed, 64, mask_kind="head", scale=scale)["test"].mask
     results: dict = {}
     for name, d in data.items():
         with torch.random.fork_rng(devices=[]):
