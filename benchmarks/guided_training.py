@@ -52,6 +52,7 @@ from medlrp.train import TrainConfig, accuracy, fit, predict
 from medlrp.train.guided import GuidedLoss, grow_mask, guidance_composite, logit_difference
 from medlrp.train.guided_losses import GuidanceLoss
 from medlrp.train.losses import cross_entropy_loss
+from medlrp.train.tensors import batches_per_epoch
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -274,7 +275,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         explain_every=s["explain_every"],
         reference_weight=s["reference_weight"],
         reference_every=s["reference_every"],
-        explain_start=s["explain_start_epochs"] * math.ceil(guiding.x.shape[0] / args.batch_size),
+        explain_start=s["explain_start_epochs"] * batches_per_epoch(len(guiding.label), args.batch_size),
     )
     row: dict[str, Any] = {"settings": s, "seed": seed}
     models = {}

@@ -17,6 +17,7 @@ from medlrp.train.guided import (
     record_batch_statistics,
 )
 from medlrp.train.guided_losses import GuidanceLoss, RelevanceOutsideLoss
+from medlrp.train.tensors import batches_per_epoch
 
 
 def _cnn(dims=2, classes=2):
@@ -193,15 +194,21 @@ def test_guidance_moves_relevance_off_a_shortcut():
 def test_cli_guided_training(tmp_path, capsys):
     assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
     out = tmp_path / "m.pt"
-    args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
+    args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "2", "--batch-size", "4", "--quiet"]
     guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2", "--explain-start", "1"]
     assert cli_main([*args, "--out", str(out), *guided]) == 0
     printed = capsys.readouterr().out
     assert "guidance" in printed and "ce" in printed
     extra = torch.load(out, weights_only=True)["extra"]
     assert extra["guided"] is True and extra["guidance_weight"] == 0.5 and extra["mask_margin"] == 2
-    assert extra["explain_start"] == 1
-    assert all("guidance" in e for e in extra["history"])
+    train_cases = len(list((tmp_path / "ph" / "train").rglob("*.png"))) - len(
+        list((tmp_path / "ph" / "train").rglob("*_mask.png"))
+    )
+    assert extra["explain_start_epochs"] == 1
+    assert extra["explain_start_steps"] == batches_per_epoch(train_cases, 4) > 0
+    # the LRP term starts with the second epoch
+    history = extra["history"]
+    assert history[0]["guidance"] == 0 and history[1]["guidance"] > 0
     assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--mask-margin", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--explain-start", "-1"]) == 2

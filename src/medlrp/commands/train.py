@@ -8,10 +8,11 @@ from typing import Any
 import typer
 
 from medlrp.errors import InputError
-from medlrp.train.folder import TrainedModel, load_splits, train_on_splits
+from medlrp.train.folder import FolderSplits, TrainedModel, load_splits, train_on_splits
 from medlrp.train.loop import TrainConfig
 from medlrp.train.losses import LossFn, cross_entropy_loss
 from medlrp.train.progress import training_progress
+from medlrp.train.tensors import batches_per_epoch
 
 
 def run_train(
@@ -23,10 +24,15 @@ def run_train(
     loss_fn: LossFn = cross_entropy_loss,
     extra: dict[str, Any] | None = None,
     arch_options: dict[str, Any] | None = None,
+    splits: FolderSplits | None = None,
 ) -> TrainedModel:
-    """Training with a progress bar (see :func:`medlrp.train.train_on_folder`)."""
+    """Training with a progress bar (see :func:`medlrp.train.train_on_folder`).
+
+    ``splits``: ``data`` already loaded (:func:`medlrp.train.folder.load_splits`), or ``None``.
+    """
     config.check()
-    splits = load_splits(data)  # bad data is reported before a progress bar appears
+    if splits is None:
+        splits = load_splits(data)  # bad data is reported before a progress bar appears
     with training_progress(config.epochs, enabled=progress) as on_step:
         return train_on_splits(
             splits,
@@ -104,8 +110,8 @@ def register(app: typer.Typer) -> None:
         explain_start: int = typer.Option(
             0,
             "--explain-start",
-            help="--guided: training steps before the LRP term starts (the reference term runs from the "
-            "first step); a ViT trained from scratch needs it (docs/data-and-training.md).",
+            help="--guided: epochs before the LRP term starts (the reference term runs from the first "
+            "step); a ViT trained from scratch needs it (docs/data-and-training.md).",
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -113,8 +119,15 @@ def register(app: typer.Typer) -> None:
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        config.check()
         options = parse_arch_options(arch_option)
-        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, explain_start)
+        if explain_start < 0:
+            raise InputError(f"--explain-start must be >= 0 epochs, not {explain_start}")
+        splits = load_splits(data)
+        steps = explain_start * batches_per_epoch(len(splits.train.label), batch_size)
+        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, steps)
+        if guided:
+            extra["explain_start_epochs"] = explain_start
         result = run_train(
             data,
             out if main else None,
@@ -124,6 +137,7 @@ def register(app: typer.Typer) -> None:
             loss_fn=loss_fn,
             extra=extra,
             arch_options=options,
+            splits=splits,
         )
         if main:
             for line in summary_lines(result):
@@ -133,7 +147,10 @@ def register(app: typer.Typer) -> None:
 def guided_setup(
     guided: bool, weight: float, margin: int = 0, explain_start: int = 0
 ) -> tuple[LossFn, dict[str, Any], bool]:
-    """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0."""
+    """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0.
+
+    ``explain_start`` is in training steps (see :class:`medlrp.train.guided.GuidedLoss`).
+    """
     if not weight >= 0:
         raise InputError(f"--guidance-weight must be >= 0, not {weight}")
     from medlrp.train.guided import GuidedLoss
@@ -142,13 +159,11 @@ def guided_setup(
     info = init_distributed()
     if not guided and info is None:
         return cross_entropy_loss, {}, True
-    if explain_start < 0:
-        raise InputError(f"--explain-start must be >= 0, not {explain_start}")
     criterion = GuidedLoss(weight if guided else 0.0, mask_margin=margin, explain_start=explain_start)
     extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
     if guided:
         extra["mask_margin"] = margin
-        extra["explain_start"] = explain_start
+        extra["explain_start_steps"] = explain_start
     if info is not None:
         extra["world_size"] = info.world
     return guided_loss_fn(criterion, info), extra, info is None or info.is_main

@@ -25,7 +25,7 @@ from medlrp.train.guided_losses import (
 )
 from medlrp.train.loop import EpochLog, History, TrainConfig, accuracy, fit, predict
 from medlrp.train.losses import LossFn, cross_entropy_loss
-from medlrp.train.tensors import load_all, minibatches, subset
+from medlrp.train.tensors import batches_per_epoch, load_all, minibatches, subset
 
 __all__ = [
     "BackgroundRelevanceLoss",
@@ -49,6 +49,7 @@ __all__ = [
     "load_splits",
     "masked_reference",
     "minibatches",
+    "batches_per_epoch",
     "predict",
     "subset",
     "train_on_folder",

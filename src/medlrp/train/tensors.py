@@ -32,6 +32,19 @@ def subset(batch: Batch, index: torch.Tensor) -> Batch:
     )
 
 
+def _starts(n: int, batch_size: int) -> list[int]:
+    """Where each mini-batch of :func:`minibatches` begins (a lone last case joins its predecessor)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """How many mini-batches (training steps) :func:`minibatches` makes of ``n`` cases."""
+    return len(_starts(n, batch_size))
+
+
 def minibatches(
     data: Batch, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
 ) -> Iterator[Batch]:
@@ -41,9 +54,7 @@ def minibatches(
     """
     n = len(data.label)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
+    starts = _starts(n, batch_size)
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else n
         yield subset(data, order[start:stop])
