@@ -6,7 +6,15 @@ from medlrp.data import Batch
 from medlrp.data.phantom import PhantomSpec, write_phantom
 from medlrp.errors import InputError
 from medlrp.models import Preprocessing, load_model
-from medlrp.train import TrainConfig, accuracy, build_model, fit, minibatches, train_on_folder
+from medlrp.train import (
+    TrainConfig,
+    accuracy,
+    batches_per_epoch,
+    build_model,
+    fit,
+    minibatches,
+    train_on_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +60,10 @@ def test_minibatches_cover_everything_without_batches_of_one():
     batches = list(minibatches(data, 16, torch.Generator().manual_seed(1)))
     assert [len(b.label) for b in batches] == [16, 17]
     assert sorted(i for b in batches for i in b.case_id) == sorted(data.case_id)
+    # batches_per_epoch counts the same steps (guided training's --explain-start converts epochs)
+    for n in (2, 5, 16, 17, 33, 34):
+        for size in (4, 16):
+            assert batches_per_epoch(n, size) == len(list(minibatches(_toy(n=n), size)))
 
 
 def test_train_on_folder_is_deterministic_and_leaves_global_rng(tmp_path, phantom):
