@@ -89,3 +89,44 @@ def test_train_missing_data(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dataset folder not found" in err
+
+
+def test_train_init_fine_tunes_a_checkpoint(tmp_path, capsys, data):
+    first = tmp_path / "first.pt"
+    base = ["train", "--data", str(data), "--epochs", "1", "--batch-size", "4", "--quiet"]
+    vit = ["--arch", "vit2d", "--arch-option", "stem=1", "--arch-option", "pool=mean"]
+    assert main([*base, "--out", str(first), *vit]) == 0
+    start = load_model(first)
+    # a learning rate of ~0 leaves the weights where the checkpoint had them: --init is the start
+    tuned = tmp_path / "tuned.pt"
+    assert main([*base, "--out", str(tuned), "--init", str(first), "--lr", "1e-12", "--seed", "5"]) == 0
+    loaded = load_model(tuned)
+    assert loaded.arch == "vit2d" and loaded.arch_kwargs == start.arch_kwargs
+    assert loaded.class_names == start.class_names and loaded.preprocessing == start.preprocessing
+    assert loaded.extra["init"] == str(first)
+    for k, v in start.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    # fresh weights with the same seed are something else
+    fresh = tmp_path / "fresh.pt"
+    assert main([*base, "--out", str(fresh), *vit, "--lr", "1e-12", "--seed", "5"]) == 0
+    other = load_model(fresh).model.state_dict()
+    assert not torch.allclose(other["head.weight"], start.model.state_dict()["head.weight"])
+    capsys.readouterr()
+    # what --init refuses, each with one line and exit 2
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(start.model, torch.zeros(1, 1, 32, 32)), str(scripted))
+    chest = tmp_path / "chest"
+    write_phantom(chest, PhantomSpec(kind="chest", dims=2, n=12, seed=0, size=32))
+    for extra, message in (
+        (["--init", str(scripted)], "medlrp checkpoint"),
+        (["--init", str(first), "--arch", "cnn2d"], "differs"),
+        (["--init", str(first), "--arch-option", "stem=2"], "--arch-option"),
+        (["--init", str(tmp_path / "none.pt")], "not found"),
+    ):
+        assert main([*base, "--out", str(tmp_path / "bad.pt"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    args = ["train", "--data", str(chest), "--out", str(tmp_path / "bad.pt"), "--init", str(first), "--quiet"]
+    assert main(args) == 2
+    assert "classes" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from medlrp.errors import InputError
+from medlrp.models.checkpoint import LoadedModel, load_model
 from medlrp.train.folder import FolderSplits, TrainedModel, load_splits, train_on_splits
 from medlrp.train.loop import TrainConfig
 from medlrp.train.losses import LossFn, cross_entropy_loss
@@ -25,6 +26,7 @@ def run_train(
     extra: dict[str, Any] | None = None,
     arch_options: dict[str, Any] | None = None,
     splits: FolderSplits | None = None,
+    init: LoadedModel | None = None,
 ) -> TrainedModel:
     """Training with a progress bar (see :func:`medlrp.train.train_on_folder`).
 
@@ -43,6 +45,7 @@ def run_train(
             on_step=on_step,
             extra={"data": str(data), **(extra or {})},
             arch_options=arch_options,
+            init=init,
         )
 
 
@@ -113,6 +116,12 @@ def register(app: typer.Typer) -> None:
             help="--guided: epochs before the LRP term starts (the reference term runs from the first "
             "step); a ViT trained from scratch needs it (docs/data-and-training.md).",
         ),
+        init: Path | None = typer.Option(
+            None,
+            "--init",
+            help="Go on training (fine-tune) this medlrp checkpoint instead of fresh weights; its "
+            "architecture, classes and preprocessing are kept.",
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a model on a dataset folder; report accuracies and write a checkpoint for --model."""
@@ -123,11 +132,14 @@ def register(app: typer.Typer) -> None:
         options = parse_arch_options(arch_option)
         if explain_start < 0:
             raise InputError(f"--explain-start must be >= 0 epochs, not {explain_start}")
-        splits = load_splits(data)
+        start = load_model(init) if init is not None else None
+        splits = load_splits(data, start.preprocessing if start is not None else None)
         steps = explain_start * batches_per_epoch(len(splits.train.label), batch_size)
         loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, steps)
         if guided:
             extra["explain_start_epochs"] = explain_start
+        if init is not None:
+            extra["init"] = str(init)
         result = run_train(
             data,
             out if main else None,
@@ -138,6 +150,7 @@ def register(app: typer.Typer) -> None:
             extra=extra,
             arch_options=options,
             splits=splits,
+            init=start,
         )
         if main:
             for line in summary_lines(result):

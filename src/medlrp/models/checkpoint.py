@@ -34,6 +34,8 @@ class LoadedModel:
     class_names: list[str]
     arch: str = "unknown"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The architecture factory's keyword arguments (medlrp checkpoints only).
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -108,6 +110,7 @@ def load_model(
         class_names=list(payload["class_names"]),
         arch=str(payload["arch"]),
         extra=dict(payload.get("extra", {})),
+        arch_kwargs=dict(payload["arch_kwargs"]),
     )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from medlrp.data.folder import Batch, FolderDataset, resolve_split
 from medlrp.errors import InputError
-from medlrp.models.checkpoint import save_checkpoint
+from medlrp.models.checkpoint import LoadedModel, save_checkpoint
 from medlrp.models.preprocessing import Preprocessing
 from medlrp.registry import ARCHITECTURES
 from medlrp.train.loop import History, StepCallback, TrainConfig, accuracy, fit
@@ -115,6 +115,31 @@ def build_model(
     return model, kwargs
 
 
+def _initial(
+    init: LoadedModel, splits: FolderSplits, arch: str | None, options: Mapping[str, Any] | None
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model, architecture and factory kwargs of ``init``, checked against the data and options.
+
+    Raises:
+        InputError: ``init`` is not a medlrp checkpoint, or does not fit the data or the options.
+    """
+    if init.arch in ("torchscript", "pickle", "unknown"):
+        raise InputError(
+            f"--init needs a medlrp checkpoint (architecture and weights), not a {init.arch} model"
+        )
+    if arch is not None and arch != init.arch:
+        raise InputError(f"--arch {arch} differs from the --init checkpoint's architecture {init.arch}")
+    if options:
+        raise InputError("--arch-option cannot change an --init checkpoint's architecture")
+    if list(init.class_names) != list(splits.classes):
+        raise InputError(
+            f"--init checkpoint's classes {init.class_names} differ from the data's {splits.classes}"
+        )
+    if init.preprocessing != splits.preprocessing:
+        raise InputError("--init: load the data with the checkpoint's preprocessing")
+    return init.model, init.arch, dict(init.arch_kwargs)
+
+
 def train_on_folder(
     data: str | Path,
     out: str | Path | None,
@@ -153,15 +178,24 @@ def train_on_splits(
     on_step: StepCallback | None = None,
     extra: dict[str, Any] | None = None,
     arch_options: Mapping[str, Any] | None = None,
+    init: LoadedModel | None = None,
 ) -> TrainedModel:
-    """:func:`train_on_folder` on splits already in memory (see :func:`load_splits`)."""
+    """:func:`train_on_folder` on splits already in memory (see :func:`load_splits`).
+
+    ``init``: a loaded medlrp checkpoint to go on training (fine-tuning) instead of fresh weights; its
+    architecture, classes and preprocessing must be the data's (load the splits with its preprocessing).
+    Its model is trained in place.
+    """
     config = config or TrainConfig()
     config.check()
-    arch = arch or default_arch(splits.preprocessing.dims)
-    # The seed fixes the initial weights; the global random state is restored afterwards.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model, kwargs = build_model(arch, splits.preprocessing, len(splits.classes), arch_options)
+    if init is not None:
+        model, arch, kwargs = _initial(init, splits, arch, arch_options)
+    else:
+        arch = arch or default_arch(splits.preprocessing.dims)
+        # The seed fixes the initial weights; the global random state is restored afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model, kwargs = build_model(arch, splits.preprocessing, len(splits.classes), arch_options)
     history = fit(model, splits.train, config, val=splits.val, loss_fn=loss_fn, on_step=on_step)
     scores = {"train": accuracy(model, splits.train)}
     for name, batch in (("val", splits.val), ("test", splits.test)):
