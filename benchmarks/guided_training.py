@@ -349,17 +349,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = {arch: dict(SETTINGS[arch]) for arch in args.archs.split(",")}
+    # command-line overrides of every architecture's setting (setting name: argument)
+    overrides = {
+        "weight": args.guidance_weight,
+        "explain_every": args.explain_every,
+        "reference_weight": args.reference_weight,
+        "reference_every": args.reference_every,
+        "explain_start_epochs": args.explain_start_epochs,
+    }
     for s in settings.values():
-        if args.guidance_weight is not None:
-            s["weight"] = args.guidance_weight
-        if args.explain_every is not None:
-            s["explain_every"] = args.explain_every
-        if args.reference_weight is not None:
-            s["reference_weight"] = args.reference_weight
-        if args.reference_every is not None:
-            s["reference_every"] = args.reference_every
-        if args.explain_start_epochs is not None:
-            s["explain_start_epochs"] = args.explain_start_epochs
+        s.update({k: v for k, v in overrides.items() if v is not None})
         if args.quick:
             s["n"], s["epochs"] = 120, 2
             s["explain_start_epochs"] = min(s["explain_start_epochs"], 1)
