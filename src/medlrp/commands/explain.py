@@ -42,10 +42,11 @@ def run_explain(
     index: int | None = None,
     mask: Path | None = None,
     device: str = "cpu",
+    dicom: bool = False,
 ) -> int:
     """The command's work; returns the exit code (0, or 2 when some input failed)."""
     import medlrp  # noqa: F401  (registers every method)
-    from medlrp.io import expand_input, find_mask, read_image, window_preset
+    from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
     from medlrp.pipeline import explain_case, unique_name, write_run_outputs
     from medlrp.registry import METHODS
@@ -69,9 +70,11 @@ def run_explain(
     if mask is not None and len(items) != 1:
         raise InputError(f"--mask {mask} needs exactly one input, got {len(items)}")
     records, taken = [], set()
+    dicom_writer = DicomWriter(keep_identifiers) if dicom else None  # one per run: consistent UIDs
     for item in items:
         try:
             image = read_image(item, index=index)
+            sources = dicom_writer.sources(image) if dicom_writer else None  # grid checked before work
             mask_path = mask or find_mask(item)
             mask_image = read_image(mask_path) if mask_path is not None else None
             record = explain_case(
@@ -86,6 +89,12 @@ def run_explain(
                 mask=mask_image,
                 window=preset,
             )
+            if dicom_writer is not None:
+                if sources is None:
+                    print(f"medlrp: note: {item.name}: not DICOM, no DICOM outputs", file=sys.stderr)
+                else:
+                    shown = preset or loaded.preprocessing.window
+                    dicom_writer.write_case(out, record, image, shown, sources)
         except InputError as exc:
             _fail(failures, item, exc)
             continue
@@ -141,6 +150,14 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Region mask for a single input (default: <case>_mask.<ext>).")
         ] = None,
         device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+        dicom: Annotated[
+            bool,
+            typer.Option(
+                "--dicom",
+                help="Also write DICOM for DICOM inputs: NAME.relevance.dcm (Parametric Map) and "
+                "NAME.overlay/ (Secondary Capture); de-identified unless --keep-identifiers.",
+            ),
+        ] = False,
     ) -> None:
         methods = [m.strip() for m in method.split(",") if m.strip()]
         if not methods:
@@ -158,6 +175,7 @@ def register(app: typer.Typer) -> None:
             index=index,
             mask=mask,
             device=device,
+            dicom=dicom,
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code

@@ -6,6 +6,14 @@ from pathlib import Path
 
 from medlrp.errors import InputError
 from medlrp.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from medlrp.io.dicom_out import (
+    Deidentifier,
+    DicomFiles,
+    DicomWriter,
+    MapDescription,
+    read_dicom_sources,
+    write_dicom_explanation,
+)
 from medlrp.io.image import Image, atomic_path, write_atomic
 from medlrp.io.inputs import IMAGE_SUFFIXES, expand_input, find_mask, is_mask_file, stem
 from medlrp.io.nifti import read_nifti, write_nifti
@@ -48,6 +56,9 @@ def read_image(path: str | Path, index: int | None = None) -> Image:
 __all__ = [
     "IMAGE_SUFFIXES",
     "WINDOW_PRESETS",
+    "Deidentifier",
+    "DicomFiles",
+    "DicomWriter",
     "Image",
     "apply_window",
     "atomic_path",
@@ -57,14 +68,17 @@ __all__ = [
     "is_dicom_file",
     "is_image_file",
     "is_mask_file",
+    "MapDescription",
     "read_dicom_file",
     "read_dicom_series",
+    "read_dicom_sources",
     "read_image",
     "read_nifti",
     "read_png",
     "stem",
     "to_input_grid",
     "window_preset",
+    "write_dicom_explanation",
     "write_atomic",
     "write_nifti",
     "write_png",
