@@ -250,3 +250,34 @@ def test_library_from_an_explanation(tmp_path):
     row, col = np.unravel_index(np.abs(frames).argmax(), frames.shape)
     assert 4 * 8 <= row < 5 * 8 and 12 * 8 <= col < 13 * 8  # the 16 px cell maps onto its 8x8 block
     assert all(_dciodvfy_errors(p) == [] for p in files.files)
+
+
+def test_batch_writes_dicom_consistently_across_writer_processes(tmp_path, capsys):
+    """Two writer processes: one run's de-identification (same pseudonym for one patient) in both."""
+    from medlrp.batch import read_records
+
+    ckpt = S.make_checkpoint(tmp_path / "m2.pt", dims=2)
+    data = tmp_path / "data"
+    ct = _source("CT_small.dcm", data / "a" / "ct.dcm")
+    mr = _source("MR_small.dcm", data / "b" / "mr.dcm")
+    _png(data / "b" / "picture.png")
+    out = tmp_path / "out"
+    args = ["batch", "--model", str(ckpt), "--data", str(data), "--out", str(out), "--no-progress"]
+    code = main(
+        [*args, "--methods", S.method(), "--workers", "0", "--writers", "2", "--batch-size", "1", "--dicom"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    records = {r["case"]: r for r in read_records(out / "index.jsonl")}
+    assert sorted(records) == ["a/ct", "b/mr", "b/picture"]
+    assert "dicom" not in records["b/picture"]["methods"][S.method()]
+    maps = []
+    for case, source in (("a/ct", ct), ("b/mr", mr)):
+        listed = records[case]["methods"][S.method()]["dicom"]
+        assert listed[0] == f"{case}.relevance.dcm" and listed[1] == f"{case}.overlay/0001.dcm"
+        pm, _ = _check_map(out / case.split("/")[0], case.split("/")[1], [source])
+        maps.append(pm)
+    assert maps[0].PatientID == maps[1].PatientID and maps[0].PatientID.startswith("ANON-")
+    everything = _every_byte(out) + (captured.out + captured.err).encode()
+    for value in _source_values([ct, mr]):
+        assert value.encode() not in everything, value

@@ -171,6 +171,8 @@ class BatchJob:
                 entry["overlay"] = relative(files.overlay, self.settings.out)
                 if files.scores is not None:
                     entry["scores"] = files.scores
+                if files.dicom:
+                    entry["dicom"] = [relative(p, self.settings.out) for p in files.dicom]
             record["timing"]["write_s"] = round(written.write_s, 6)
             self.index.append(record)  # the case is done from here on
             self.done += 1

@@ -11,12 +11,12 @@ them before the case's index record is appended, so a case listed as done has it
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medlrp.explanation import Explanation
-from medlrp.io import Image
+from medlrp.io import DicomWriter, Image
 from medlrp.models import LoadedModel
 from medlrp.pipeline import explain_case
 
@@ -28,6 +28,7 @@ class MethodFiles:
     relevance: Path
     overlay: Path
     scores: dict[str, Any] | None = None
+    dicom: list[Path] = field(default_factory=list)  # --dicom: the Parametric Map, then the overlay series
 
 
 def write_case(
@@ -38,6 +39,7 @@ def write_case(
     name: str,
     mask: Image | None = None,
     keep_identifiers: bool = False,
+    dicom: DicomWriter | None = None,
 ) -> dict[str, MethodFiles]:
     """Write the case's relevance maps and overlays; return them per method (scores when ``mask``).
 
@@ -49,7 +51,10 @@ def write_case(
         name: Case name in the file names.
         mask: The case's mask on the input grid, or ``None``; gives localisation scores.
         keep_identifiers: Passed on to the pipeline.
+        dicom: Also write the DICOM outputs of a DICOM input with this run's writer (``--dicom``); a
+            series off a regular grid fails before any file is written.
     """
+    sources = dicom.sources(image) if dicom is not None else None
     record = explain_case(
         loaded,
         image,
@@ -61,12 +66,16 @@ def write_case(
         keep_identifiers=keep_identifiers,
         explanations=explanations,
     )
+    written = {}
+    if dicom is not None and sources is not None:
+        written = dicom.write_case(case_dir, record, image, loaded.preprocessing.window, sources)
     metrics = record.get("metrics", {})
     return {
         method: MethodFiles(
             case_dir / out["relevance"],
             case_dir / out["overlay"],
             metrics.get(method) if mask is not None else None,
+            written[method].files if method in written else [],
         )
         for method, out in record["outputs"].items()
     }

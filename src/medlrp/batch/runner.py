@@ -28,6 +28,7 @@ from medlrp.batch.manifest import check_manifest, file_sha256, write_manifest
 from medlrp.batch.progress import CaseProgress
 from medlrp.batch.writers import CaseWriter
 from medlrp.errors import InputError
+from medlrp.io import DicomWriter
 from medlrp.models import LoadedModel, load_model
 from medlrp.registry import METHODS
 
@@ -54,6 +55,8 @@ class BatchOptions:
         keep_identifiers: Put the input's patient identifiers into its index record (and let the
             writers keep them); without it no output carries them.
         progress: Show the progress bar (rank 0 only).
+        dicom: Also write DICOM outputs (Parametric Map, Secondary Capture) for DICOM cases,
+            de-identified unless ``keep_identifiers``; other cases get none.
     """
 
     model: Path
@@ -69,6 +72,7 @@ class BatchOptions:
     trust_model: bool = False
     keep_identifiers: bool = False
     progress: bool = True
+    dicom: bool = False
 
 
 @dataclass
@@ -195,7 +199,9 @@ def _run_locked(
     label = f"batch rank {ctx.rank}/{ctx.world_size}" if ctx.world_size > 1 else "batch"
     tic = time.perf_counter()
     with (
-        CaseWriter(loaded, options.writers, options.keep_identifiers, lock.inherited_fds) as writer,
+        CaseWriter(
+            loaded, options.writers, options.keep_identifiers, lock.inherited_fds, _dicom_writer(options)
+        ) as writer,
         Journal(part_path(out, "index", ctx.rank)) as index,
         Journal(part_path(out, "errors", ctx.rank)) as errors,
         CaseProgress(len(mine) - skipped, label, options.progress and ctx.rank == 0) as progress,
@@ -241,3 +247,8 @@ def plan_batches(
         batches.append(list(range(start, start + len(s))))
         start += len(s)
     return flat, batches
+
+
+def _dicom_writer(options: BatchOptions) -> DicomWriter | None:
+    """One DICOM writer for this process's run (its de-identification secret stays in memory)."""
+    return DicomWriter(options.keep_identifiers) if options.dicom else None

@@ -22,7 +22,7 @@ import torch
 
 from medlrp.batch.outputs import MethodFiles, fsync_files, write_case
 from medlrp.explanation import Explanation
-from medlrp.io import Image
+from medlrp.io import DicomWriter, Image
 from medlrp.models import LoadedModel
 
 
@@ -45,18 +45,20 @@ class Written:
     write_s: float
 
 
-def write_job(job: WriteJob, loaded: LoadedModel, keep_identifiers: bool) -> Written:
+def write_job(
+    job: WriteJob, loaded: LoadedModel, keep_identifiers: bool, dicom: DicomWriter | None = None
+) -> Written:
     """Write one case's files and flush them to the disk."""
     tic = time.perf_counter()
     files = write_case(
-        loaded, job.image, job.explanations, job.case_dir, job.name, job.mask, keep_identifiers
+        loaded, job.image, job.explanations, job.case_dir, job.name, job.mask, keep_identifiers, dicom
     )
-    fsync_files([p for f in files.values() for p in (f.relevance, f.overlay)])
+    fsync_files([p for f in files.values() for p in (f.relevance, f.overlay, *f.dicom)])
     return Written(files, time.perf_counter() - tic)
 
 
 # A writer process's settings, set once by _init_writer (jobs then carry only the case).
-_WORKER_SETTINGS: tuple[LoadedModel, bool] | None = None
+_WORKER_SETTINGS: tuple[LoadedModel, bool, DicomWriter | None] | None = None
 _PARENT = -1
 # Held while a job writes: an orphaned writer finishes the file it is writing (so it never leaves a
 # temporary behind after the next run has tidied up) and then exits, starting no further job.
@@ -79,9 +81,11 @@ def _ready() -> bool:
     return True
 
 
-def _init_writer(loaded: LoadedModel, keep_identifiers: bool, parent: int, close_fds: list[int]) -> None:
+def _init_writer(
+    loaded: LoadedModel, keep_identifiers: bool, parent: int, close_fds: list[int], dicom: DicomWriter | None
+) -> None:
     global _WORKER_SETTINGS, _PARENT
-    _WORKER_SETTINGS, _PARENT = (loaded, keep_identifiers), parent
+    _WORKER_SETTINGS, _PARENT = (loaded, keep_identifiers, dicom), parent
     for fd in close_fds:
         os.close(fd)
     torch.set_num_threads(1)  # a writer resamples small maps; threads would only fight the explainer
@@ -99,7 +103,9 @@ class CaseWriter:
     """Writes :class:`WriteJob` s, synchronously (``writers=0``) or in ``writers`` processes.
 
     ``close_fds`` are closed in each writer process (descriptors it inherits but must not hold, such as
-    the run lock: it must die with the main process, not linger with an orphaned writer).
+    the run lock: it must die with the main process, not linger with an orphaned writer). ``dicom``
+    (``--dicom``) goes to every writer: one :class:`~medlrp.io.DicomWriter` per run, so every writer
+    process replaces UIDs the same way.
     """
 
     def __init__(
@@ -108,10 +114,12 @@ class CaseWriter:
         writers: int,
         keep_identifiers: bool = False,
         close_fds: list[int] | None = None,
+        dicom: DicomWriter | None = None,
     ) -> None:
         self.writers = writers
         self._loaded = loaded
         self._keep_identifiers = keep_identifiers
+        self._dicom = dicom
         self._pool: ProcessPoolExecutor | None = None
         if writers > 0:
             # Writers never run the model: give them its description only, not its weights.
@@ -121,7 +129,7 @@ class CaseWriter:
                 writers,
                 mp_context=multiprocessing.get_context(method),
                 initializer=_init_writer,
-                initargs=(lite, keep_identifiers, os.getpid(), list(close_fds or [])),
+                initargs=(lite, keep_identifiers, os.getpid(), list(close_fds or []), dicom),
             )
             # Start the processes now, before the progress bar's thread and the readers exist.
             self._pool.submit(_ready).result()
@@ -132,7 +140,7 @@ class CaseWriter:
             return self._pool.submit(_write_in_worker, job)
         future: Future[Written] = Future()
         try:
-            future.set_result(write_job(job, self._loaded, self._keep_identifiers))
+            future.set_result(write_job(job, self._loaded, self._keep_identifiers, self._dicom))
         except Exception as exc:
             future.set_exception(exc)
         return future

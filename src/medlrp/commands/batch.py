@@ -39,6 +39,12 @@ def register(app: typer.Typer) -> None:
             False, "--keep-identifiers", help="Keep patient identifiers in outputs."
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+        dicom: bool = typer.Option(
+            False,
+            "--dicom",
+            help="Also write DICOM for DICOM cases: NAME.relevance.dcm (Parametric Map) and NAME.overlay/ "
+            "(Secondary Capture); de-identified unless --keep-identifiers.",
+        ),
     ) -> None:
         """Explain every case of a dataset folder; resumable; scales out under torchrun."""
         from medlrp.batch import BatchOptions, run_batch
@@ -58,6 +64,7 @@ def register(app: typer.Typer) -> None:
                 trust_model=trust_model,
                 keep_identifiers=keep_identifiers,
                 progress=progress,
+                dicom=dicom,
             )
         )
         where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""
