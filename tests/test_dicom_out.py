@@ -32,6 +32,8 @@ SECRETS = {
     "PerformingPhysicianName": "Performer^Gundeberga",
     "OperatorsName": "Operator^Theodulf",
     "StudyID": "STUDY-77431",
+    "StudyDate": "19870923",
+    "SeriesDate": "19870924",
 }
 PRIVATE_VALUE = "PRIVATE-SECRET-30571"
 
@@ -81,8 +83,11 @@ def _series(
     return written
 
 
-def _explain(capsys, ckpt: Path, out: Path, *inputs: Path, keep: bool = False) -> tuple[int, str]:
-    args = ["explain", "--model", str(ckpt), *map(str, inputs), "--method", S.method(), "--out", str(out)]
+def _explain(
+    capsys, ckpt: Path, out: Path, *inputs: Path, keep: bool = False, methods: str | None = None
+) -> tuple[int, str]:
+    args = ["explain", "--model", str(ckpt), *map(str, inputs), "--method", methods or S.method()]
+    args += ["--out", str(out)]
     code = main([*args, "--dicom", *(["--keep-identifiers"] if keep else [])])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -146,6 +151,9 @@ def _every_byte(out: Path) -> bytes:
 def _source_values(sources: list[pydicom.Dataset]) -> list[str]:
     uids = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
     values = [str(ds.get(k)) for ds in sources for k in uids]
+    # the files' own private attributes too (CT_small has GE's), where long enough to be telling
+    private = {str(e.value) for ds in sources for e in ds if e.tag.is_private and isinstance(e.value, str)}
+    values += [v for v in private if len(v.strip()) >= 8]
     return [*values, *SECRETS.values(), PRIVATE_VALUE, "Brynjolfsdottir", "Hallveig", "Gundeberga"]
 
 
@@ -186,8 +194,11 @@ def test_series_with_the_study_and_deidentified(tmp_path, capsys):
     ckpt = S.make_checkpoint(tmp_path / "m3.pt", dims=3, size=8)
     sources = _series(tmp_path / "series7")
     kept = tmp_path / "kept"
-    code, log = _explain(capsys, ckpt, kept, tmp_path / "series7", keep=True)
+    code, log = _explain(
+        capsys, ckpt, kept, tmp_path / "series7", keep=True, methods=f"{S.method()},gradient"
+    )
     assert code == 0, log
+    _check_map(kept, "series7.gradient", sources)  # every method gets its own map and overlay series
     pm, captures = _check_map(kept, "series7", sources)
     for ds in (pm, *captures):
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):

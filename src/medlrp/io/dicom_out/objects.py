@@ -146,6 +146,7 @@ def overlay_captures(
             patient_orientation=_patient_orientation(source),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
+        sc.copy_patient_and_study_information(source)  # the whole patient module, as the map has it
         sc.SeriesDescription = f"medlrp {description.method} overlay"[:64]
         sc.ImageComments = description.text
         sc.BurnedInAnnotation = "NO"  # the caption names the method and class, nobody
