@@ -49,7 +49,7 @@ def overlay_frames(
         picture = blend(to_gray(scan3[k], *window), diverging_rgba(rel3[k], limit))
         picture = picture.repeat(factor, axis=0).repeat(factor, axis=1)
         body = np.concatenate([picture, np.zeros((picture.shape[0], 4, 3), np.uint8), bar], axis=1)
-        text = f"{caption}  slice {k + 1}/{scan3.shape[0]}" if scan3.shape[0] > 1 else caption
+        text = f"{caption} | slice {k + 1}/{scan3.shape[0]}" if scan3.shape[0] > 1 else caption
         frames.append(np.concatenate([_caption(text, body.shape[1]), body], axis=0))
     return np.stack(frames)
 

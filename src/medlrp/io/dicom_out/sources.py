@@ -39,7 +39,7 @@ def read_dicom_sources(path: str | Path) -> list[Dataset]:
         headers = scan_dicom_folder(source)
         if not headers:
             raise InputError(f"{source}: no DICOM images in this folder")
-        datasets = [_read_dataset(p, header_only=True) for p, _ in headers]
+        datasets = [ds for _, ds in headers]
         if len({str(ds.get("SeriesInstanceUID", "")) for ds in datasets}) > 1:
             raise InputError(f"{source}: holds several DICOM series; pass a folder with one series")
     else:
