@@ -16,6 +16,8 @@ from medlrp.io.dicom_out.objects import MapDescription, overlay_captures, parame
 from medlrp.io.dicom_out.render import overlay_frames
 from medlrp.io.dicom_out.sources import read_dicom_sources
 from medlrp.io.dicom_out.write import (
+    MAP_SUFFIX,
+    OVERLAY_SUFFIX,
     DicomFiles,
     DicomWriter,
     relevance_on_sources,
@@ -24,6 +26,8 @@ from medlrp.io.dicom_out.write import (
 )
 
 __all__ = [
+    "MAP_SUFFIX",
+    "OVERLAY_SUFFIX",
     "Deidentifier",
     "DicomFiles",
     "DicomWriter",

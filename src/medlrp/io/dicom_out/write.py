@@ -31,6 +31,11 @@ from medlrp.io.image import Image, atomic_path
 from medlrp.io.resample import to_input_grid
 from medlrp.io.windowing import display_range
 
+#: Name endings of the outputs (``NAME`` + these): the map file and the overlay series folder. An input
+#: listing must skip them, as it skips the NIfTI and PNG outputs.
+MAP_SUFFIX = ".relevance.dcm"
+OVERLAY_SUFFIX = ".overlay"
+
 
 @dataclass
 class DicomFiles:
@@ -105,10 +110,10 @@ def write_dicom_explanation(
     pictures = overlay_frames(scan, frames_relevance, window, description.text)
     captures = overlay_captures(pictures, headers, description)
     out = Path(out_dir)
-    map_path = out / f"{name}.relevance.dcm"
+    map_path = out / f"{name}{MAP_SUFFIX}"
     with atomic_path(map_path) as tmp:
         pm.save_as(tmp, enforce_file_format=True)
-    folder = out / f"{name}.overlay"
+    folder = out / f"{name}{OVERLAY_SUFFIX}"
     files = _write_series(folder, captures)
     return DicomFiles(map_path, folder, files)
 
