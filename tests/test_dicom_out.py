@@ -292,3 +292,16 @@ def test_batch_writes_dicom_consistently_across_writer_processes(tmp_path, capsy
     everything = _every_byte(out) + (captured.out + captured.err).encode()
     for value in _source_values([ct, mr]):
         assert value.encode() not in everything, value
+
+
+def test_a_killed_runs_half_written_overlay_series_is_tidied(tmp_path):
+    from medlrp.batch.journal import remove_temporaries
+
+    half = tmp_path / "a" / ".ct.overlay.k2j4x9.part"
+    half.mkdir(parents=True)
+    (half / "0001.dcm").write_bytes(b"half")
+    kept = tmp_path / "a" / "ct.overlay"
+    kept.mkdir()
+    (kept / "0001.dcm").write_bytes(b"whole")
+    assert remove_temporaries(tmp_path) == [half]
+    assert not half.exists() and (kept / "0001.dcm").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,13 @@ def consolidate(out_dir: Path) -> tuple[int, int]:
 
 
 def remove_temporaries(out_dir: Path) -> list[Path]:
-    """Delete temporaries that a killed run left (``.<name>.<random>.part*``); return them."""
+    """Delete what a killed run left half-written (``.<name>.<random>.part*`` files and folders)."""
     removed = []
-    for dirpath, _dirnames, filenames in os.walk(out_dir):
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        for name in [d for d in dirnames if _TEMPORARY.match(d)]:  # a DICOM overlay series being written
+            shutil.rmtree(Path(dirpath) / name, ignore_errors=True)
+            dirnames.remove(name)
+            removed.append(Path(dirpath) / name)
         for name in filenames:
             if _TEMPORARY.match(name):
                 path = Path(dirpath) / name

@@ -129,7 +129,7 @@ def _write_series(folder: Path, datasets: Sequence[Dataset]) -> list[Path]:
             os.chmod(tmp / file_name, 0o644)
         os.chmod(tmp, 0o755)
         if folder.exists():  # a rerun: move the old series aside first (a folder cannot be renamed over)
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part.old", dir=folder.parent))
             os.replace(folder, old / folder.name)
             os.replace(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)
