@@ -62,7 +62,9 @@ def parametric_map(
         series_instance_uid: The map's series (default: a new UID).
 
     Returns:
-        A ``highdicom.pm.ParametricMap`` (a pydicom dataset), not yet written.
+        A ``highdicom.pm.ParametricMap`` (a pydicom dataset), not yet written. highdicom lists the frames
+        by position along the slice normal (not necessarily in the order given); each frame carries its
+        slice's values, Image Position and source reference, so a reader matches them by position.
     """
     import highdicom as hd
 
