@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import JPEGLosslessSV1, JPEGLSLossless
 
 import test_io_support as S
 from medlrp.errors import InputError
@@ -167,15 +167,23 @@ def test_bad_dicom_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(InputError) as exc:
         read_image(tmp_path / "junk.dcm")
     _one_line(exc, "junk.dcm")
-    # compressed pixel data whose decoder is missing (JPEG-LS needs pylibjpeg/gdcm, not installed)
+    # compressed pixel data whose decoder is missing (JPEG Lossless SV1, common in CT archives, needs
+    # pylibjpeg-libjpeg or gdcm: not installed)
     ds = S.dicom_dataset(np.ones((8, 8), np.uint16))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 30])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "jpeg14.dcm", enforce_file_format=True)
+    with pytest.raises(InputError) as exc:
+        read_image(tmp_path / "jpeg14.dcm")
+    assert "compressed DICOM (JPEG Lossless" in _one_line(exc, "jpeg14.dcm")
+    # a decoder that is installed (JPEG-LS: pyjpegls, which highdicom brings) but a damaged stream
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 30])
-    ds["PixelData"].VR = "OB"
     ds.save_as(tmp_path / "jls.dcm", enforce_file_format=True)
     with pytest.raises(InputError) as exc:
         read_image(tmp_path / "jls.dcm")
-    assert "compressed DICOM (JPEG-LS" in _one_line(exc, "jls.dcm")
+    assert "cannot decode DICOM pixel data" in _one_line(exc, "jls.dcm")
 
 
 def test_bad_folders(tmp_path):
