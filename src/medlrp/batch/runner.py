@@ -160,6 +160,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
         "composite": options.composite,
         "target": options.target,
         "keep_identifiers": options.keep_identifiers,
+        "dicom": options.dicom,  # recorded, not compared: a resumed run may add or drop DICOM outputs
     }
     check_manifest(out, settings)
     with RunLock(out, enabled=ctx.rank == 0) as lock:
