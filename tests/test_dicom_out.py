@@ -174,7 +174,9 @@ def test_single_files_deidentified_valid_and_linked(tmp_path, capsys):
             assert pm.get(keyword) != source.get(keyword)
         assert pm.SeriesInstanceUID != captures[0].SeriesInstanceUID
         assert captures[0].SourceImageSequence[0].ReferencedSOPInstanceUID != source.SOPInstanceUID
-        assert pm.PatientIdentityRemoved == "YES" and pm.PatientID.startswith("ANON-")
+        for ds in (pm, *captures):
+            assert ds.PatientIdentityRemoved == "YES" and ds.PatientID.startswith("ANON-")
+            assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
         assert pm.PatientBirthDate == "" and pm.AccessionNumber == "" and "InstitutionName" not in pm
         maps[case] = pm
     assert maps["ct"].PatientID == maps["mr"].PatientID  # same patient, one pseudonym within the run
