@@ -39,20 +39,30 @@ RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
 
 
-def class_index(target: int | str | None, class_names: Sequence[str]) -> int | None:
-    """A ``--target`` value (class index or class name) as an index; None stays None."""
-    if target is None or isinstance(target, int):
-        return target
+def class_index(
+    target: int | str | None, class_names: Sequence[str], num_classes: int | None = None
+) -> int | None:
+    """A ``--target`` value (class index or class name) as an index; None stays None.
+
+    ``num_classes`` (when known) bounds the index: ``--target 7`` of a two-class model is an error.
+    """
+    if target is None:
+        return None
     text = str(target).strip()
     if text in class_names:
         return list(class_names).index(text)
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
         known = ", ".join(class_names) or "none (the model has no class names; give an index)"
         raise InputError(
             f"--target {text!r} is neither a class index nor a class name; names: {known}"
         ) from None
+    if index < 0:
+        raise InputError(f"--target {index}: a class index is 0 or more")
+    if num_classes is not None and index >= num_classes:
+        raise InputError(f"--target {index} is out of range: the model has classes 0 to {num_classes - 1}")
+    return index
 
 
 def unique_name(source: Path, taken: set[str]) -> str:

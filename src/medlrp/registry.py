@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -11,11 +12,31 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named collection; ``register`` is usable as a decorator."""
+    """A named collection; ``register`` is usable as a decorator.
 
-    def __init__(self, kind: str) -> None:
+    ``loader`` names the module whose import registers the built-in entries, ``builtin`` their names; the
+    module is imported on the first lookup, so ``import medlrp`` and the command line's ``--help`` (which
+    lists :meth:`known_names`) need not import torch. A test checks ``builtin`` against the loaded names.
+    """
+
+    def __init__(self, kind: str, loader: str | None = None, builtin: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader
+        self.builtin = builtin
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            try:
+                importlib.import_module(loader)
+            except BaseException:
+                self._loader = loader  # try again next time; the caller sees the import error
+                raise
+
+    def known_names(self) -> list[str]:
+        """The built-in names, then any others registered so far (imports nothing)."""
+        return list(dict.fromkeys([*self.builtin, *self._items]))
 
     def register(self, name: str) -> Callable[[T], T]:
         """Register the decorated object under ``name``."""
@@ -34,6 +55,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Look ``name`` up; an unknown name is an :class:`InputError` listing the known ones."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -42,18 +64,37 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names, in registration order."""
+        self._load()
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(self._items)
 
 
 #: ``name -> callable(model, x, target, **options) -> Explanation``
-METHODS: Registry[Callable[..., object]] = Registry("method")
+METHODS: Registry[Callable[..., object]] = Registry(
+    "method",
+    loader="medlrp.methods",
+    builtin=(
+        "lrp", "gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "scorecam", "gradient",
+        "input-x-gradient", "integrated-gradients", "smoothgrad", "occlusion",
+    ),
+)  # fmt: skip
 #: ``name -> composite factory`` (see :mod:`medlrp.lrp.composites`)
-COMPOSITES: Registry[Callable[..., object]] = Registry("composite")
+COMPOSITES: Registry[Callable[..., object]] = Registry(
+    "composite",
+    loader="medlrp.methods",
+    builtin=(
+        "epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+        "epsilon-alpha2-beta1-flat", "attnlrp", "cp-lrp",
+    ),
+)  # fmt: skip
 #: ``name -> model factory(in_channels, num_classes, **kw)`` (see :mod:`medlrp.models`)
-ARCHITECTURES: Registry[Callable[..., object]] = Registry("architecture")
+ARCHITECTURES: Registry[Callable[..., object]] = Registry(
+    "architecture", loader="medlrp.models", builtin=("cnn2d", "cnn3d", "vit2d", "vit3d")
+)

@@ -12,33 +12,35 @@ from pathlib import Path
 
 import typer
 
+from medlrp.commands import options as opt
+
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
 
     @app.command("batch")
     def batch(
-        model: Path = typer.Option(..., "--model", help="Checkpoint (medlrp train) or TorchScript file."),
+        model: opt.Model,
         data: Path = typer.Option(
             ..., "--data", help="Dataset folder: <class>/<case>.<ext> (+ _mask), train/val/test, or flat."
         ),
         out: Path = typer.Option(..., "--out", help="Output folder; rerunning into it resumes."),
-        methods: str = typer.Option("lrp", "--methods", "--method", help="Comma-separated methods."),
-        composite: str | None = typer.Option(None, "--composite", help="LRP composite."),
+        methods: opt.Methods = "lrp",
+        composite: opt.Composite = None,
         target: str | None = typer.Option(
-            None, "--target", help="Class index K, or 'label' (the class folder); default: the prediction."
+            None,
+            "--target",
+            help="Class index K, 'label' (the class folder) or 'predicted'; default: the prediction.",
         ),
         workers: int = typer.Option(2, "--workers", help="Reader processes (0: read in this process)."),
         writers: int = typer.Option(
             1, "--writers", help="Processes writing outputs while the next batch is explained (0: none)."
         ),
         batch_size: int = typer.Option(8, "--batch-size", help="Cases per explanation call."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:K."),
-        trust_model: bool = typer.Option(False, "--trust-model", help="Allow pickled models."),
-        keep_identifiers: bool = typer.Option(
-            False, "--keep-identifiers", help="Keep patient identifiers in outputs."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+        device: opt.Device = "auto",
+        trust_model: opt.TrustModel = False,
+        keep_identifiers: opt.KeepIdentifiers = False,
+        progress: opt.Progress = True,
         dicom: bool = typer.Option(
             False,
             "--dicom",
@@ -49,14 +51,15 @@ def register(app: typer.Typer) -> None:
         """Explain every case of a dataset folder; resumable; scales out under torchrun."""
         from medlrp.batch import BatchOptions, run_batch
 
+        opt.check_composite(composite)
         summary = run_batch(
             BatchOptions(
                 model=model,
                 data=data,
                 out=out,
-                methods=[m.strip() for m in methods.split(",") if m.strip()],
+                methods=opt.method_list(methods),
                 composite=composite,
-                target=target,
+                target=opt.target_value(target),
                 workers=workers,
                 writers=writers,
                 batch_size=batch_size,

@@ -10,18 +10,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 
+from medlrp.commands import options as opt
 from medlrp.commands.phantom import run_phantom
 from medlrp.commands.train import run_train, summary_lines
-from medlrp.data.folder import FolderDataset
-from medlrp.data.phantom import PhantomSpec
 from medlrp.errors import InputError
-from medlrp.train.loop import TrainConfig
-from medlrp.train.progress import make_progress
+
+if TYPE_CHECKING:  # imported when the command runs: --help must not import torch
+    import torch
 
 
 def _since(start: float) -> str:
@@ -40,10 +39,12 @@ def explain_cases(
     Returns:
         The case records, failures, and the methods that ran.
     """
+    from medlrp.data.folder import FolderDataset
     from medlrp.io import read_image
     from medlrp.models import load_model
     from medlrp.pipeline import explain_case
     from medlrp.registry import METHODS
+    from medlrp.train.progress import make_progress
 
     loaded = load_model(model_path)
     dataset = FolderDataset(
@@ -98,7 +99,7 @@ def working_methods(model: torch.nn.Module, x: torch.Tensor, methods: list[str])
 
 
 def evaluate_section(
-    model_path: Path, data: Path, out: Path, cases: int, methods: list[str]
+    model_path: Path, data: Path, out: Path, cases: int, methods: list[str], progress: bool = True
 ) -> tuple[str | None, str]:
     """Run the metrics over ``cases`` test cases with ``methods``; return (markdown table, note)."""
     try:
@@ -113,6 +114,7 @@ def evaluate_section(
             out=out,
             max_cases=cases,
             randomisation=False,
+            progress=progress,
         )
     except Exception as exc:  # the evaluation is the demo's last, optional step: report, go on
         _warn(f"evaluation failed ({type(exc).__name__}: {exc})")
@@ -132,8 +134,10 @@ def run_demo(
     size: int = 64,
 ) -> Path:
     """The whole demo; returns the report's path."""
+    from medlrp.data.phantom import PhantomSpec
     from medlrp.pipeline import write_run_outputs
     from medlrp.report.html import ReportSection
+    from medlrp.train.loop import TrainConfig
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +160,7 @@ def run_demo(
         + ", ".join(methods)
     )
 
-    table, note = evaluate_section(model_path, data, out / "evaluate", eval_cases, methods)
+    table, note = evaluate_section(model_path, data, out / "evaluate", eval_cases, methods, progress)
     typer.echo(f"4/4 evaluation ({_since(start)}): {note}")
 
     accs = ", ".join(f"{k} {v:.3f}" for k, v in result.accuracy.items())
@@ -192,7 +196,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of data and training."),
         cases: int = typer.Option(4, "--cases", help="Test cases to explain in the report."),
         eval_cases: int = typer.Option(40, "--eval-cases", help="Test cases to evaluate the methods on."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        progress: opt.Progress = True,
         size: int = typer.Option(64, "--size", help="Phantom image size in pixels."),
         threads: int = typer.Option(1, "--threads", help="CPU threads for torch (0: torch's default)."),
     ) -> None:
@@ -203,6 +207,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("--cases and --eval-cases must be at least 1")
         if threads < 0:
             raise InputError(f"--threads must be 0 or more, not {threads}")
+        import torch
+
         before = torch.get_num_threads()
         # The demo's models are tiny: a second thread gains little on an idle machine and costs many
         # times over on a busy one (threads spin-waiting on each other), so one thread by default.
@@ -215,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 cases=cases,
                 eval_cases=eval_cases,
-                progress=not quiet,
+                progress=progress,
                 size=size,
             )
         finally:

@@ -1,10 +1,10 @@
-"""``medlrp evaluate --model M --data DIR [--methods lrp,gradcam,...] [--out DIR]``.
+"""Measure explanation methods on a dataset, one score per method and metric.
 
-Every method on every case of the dataset (its ``test`` split when ``DIR/test`` exists; masks used where
-a case has one). Writes to ``--out``: ``metrics.csv`` and ``metrics.md`` (mean and 95% confidence interval
-per method and metric, and a ranking), ``per_case.csv``, ``curves.png`` (mean region-perturbation
-curves), ``evaluation.json`` (all values) and ``report.html`` (the table). A method that is not available
-is reported and skipped.
+Every method on every case of the dataset (its test split when DIR/test exists; masks used where a case
+has one). Writes to --out: metrics.csv and metrics.md (mean and 95% confidence interval per method and
+metric with its range, and a ranking table), per_case.csv, curves.png (mean region-perturbation curves),
+evaluation.json (all values) and report.html. An unknown method is an error before any work; a method
+that fails on the model is reported and skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medlrp.commands import options as opt
 from medlrp.errors import InputError
 
 HELP = __doc__
@@ -34,23 +35,33 @@ def run_evaluate(
     max_cases: int | None = None,
     randomisation: bool = True,
     trust_model: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
+    progress: bool = True,
+    composite: str | None = None,
 ) -> dict[str, Any]:
-    """The command's work; returns the evaluation as plain data (``evaluation.json``)."""
+    """The command's work; returns the evaluation as plain data (``evaluation.json``).
+
+    ``target``: ``label`` (the case's class folder), ``predicted``, or a class index or name.
+    """
+    import torch
     from torch.utils.data import DataLoader, Subset
 
-    import medlrp  # noqa: F401  (registers every method)
     from medlrp.data import FolderDataset, collate_cases
     from medlrp.metrics.plots import plot_curves
     from medlrp.metrics.suite import evaluate_methods
     from medlrp.metrics.table import ranking, table_csv, table_markdown
     from medlrp.models import load_model
+    from medlrp.pipeline import class_index
+    from medlrp.train.progress import counting_progress
 
-    if target not in ("label", "predicted"):
-        raise InputError(f"--target must be 'label' or 'predicted', got {target!r}")
+    methods = opt.method_list(",".join(methods))
+    opt.check_composite(composite)
+    opt.check_paths([data], "dataset folder")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    device = opt.resolve_device(device)
     loaded = load_model(model, trust_model=trust_model, device=device)
+    fixed = None if target in ("label", "predicted") else class_index(target, loaded.class_names, None)
     dataset = FolderDataset(
         data, split="test", preprocessing=loaded.preprocessing, classes=loaded.class_names or None
     )
@@ -61,9 +72,19 @@ def run_evaluate(
         for b in loader:
             mask = b.mask * b.has_mask.view(-1, *[1] * (b.mask.ndim - 1))
             x = b.x.to(device)
-            yield x, (b.label.to(device) if target == "label" else None), mask.to(device), list(b.case_id)
+            wanted = b.label if fixed is None else torch.full_like(b.label, fixed)
+            yield x, (wanted.to(device) if target != "predicted" else None), mask.to(device), list(b.case_id)
 
-    result = evaluate_methods(loaded.model, batches(), methods, randomisation=randomisation)
+    options = {"lrp": {"composite": composite}} if composite else None
+    with counting_progress(len(subset) * len(methods), "evaluating", progress) as advance:
+        result = evaluate_methods(
+            loaded.model,
+            batches(),
+            methods,
+            randomisation=randomisation,
+            method_options=options,
+            on_step=lambda method, cases: advance(method, cases),
+        )
     for method, why in result.unavailable.items():
         print(f"medlrp: warning: method {method!r} not evaluated: {why}", file=sys.stderr)
     if not result.methods:
@@ -144,30 +165,28 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate", help=HELP)
     def evaluate(
-        model: Annotated[Path, typer.Option("--model", help="medlrp checkpoint or TorchScript archive.")],
+        model: opt.Model,
         data: Annotated[Path, typer.Option("--data", help="Dataset folder DIR/<class>/<case>.<ext>.")],
-        methods: Annotated[str, typer.Option(help="Methods, comma-separated.")] = DEFAULT_METHODS,
+        methods: opt.Methods = DEFAULT_METHODS,
         out: Annotated[Path, typer.Option(help="Output folder.")] = Path("evaluate-out"),
         target: Annotated[
-            str, typer.Option(help="Explain the true class ('label') or the predicted one ('predicted').")
+            str,
+            typer.Option(help="Class to explain: 'label' (the case's class), 'predicted', an index or name."),
         ] = "label",
+        composite: opt.Composite = None,
         batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
         max_cases: Annotated[int | None, typer.Option(help="Evaluate at most this many cases.")] = None,
         randomisation: Annotated[
             bool, typer.Option(help="Run the cascading model-randomisation check (one map per layer).")
         ] = True,
-        trust_model: Annotated[
-            bool, typer.Option("--trust-model", help="Allow loading a pickled model (only files you trust).")
-        ] = False,
-        device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+        trust_model: opt.TrustModel = False,
+        device: opt.Device = "auto",
+        progress: opt.Progress = True,
     ) -> None:
-        names = [m.strip() for m in methods.split(",") if m.strip()]
-        if not names:
-            raise InputError("--methods needs at least one method name")
         run_evaluate(
             model,
             data,
-            methods=names,
+            methods=opt.method_list(methods),
             out=out,
             target=target,
             batch_size=batch_size,
@@ -175,4 +194,6 @@ def register(app: typer.Typer) -> None:
             randomisation=randomisation,
             trust_model=trust_model,
             device=device,
+            progress=progress,
+            composite=composite,
         )

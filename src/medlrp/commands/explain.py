@@ -13,12 +13,14 @@ from typing import Annotated
 
 import typer
 
+from medlrp.commands import options as opt
 from medlrp.errors import InputError
 
 HELP = (
-    "Explain a model's decisions on scans: per input NAME.relevance.nii.gz (aligned with the input), "
-    "NAME.overlay.png and a record in results.json; one self-contained report.html per run. "
-    "Bad inputs are reported one line each and the others go on (exit code 2 at the end)."
+    "Explain a model's decisions on scans: per input and method NAME.METHOD.relevance.nii.gz (aligned "
+    "with the input) and NAME.METHOD.overlay.png, a record in results.json; one self-contained "
+    "report.html per run. Bad inputs are reported one line each and the others go on (exit code 2 at "
+    "the end)."
 )
 
 
@@ -41,25 +43,26 @@ def run_explain(
     window: str | None = None,
     index: int | None = None,
     mask: Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    progress: bool = True,
     dicom: bool = False,
 ) -> int:
-    """The command's work; returns the exit code (0, or 2 when some input failed)."""
-    import medlrp  # noqa: F401  (registers every method)
+    """The command's work; returns the exit code (0, or 2 when some input failed).
+
+    Settings, the model and the paths are checked before any input is read or any file written: a bad
+    one is one :class:`InputError`, whatever the number of inputs.
+    """
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
-    from medlrp.pipeline import explain_case, unique_name, write_run_outputs
-    from medlrp.registry import METHODS
+    from medlrp.pipeline import class_index, explain_case, unique_name, write_run_outputs
 
-    for name in methods:
-        METHODS.get(name)  # an unknown method is a usage error before any work
+    methods = opt.method_list(",".join(methods))
+    opt.check_composite(composite)
+    opt.check_paths([*inputs, *([mask] if mask is not None else [])])
     preset = window_preset(window) if window else None
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine")
-    loaded = load_model(model, trust_model=trust_model, device=device)
+    target = opt.target_value(target)
+    loaded = load_model(model, trust_model=trust_model, device=opt.resolve_device(device))
+    class_index(target, loaded.class_names, len(loaded.class_names) or None)
     items: list[Path] = []
     failures: list[dict[str, str]] = []
     for path in inputs:
@@ -99,10 +102,11 @@ def run_explain(
             _fail(failures, item, exc)
             continue
         records.append(record)
-        print(
-            f"{record['case']}: {record['prediction_name']} (p={record['probability']:.3f}), "
-            f"{', '.join(methods)} in {record['timing']['total_s']:.2f} s"
-        )
+        if progress:  # one line per case as it is done: the command's progress
+            print(
+                f"{record['case']}: {record['prediction_name']} (p={record['probability']:.3f}), "
+                f"{', '.join(methods)} in {record['timing']['total_s']:.2f} s"
+            )
     run = {
         "model": model.name,
         "arch": loaded.arch,
@@ -129,19 +133,15 @@ def register(app: typer.Typer) -> None:
                 help="DICOM files, DICOM series folders, NIfTI, PNG/JPEG, or folders of these.",
             ),
         ],
-        model: Annotated[Path, typer.Option("--model", help="medlrp checkpoint or TorchScript archive.")],
-        method: Annotated[
-            str, typer.Option(help="Method(s), comma-separated: one overlay per method.")
-        ] = "lrp",
-        composite: Annotated[str | None, typer.Option(help="LRP composite (default: the model's).")] = None,
-        target: Annotated[str | None, typer.Option(help="Class index or name (default: predicted).")] = None,
+        model: opt.Model,
+        methods: opt.Methods = "lrp",
+        composite: opt.Composite = None,
+        target: Annotated[
+            str | None, typer.Option(help="Class index or class name (default: the prediction).")
+        ] = None,
         out: Annotated[Path, typer.Option(help="Output folder.")] = Path("explain-out"),
-        keep_identifiers: Annotated[
-            bool, typer.Option("--keep-identifiers", help="Keep patient identifiers in the outputs.")
-        ] = False,
-        trust_model: Annotated[
-            bool, typer.Option("--trust-model", help="Allow loading a pickled model (only files you trust).")
-        ] = False,
+        keep_identifiers: opt.KeepIdentifiers = False,
+        trust_model: opt.TrustModel = False,
         window: Annotated[
             str | None, typer.Option(help="Intensity window preset: brain, lung, bone, soft-tissue.")
         ] = None,
@@ -149,7 +149,8 @@ def register(app: typer.Typer) -> None:
         mask: Annotated[
             Path | None, typer.Option(help="Region mask for a single input (default: <case>_mask.<ext>).")
         ] = None,
-        device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+        device: opt.Device = "auto",
+        progress: opt.Progress = True,
         dicom: Annotated[
             bool,
             typer.Option(
@@ -159,13 +160,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        methods = [m.strip() for m in method.split(",") if m.strip()]
-        if not methods:
-            raise InputError("--method needs at least one method name")
         code = run_explain(
             model,
             inputs,
-            methods=methods,
+            methods=opt.method_list(methods),
             out=out,
             composite=composite,
             target=target,
@@ -176,6 +174,7 @@ def register(app: typer.Typer) -> None:
             mask=mask,
             device=device,
             dicom=dicom,
+            progress=progress,
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code

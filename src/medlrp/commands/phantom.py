@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from medlrp.data.phantom import PhantomSpec, write_phantom
-from medlrp.data.phantom.writer import prepare_output
+from medlrp.commands import options as opt
 from medlrp.errors import InputError
-from medlrp.train.progress import make_progress
+
+if TYPE_CHECKING:
+    from medlrp.data.phantom import PhantomSpec
 
 
 def run_phantom(
     out: Path, spec: PhantomSpec, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Write the dataset with a progress bar; return its ``dataset.json`` content."""
+    from medlrp.data.phantom import write_phantom
+    from medlrp.data.phantom.writer import prepare_output
+    from medlrp.train.progress import make_progress
+
     spec = spec.checked()
     prepare_output(Path(out), overwrite)  # refuse a bad folder before a progress bar appears
     if not progress:
@@ -43,13 +48,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         size: int | None = typer.Option(None, "--size", help="Edge length in pixels (default 64 2D, 32 3D)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom dataset in --out."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        progress: opt.Progress = True,
     ) -> None:
         """Write a phantom dataset: DIR/{train,val,test}/<class>/<case> with masks and dataset.json."""
+        from medlrp.data.phantom import PhantomSpec
+
         if kind not in ("glioma", "chest"):
             raise InputError(f"--kind must be glioma or chest, not {kind!r}")
         spec = PhantomSpec(kind=kind, dims=dims, n=n, confounded=confounded, seed=seed, size=size)
-        info = run_phantom(out, spec, overwrite=overwrite, progress=not quiet)
+        info = run_phantom(out, spec, overwrite=overwrite, progress=progress)
         counts = ", ".join(f"{k} {v}" for k, v in info["n"].items())
         typer.echo(
             f"wrote {info['kind']} {info['dims']}D phantom ({counts}; classes {info['classes']}) to {out}"

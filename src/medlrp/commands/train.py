@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from medlrp.commands import options as opt
 from medlrp.errors import InputError
-from medlrp.models.checkpoint import LoadedModel, load_model
-from medlrp.train.folder import FolderSplits, TrainedModel, load_splits, train_on_splits
-from medlrp.train.loop import TrainConfig
-from medlrp.train.losses import LossFn, cross_entropy_loss
-from medlrp.train.progress import training_progress
-from medlrp.train.tensors import batches_per_epoch
+
+if TYPE_CHECKING:  # imported when the command runs: --help must not import torch
+    from medlrp.models.checkpoint import LoadedModel
+    from medlrp.train.folder import FolderSplits, TrainedModel
+    from medlrp.train.loop import TrainConfig
+    from medlrp.train.losses import LossFn
 
 
 def run_train(
@@ -22,7 +23,7 @@ def run_train(
     arch: str | None,
     config: TrainConfig,
     progress: bool = True,
-    loss_fn: LossFn = cross_entropy_loss,
+    loss_fn: LossFn | None = None,
     extra: dict[str, Any] | None = None,
     arch_options: dict[str, Any] | None = None,
     splits: FolderSplits | None = None,
@@ -30,9 +31,15 @@ def run_train(
 ) -> TrainedModel:
     """Training with a progress bar (see :func:`medlrp.train.train_on_folder`).
 
-    ``splits``: ``data`` already loaded (:func:`medlrp.train.folder.load_splits`), or ``None``.
+    ``splits``: ``data`` already loaded (:func:`medlrp.train.folder.load_splits`), or ``None``;
+    ``loss_fn`` None: cross-entropy.
     """
+    from medlrp.train.folder import load_splits, train_on_splits
+    from medlrp.train.losses import cross_entropy_loss
+    from medlrp.train.progress import training_progress
+
     config.check()
+    opt.check_architecture(arch)  # an unknown name is reported before a progress bar appears
     if splits is None:
         splits = load_splits(data)  # bad data is reported before a progress bar appears
     with training_progress(config.epochs, enabled=progress) as on_step:
@@ -41,7 +48,7 @@ def run_train(
             out,
             arch,
             config,
-            loss_fn=loss_fn,
+            loss_fn=loss_fn or cross_entropy_loss,
             on_step=on_step,
             extra={"data": str(data), **(extra or {})},
             arch_options=arch_options,
@@ -89,7 +96,7 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Path = typer.Option(..., "--data", help="Dataset folder ({train,val,test}/<class>/<case>)."),
         out: Path = typer.Option(..., "--out", help="Checkpoint file to write."),
-        arch: str | None = typer.Option(None, "--arch", help="Architecture (default cnn2d / cnn3d)."),
+        arch: str | None = typer.Option(None, "--arch", help=opt.ARCH_HELP),
         arch_option: list[str] = typer.Option(
             [],
             "--arch-option",
@@ -122,9 +129,15 @@ def register(app: typer.Typer) -> None:
             help="Go on training (fine-tune) this medlrp checkpoint instead of fresh weights; its "
             "architecture, classes and preprocessing are kept.",
         ),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        progress: opt.Progress = True,
     ) -> None:
         """Train a model on a dataset folder; report accuracies and write a checkpoint for --model."""
+        from medlrp.models.checkpoint import load_model
+        from medlrp.train.folder import load_splits
+        from medlrp.train.loop import TrainConfig
+        from medlrp.train.tensors import batches_per_epoch
+
+        opt.check_architecture(arch)
         if out.exists() and out.is_dir():
             raise InputError(f"{out}: --out is a folder; give a checkpoint file name")
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -145,7 +158,7 @@ def register(app: typer.Typer) -> None:
             out if main else None,
             arch,
             config,
-            progress=main and not quiet,
+            progress=main and progress,
             loss_fn=loss_fn,
             extra=extra,
             arch_options=options,
@@ -168,6 +181,7 @@ def guided_setup(
         raise InputError(f"--guidance-weight must be >= 0, not {weight}")
     from medlrp.train.guided import GuidedLoss
     from medlrp.train.guided_dist import guided_loss_fn, init_distributed
+    from medlrp.train.losses import cross_entropy_loss
 
     info = init_distributed()
     if not guided and info is None:

@@ -8,7 +8,7 @@ curves. :mod:`medlrp.metrics.table` turns it into the summary table (CSV, Markdo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,7 @@ def evaluate_methods(
     patch_size: Sequence[int] | None = None,
     softmax: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
+    on_step: Callable[[str, int], None] | None = None,
 ) -> EvaluationResult:
     """Explain every batch with every method and measure the maps.
 
@@ -128,6 +129,7 @@ def evaluate_methods(
         patch_size: Region-perturbation patch; default :func:`default_patch_size`.
         softmax: Score probabilities in the perturbation curves.
         method_options: Extra options per method name (``{"lrp": {"composite": ...}}``).
+        on_step: Called as ``on_step(method, cases)`` after each method on each batch (progress).
 
     Returns:
         The :class:`EvaluationResult`.
@@ -167,6 +169,8 @@ def evaluate_methods(
             acc = sums.setdefault(method, {})
             for key, c in curves.items():
                 acc[key] = acc.get(key, 0) + c.sum(dim=0).double().cpu()
+            if on_step is not None:
+                on_step(method, len(ids))
     n = len(result.cases)
     result.methods = [m for m in methods if m in active]
     result.curves = {m: {k: (v / max(n, 1)).tolist() for k, v in sums[m].items()} for m in result.methods}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -42,3 +42,14 @@ def training_progress(epochs: int, enabled: bool = True) -> Iterator[StepCallbac
             )
 
         yield on_step
+
+
+@contextmanager
+def counting_progress(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(status, steps=1)``, moving a bar over ``total`` items (does nothing if disabled)."""
+    if not enabled:
+        yield lambda status, steps=1: None
+        return
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total, status="")
+        yield lambda status, steps=1: progress.update(task, advance=steps, status=status)

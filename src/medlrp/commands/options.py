@@ -1,0 +1,95 @@
+"""The options every command spells the same way, and their checks (run once, before any work).
+
+One grammar across commands: ``--methods`` (alias ``--method``), ``--composite``, ``--target``,
+``--device`` (default ``auto``: CUDA when available, else the CPU), ``--progress/--no-progress`` (alias
+``--quiet``), ``--model``, ``--trust-model``, ``--keep-identifiers``. Help texts list the known names from
+the registries without importing them (:meth:`medlrp.registry.Registry.known_names`), so ``--help``
+stays fast; the checks import the registries and raise :class:`~medlrp.errors.InputError` (one line,
+exit code 2) before a model is loaded or a file written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlrp.errors import InputError
+from medlrp.registry import ARCHITECTURES, COMPOSITES, METHODS
+
+
+def _names(registry: object) -> str:
+    return ", ".join(registry.known_names())  # type: ignore[attr-defined]
+
+
+MODEL_HELP = "medlrp checkpoint (written by medlrp train) or TorchScript archive."
+METHODS_HELP = f"Methods, comma-separated. Known: {_names(METHODS)}."
+COMPOSITE_HELP = f"LRP composite (default: epsilon-plus-flat, attnlrp for ViTs). Known: {_names(COMPOSITES)}."
+ARCH_HELP = f"Architecture (default: cnn2d or cnn3d after the data). Known: {_names(ARCHITECTURES)}."
+DEVICE_HELP = "auto (CUDA when available, else cpu), cpu, cuda or cuda:K."
+TARGET_HELP = "Class to explain: an index or a class name, 'label' (the case's class folder) or 'predicted'."
+
+Model = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
+Methods = Annotated[str, typer.Option("--methods", "--method", help=METHODS_HELP)]
+Composite = Annotated[str | None, typer.Option("--composite", help=COMPOSITE_HELP)]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", " /--quiet", help="Show progress bars.")]
+TrustModel = Annotated[
+    bool, typer.Option("--trust-model", help="Allow loading a pickled model (only files you trust).")
+]
+KeepIdentifiers = Annotated[
+    bool, typer.Option("--keep-identifiers", help="Keep patient identifiers in the outputs.")
+]
+
+
+def method_list(text: str) -> list[str]:
+    """``"lrp, gradcam"`` -> ``["lrp", "gradcam"]``, each a registered method.
+
+    Raises:
+        InputError: No name, or an unknown one (the message lists the known methods).
+    """
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise InputError(f"--methods needs at least one method name; known: {', '.join(METHODS.names())}")
+    for name in names:
+        METHODS.get(name)
+    return list(dict.fromkeys(names))
+
+
+def check_composite(name: str | None) -> None:
+    """An unknown ``--composite`` is an :class:`InputError` listing the known ones."""
+    if name is not None:
+        COMPOSITES.get(name)
+
+
+def check_architecture(name: str | None) -> None:
+    """An unknown ``--arch`` is an :class:`InputError` listing the known ones."""
+    if name is not None:
+        ARCHITECTURES.get(name)
+
+
+def check_paths(paths: Iterable[Path], what: str = "input") -> None:
+    """Every path exists; else an :class:`InputError` naming the first missing one."""
+    for path in paths:
+        if not Path(path).exists():
+            raise InputError(f"{path}: {what} not found")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when CUDA is available, else ``cpu``; other names checked.
+
+    Raises:
+        InputError: An unknown device, or CUDA asked for where there is none.
+    """
+    from medlrp.device import pick_device
+
+    return str(pick_device(device))
+
+
+def target_value(target: str | None) -> str | None:
+    """``predicted`` (or nothing) -> None: explain the prediction; other values pass unchanged."""
+    if target is None or target.strip().lower() == "predicted":
+        return None
+    return target.strip()
