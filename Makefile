@@ -1,18 +1,29 @@
 # medlrp: the two commands of the README, plus benchmarks and lint.
+# `make demo` installs medlrp and its run-time dependencies only; `make test` adds the dev extra (the
+# reference libraries the tests compare with: zennit, Captum, Quantus, LXT, timm, MONAI ...).
 PY ?= python3
+PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test bench lint clean chromium dicom3tools
 
-$(STAMP): pyproject.toml
+$(VENV)/.venv-created:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(VENV)/.venv-created
+	$(BIN)/python -m pip install -q $(PIP_ARGS) -e .
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/.venv-created
+	$(BIN)/python -m pip install -q $(PIP_ARGS) -e '.[dev]'
+	touch $(STAMP) $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/medlrp demo --out demo-out
 
 # The report test drives Debian's headless Chromium through Selenium. Install it only when it is missing
@@ -20,9 +31,11 @@ demo: $(STAMP)
 chromium:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      chromium chromium-driver; \
 	  else \
-	    echo "chromium/chromedriver missing and not root: the report test will fail (apt-get install chromium chromium-driver)"; \
+	    echo "chromium/chromedriver missing and not root: the report test will fail" \
+	      "(apt-get install --no-install-recommends chromium chromium-driver)"; \
 	  fi; \
 	fi
 

@@ -82,14 +82,16 @@ def load_model(
             raise InputError(f"{p}: cannot load TorchScript model ({exc})") from None
         model.eval()
         return LoadedModel(model=model, preprocessing=Preprocessing(), class_names=[], arch="torchscript")
+    if not _is_torch_file(p):
+        raise InputError(f"{p}: not a model file (neither a PyTorch checkpoint nor a TorchScript archive)")
     try:
         payload = torch.load(p, map_location=device, weights_only=True)
-    except Exception as exc:
+    except Exception:
         if not trust_model:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # torch's own message advises weights_only=False, which medlrp refuses: not repeated here.
             raise InputError(
                 f"{p}: not a medlrp checkpoint or TorchScript archive, and arbitrary pickles are refused "
-                f"(pass --trust-model only for files you trust; {first})"
+                "(pass --trust-model only for files you trust)"
             ) from None
         payload = torch.load(p, map_location=device, weights_only=False)
     if isinstance(payload, torch.nn.Module):
@@ -112,6 +114,14 @@ def load_model(
         extra=dict(payload.get("extra", {})),
         arch_kwargs=dict(payload["arch_kwargs"]),
     )
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A zip archive (``torch.save``'s format) or a pickle (protocol 2 and later start with 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as fh:
+        return fh.read(1) == b"\x80"
 
 
 def _is_torchscript(path: Path) -> bool:
