@@ -9,7 +9,7 @@ import torch
 from medlrp.cli import main
 from medlrp.commands.evaluate import pick_cases
 from medlrp.data.phantom import PhantomSpec, write_phantom
-from medlrp.metrics.suite import EvaluationResult
+from medlrp.metrics.suite import METRIC_INFO, EvaluationResult
 from medlrp.metrics.table import mean_ci, ranking, summary_table, table_markdown
 from medlrp.models import Preprocessing, save_checkpoint
 from medlrp.registry import ARCHITECTURES
@@ -31,10 +31,9 @@ def test_evaluate_writes_table_plots_and_report(setup, capsys):
     out = setup / "out"
     code = main(
         ["evaluate", "--model", str(setup / "m.pt"), "--data", str(setup / "data"), "--out", str(out),
-         "--methods", "gradcam,gradient,no-such-method"]
+         "--methods", "gradcam,gradient", "--no-progress"]
     )  # fmt: skip
     assert code == 0
-    assert "no-such-method" in capsys.readouterr().err
     for name in ("metrics.csv", "metrics.md", "per_case.csv", "curves.png", "evaluation.json", "report.html"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "evaluation.json").read_text())
@@ -43,19 +42,32 @@ def test_evaluate_writes_table_plots_and_report(setup, capsys):
     n = len(data["cases"])
     assert n >= 2
     for method in data["methods"]:
-        assert len(data["values"][method]["mass_accuracy"]) == n  # every phantom case has a mask
+        assert len(data["values"][method]["positive_share_in_mask"]) == n  # every phantom case has a mask
         assert all(v is not None for v in data["values"][method]["pointing_game"])
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {r["metric"] for r in rows} >= {"aopc_morf", "abpc", "mass_accuracy", "randomisation"}
+    assert {r["metric"] for r in rows} >= {
+        "aopc_morf",
+        "abpc",
+        "positive_share_in_mask",
+        "randomisation_similarity",
+    }
+    for r in rows:  # every mean and interval bound within the metric's documented range
+        info = METRIC_INFO[r["metric"]]
+        assert info.low <= float(r["mean"]) <= info.high, r
     assert {r["method"] for r in rows} == {"gradcam", "gradient"}
     report = (out / "report.html").read_text()
     assert [r["method"] for r in data["ranking"]] and "Metrics" in report and "data:image/png" in report
 
 
-def test_evaluate_without_any_available_method_is_a_usage_error(setup, capsys):
-    args = ["evaluate", "--model", str(setup / "m.pt"), "--data", str(setup / "data"), "--methods", "nope"]
-    assert main(args + ["--out", str(setup / "out2")]) == 2
-    assert "none of the methods" in capsys.readouterr().err
+@pytest.mark.parametrize("methods", ["nope", "lrp,foo"])
+def test_evaluate_with_an_unknown_method_is_one_line_and_writes_nothing(setup, capsys, methods):
+    out = setup / f"out-{methods}"
+    args = ["evaluate", "--model", str(setup / "m.pt"), "--data", str(setup / "data"), "--methods", methods]
+    assert main(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown method" in err
+    assert "lrp" in err and "gradcam" in err and "occlusion" in err  # the known methods are named
+    assert not out.exists()
 
 
 def test_table_statistics_and_ranking():
@@ -66,14 +78,16 @@ def test_table_statistics_and_ranking():
         methods=["a", "b"],
         cases=["c1", "c2"],
         values={
-            "a": {"aopc_morf": [0.3, 0.5], "randomisation": [0.9, 0.7]},
-            "b": {"aopc_morf": [0.1, 0.2], "randomisation": [0.1, 0.2]},
+            "a": {"aopc_morf": [0.3, 0.5], "randomisation_similarity": [0.9, 0.7]},
+            "b": {"aopc_morf": [0.1, 0.2], "randomisation_similarity": [0.1, 0.2]},
         },
     )
     assert [row["method"] for row in ranking(r)] in (["a", "b"], ["b", "a"])
     assert ranking(r)[0]["mean_rank"] == 1.5  # a wins AOPC, b wins randomisation
     assert len(summary_table(r)) == 4
-    assert "| a | 0.400 ±" in table_markdown(r)
+    text = table_markdown(r)
+    assert "| a | 0.400 ±" in text and "aopc_morf ↑ [-1, 1]" in text
+    assert "| 1 | " in text and "| rank | method | mean rank |" in text  # the ranking is a table
 
 
 def test_max_cases_takes_every_class():

@@ -22,7 +22,6 @@ from medlrp.metrics.curves import aopc, area_between
 from medlrp.metrics.localisation import (
     attribution_localisation,
     pointing_game,
-    relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
 from medlrp.metrics.perturbation import region_perturbation
@@ -32,28 +31,52 @@ from medlrp.registry import METHODS
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How to read one column of the table."""
+    """How to read one column of the table.
+
+    ``low`` and ``high`` bound every value the metric can take (``math.inf`` where unbounded); the
+    report prints the range beside the name and a test checks that no value leaves it.
+    """
 
     name: str
     higher_is_better: bool
     ranked: bool
     description: str
+    low: float = 0.0
+    high: float = 1.0
+
+    def range_text(self) -> str:
+        """``[0, 1]``, ``[-1, 1]``, ``[0, inf)``: the metric's range as text."""
+
+        def bound(v: float) -> str:
+            return ("-" if v < 0 else "") + "inf" if math.isinf(v) else f"{v:g}"
+
+        return f"{'(' if math.isinf(self.low) else '['}{bound(self.low)}, {bound(self.high)}" + (
+            ")" if math.isinf(self.high) else "]"
+        )
 
 
-#: The metrics of the evaluation, in table order. ``ranked`` ones enter the overall ranking.
+_INF = math.inf
+
+#: The metrics of the evaluation, in table order. ``ranked`` ones enter the overall ranking. The
+#: perturbation metrics score softmax probabilities (``softmax=True``, the command's setting), hence
+#: their ``[-1, 1]`` range. The signed relevance share inside the mask is not among them: with negative
+#: relevance it is unbounded (see :func:`medlrp.metrics.relevance_mass_accuracy`).
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("aopc_morf", True, True, "AOPC of region perturbation, most relevant patches first"),
-    MetricInfo("abpc", True, True, "area between the LeRF and MoRF region-perturbation curves"),
-    # The signed share is reported but not ranked: with negative relevance it can leave [0, 1].
-    MetricInfo("mass_accuracy", True, False, "share of the (signed) relevance inside the mask"),
-    MetricInfo("positive_mass", True, True, "share of the positive relevance inside the mask"),
-    MetricInfo("rank_accuracy", True, True, "share of the top-|mask| voxels inside the mask"),
-    MetricInfo("pointing_game", True, True, "the maximum lies in the mask (hit rate)"),
-    MetricInfo("randomisation", False, True, "Spearman |R| similarity after randomising every layer"),
+    MetricInfo("aopc_morf", True, True, "AOPC: mean drop of the class probability as the most relevant "
+               "patches are replaced first", -1.0, 1.0),
+    MetricInfo("abpc", True, True, "area between the LeRF and MoRF region-perturbation curves "
+               "(probability)", -1.0, 1.0),
+    MetricInfo("positive_share_in_mask", True, True, "share of the positive relevance inside the mask"),
+    MetricInfo("top_k_share_in_mask", True, True, "share of the K most relevant voxels inside the mask "
+               "(K = mask size; relevance rank accuracy)"),
+    MetricInfo("pointing_game", True, True, "hit rate: the relevance maximum lies in the mask"),
+    MetricInfo("randomisation_similarity", False, True, "Spearman correlation of |R| before and after "
+               "randomising every layer (low: the map depends on the weights)", -1.0, 1.0),
     MetricInfo("sparseness", True, False, "Gini index of |R|"),
-    MetricInfo("entropy", False, False, "entropy of |R| / sum |R| (nats)"),
-    MetricInfo("conservation_error", False, False, "|sum R - logit| / |logit| (LRP)"),
-)
+    MetricInfo("entropy", False, False, "entropy of |R| / sum |R| in nats (at most ln of the voxel "
+               "count)", 0.0, _INF),
+    MetricInfo("conservation_error", False, False, "|sum R - logit| / |logit| (LRP only)", 0.0, _INF),
+)  # fmt: skip
 METRIC_INFO = {m.name: m for m in METRICS}
 
 
@@ -155,7 +178,7 @@ def evaluate_methods(
                 row = _measure(model, x, e, mask, list(size), softmax)
                 if randomisation:
                     sims = randomization_check(model, x, e.target, method, **options.get(method, {}))
-                    row["randomisation"] = list(sims.values())[-1].tolist()
+                    row["randomisation_similarity"] = list(sims.values())[-1].tolist()
             except (MedlrpError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
                 active.remove(method)
                 result.unavailable[method] = f"{type(exc).__name__}: {exc}"
@@ -199,12 +222,11 @@ def _measure(
     }
     nan = [math.nan] * x.shape[0]
     if mask is not None and bool((mask != 0).any()):
-        row["mass_accuracy"] = relevance_mass_accuracy(r, mask).tolist()
-        row["positive_mass"] = attribution_localisation(r, mask).tolist()
-        row["rank_accuracy"] = relevance_rank_accuracy(r, mask).tolist()
+        row["positive_share_in_mask"] = attribution_localisation(r, mask).tolist()
+        row["top_k_share_in_mask"] = relevance_rank_accuracy(r, mask).tolist()
         row["pointing_game"] = pointing_game(r, mask).tolist()
     else:
-        for name in ("mass_accuracy", "positive_mass", "rank_accuracy", "pointing_game"):
+        for name in ("positive_share_in_mask", "top_k_share_in_mask", "pointing_game"):
             row[name] = nan
     row["conservation_error"] = conservation_error(e).tolist() if e.method == "lrp" else nan
     return row

@@ -84,13 +84,21 @@ def _fmt(mean: float, low: float, high: float) -> str:
 
 
 def table_markdown(result: EvaluationResult) -> str:
-    """The summary as Markdown: a methods x metrics table (mean ± 95% CI half-width), ranking, notes."""
+    """The summary as Markdown: a methods x metrics table, a ranking table, notes, metric meanings.
+
+    Each column header carries the metric's direction (↑ higher is better) and its range; cells are
+    mean ± half-width of the 95% confidence interval.
+    """
     rows = summary_table(result)
     cells = {(r["method"], r["metric"]): _fmt(r["mean"], r["ci_low"], r["ci_high"]) for r in rows}
     metrics = [m.name for m in METRICS if any((meth, m.name) in cells for meth in result.methods)]
-    arrows = {m: ("↑" if METRIC_INFO[m].higher_is_better else "↓") for m in metrics}
+
+    def head(m: str) -> str:
+        info = METRIC_INFO[m]
+        return f"{m} {'↑' if info.higher_is_better else '↓'} {info.range_text()}"
+
     lines = [
-        "| method | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
+        "| method | " + " | ".join(head(m) for m in metrics) + " |",
         "|---|" + "---|" * len(metrics),
     ]
     for method in result.methods:
@@ -98,13 +106,23 @@ def table_markdown(result: EvaluationResult) -> str:
     lines += ["", f"Mean ± half-width of the 95% confidence interval over {len(result.cases)} cases."]
     ranked = ranking(result)
     if ranked and not math.isnan(ranked[0]["mean_rank"]):
+        used = list(ranked[0]["ranks"])
         lines += ["", "Ranking (mean rank over the ranked metrics, 1 = best):", ""]
-        lines += [f"{i}. {r['method']} (mean rank {r['mean_rank']:.2f})" for i, r in enumerate(ranked, 1)]
+        lines += [
+            "| rank | method | mean rank | " + " | ".join(used) + " |",
+            "|---|---|---|" + "---|" * len(used),
+        ]
+        lines += [
+            f"| {i} | {r['method']} | {r['mean_rank']:.2f} | "
+            + " | ".join(f"{r['ranks'][m]:g}" for m in used)
+            + " |"
+            for i, r in enumerate(ranked, 1)
+        ]
     if result.unavailable:
         lines += ["", "Methods not evaluated:", ""]
         lines += [f"- {m}: {why}" for m, why in result.unavailable.items()]
-    lines += ["", "Metrics:", ""]
-    lines += [f"- {m}: {METRIC_INFO[m].description}" for m in metrics]
+    lines += ["", "Metrics (range in brackets):", ""]
+    lines += [f"- {m} {METRIC_INFO[m].range_text()}: {METRIC_INFO[m].description}" for m in metrics]
     return "\n".join(lines) + "\n"
 
 
