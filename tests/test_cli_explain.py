@@ -66,9 +66,10 @@ def test_explain_2d_dicom_and_png(tmp_path, capsys):
     assert set(cases) == {"CT_small", "MR_small", "xray16"} and results["failures"] == []
     for name, source in (("CT_small", ct), ("MR_small", mr), ("xray16", png)):
         _check_case(out, cases[name], source)
-        assert (out / f"{name}.gradient.relevance.nii.gz").is_file() and (
-            out / f"{name}.gradient.overlay.png"
-        ).is_file()
+        for method in (S.method(), "gradient"):  # several methods: every file carries its method
+            assert (out / f"{name}.{method}.relevance.nii.gz").is_file()
+            assert (out / f"{name}.{method}.overlay.png").is_file()
+        assert not (out / f"{name}.relevance.nii.gz").exists() and not (out / f"{name}.overlay.png").exists()
         assert set(cases[name]["outputs"]) == {S.method(), "gradient"}
     html = (out / "report.html").read_text()
     assert html.count('class="case"') == 3 and "http://" not in html and "https://" not in html
@@ -140,7 +141,10 @@ def test_explain_3d_inputs_and_bad_files_in_one_run(tmp_path, capsys):
     # the series' relevance lands in the series' world frame (LPS origin (10, -20, 30) -> RAS (-10, 20, 30))
     np.testing.assert_allclose(nib.load(out / "series01.relevance.nii.gz").affine[:3, 3], [-10.0, 20.0, 30.0])
     html = (out / "report.html").read_text()
-    assert html.count('class="case"') == 4 and html.count('input class="slice"') == 4
+    # four volumes, each as three orthogonal planes with a slider each
+    assert html.count('class="case"') == 4 and html.count('input class="slice"') == 12
+    for plane in ("axial", "coronal", "sagittal"):
+        assert html.count(f'<input class="slice" data-plane="{plane}"') == 4
     # without --index the 4D file is refused with a hint
     code, _, err = _run(
         capsys, "explain", "--model", ckpt, four_d, "--method", S.method(), "--out", tmp_path / "o2"
@@ -329,11 +333,13 @@ def test_mask_beside_the_input_gives_localisation_metrics(tmp_path, capsys):
     assert record["case"] == "lesion" and record["mask"] == "lesion_mask.png"
     relevance = torch.as_tensor(np.asarray(nib.load(out / "lesion.relevance.nii.gz").dataobj))[None, None]
     region = torch.as_tensor(mask > 0, dtype=torch.float32)[None, None]
-    expected = float(metrics.relevance_mass_accuracy(relevance.float(), region)[0])
+    expected = float(metrics.attribution_localisation(relevance.float(), region)[0])
     found = record["metrics"][S.method()]
-    assert found["relevance_mass_accuracy"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert found["positive_share_in_mask"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert 0.0 <= found["top_k_share_in_mask"] <= 1.0
     assert found["pointing_game"] in (0.0, 1.0)
-    assert "relevance_mass_accuracy" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "positive_share_in_mask [0, 1]" in html and 'class="outline"' in html
 
 
 def test_explain_case_refuses_channels_the_model_cannot_take(tmp_path):

@@ -1,10 +1,10 @@
 """The per-case explain pipeline shared by ``medlrp explain``, ``medlrp batch`` and ``medlrp demo``.
 
 One case: the image goes through the checkpoint's preprocessing to the model's grid, each method explains
-the model's decision there, and each relevance map is resampled back to the input's grid and written as
-``NAME.relevance.nii.gz`` with the input's affine (the first method; further methods as
-``NAME.<method>.relevance.nii.gz``), with an overlay picture ``NAME.overlay.png``
-(``NAME.<method>.overlay.png``).
+the model's decision there, and each relevance map is resampled back to the input's grid and written with
+the input's affine, with an overlay picture: ``NAME.relevance.nii.gz`` and ``NAME.overlay.png`` when one
+method runs (the names of DESIGN.md), ``NAME.<method>.relevance.nii.gz`` and ``NAME.<method>.overlay.png``
+for every method when several run (no file without its method then).
 The returned record is what ``results.json`` holds for the case; its ``_view`` entry (pictures for the
 HTML report) is not written to ``results.json``.
 """
@@ -105,6 +105,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: The per-case localisation scores (named as in ``medlrp evaluate``; all in [0, 1]) and their functions.
+CASE_METRICS = {
+    "positive_share_in_mask": "attribution_localisation",
+    "top_k_share_in_mask": "relevance_rank_accuracy",
+    "pointing_game": "pointing_game",
+}
+
+
 def _metrics(relevance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Localisation metrics from :mod:`medlrp.metrics` where available; empty when it is not built."""
     try:
@@ -114,8 +122,8 @@ def _metrics(relevance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     r = torch.as_tensor(relevance, dtype=torch.float32)[None, None]
     m = torch.as_tensor(mask > 0, dtype=torch.float32)[None, None]
     values: dict[str, Any] = {}
-    for name in ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game"):
-        fn = getattr(metrics, name, None)
+    for name, function in CASE_METRICS.items():
+        fn = getattr(metrics, function, None)
         if fn is None:
             continue
         try:
@@ -150,6 +158,7 @@ def explain_case(
     window: tuple[float, float] | None = None,
     views: bool = True,
     explanations: Mapping[str, Explanation] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Explain one image with each method; write its relevance NIfTI and overlay files atomically.
 
@@ -167,6 +176,7 @@ def explain_case(
         views: Also build the report pictures (the record's ``_view``).
         explanations: Precomputed explanations (a batch of one, at the model's grid) by method, e.g. from
             a batched run; methods found here are not computed again.
+        label: The case's true class name, when known (shown beside the prediction in the report).
 
     Returns:
         The case record (JSON-friendly except ``_view``).
@@ -213,14 +223,14 @@ def explain_case(
         options[method] = _jsonable(dict(e.options))
     outputs: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
-    label = class_names[wanted] if wanted is not None and wanted < len(class_names) else str(wanted)
-    for i, (method, relevance) in enumerate(maps.items()):
-        suffix = "" if i == 0 else f".{method}"
+    explained = class_names[wanted] if wanted is not None and wanted < len(class_names) else str(wanted)
+    region = mask.array.max(axis=0) if mask is not None else None
+    for method, relevance in maps.items():
+        suffix = "" if len(maps) == 1 else f".{method}"
         nifti_name, overlay_name = f"{case}{suffix}.relevance.nii.gz", f"{case}{suffix}.overlay.png"
         write_nifti(out / nifti_name, relevance.astype(np.float32), image.affine)
-        write_overlay(
-            out / overlay_name, display, relevance, image.affine, lo_hi, f"{case}: {method}, class {label}"
-        )
+        title = f"{case}: {method}, class {explained}" + (f" (true: {label})" if label is not None else "")
+        write_overlay(out / overlay_name, display, relevance, image.affine, lo_hi, title, mask=region)
         outputs[method] = {
             "relevance": nifti_name,
             "overlay": overlay_name,
@@ -229,8 +239,8 @@ def explain_case(
             "options": options[method],
             "seconds": explain_s[method],
         }
-        if mask is not None:
-            metrics[method] = _metrics(relevance, mask.array.max(axis=0))
+        if region is not None:
+            metrics[method] = _metrics(relevance, region)
     assert logits is not None and wanted is not None
     probabilities = torch.softmax(logits, dim=-1).tolist()
     names = (
@@ -251,6 +261,7 @@ def explain_case(
         "logits": [float(v) for v in logits.tolist()],
         "target": wanted,
         "target_name": names[wanted] if wanted < len(names) else str(wanted),
+        "label_name": label,
         "method": methods[0],
         "methods": list(methods),
         "options": {"composite": composite, "window": list(window) if window else None, **_safe_meta(image)},
@@ -263,7 +274,7 @@ def explain_case(
     if keep_identifiers and image.identifiers:
         record["identifiers"] = dict(image.identifiers)
     if views:
-        record["_view"] = case_view(display, maps, image.affine, lo_hi)
+        record["_view"] = case_view(display, maps, image.affine, lo_hi, mask=region)
     record["timing"]["total_s"] = time.perf_counter() - start
     return record
 

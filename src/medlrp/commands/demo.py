@@ -67,7 +67,8 @@ def explain_cases(
             item = dataset.cases[i]
             mask = read_image(item.mask) if item.mask is not None else None
             try:
-                records.append(explain_case(loaded, dataset.image(i), methods, out, mask=mask))
+                label = dataset.classes[item.label]
+                records.append(explain_case(loaded, dataset.image(i), methods, out, mask=mask, label=label))
             except InputError as exc:
                 failures.append({"input": item.image.name, "error": f"{item.image.name}: {exc}"})
             if bar is not None and task is not None:

@@ -30,6 +30,18 @@ def _fail(failures: list[dict[str, str]], source: Path | str, exc: InputError) -
     failures.append({"input": Path(source).name, "error": message})
 
 
+def folder_label(path: Path, class_names: list[str]) -> str | None:
+    """The true class of an input laid out as ``DIR/<class name>/<case>``, or None.
+
+    The input's folder (or, for a file of a DICOM series folder, the folder above) when its name is one
+    of the model's classes.
+    """
+    for folder in (path.parent, path.parent.parent):
+        if folder.name in class_names:
+            return folder.name
+    return None
+
+
 def run_explain(
     model: Path,
     inputs: list[Path],
@@ -91,6 +103,7 @@ def run_explain(
                 name=unique_name(item, taken),
                 mask=mask_image,
                 window=preset,
+                label=folder_label(item, loaded.class_names),
             )
             if dicom_writer is not None:
                 if sources is None:

@@ -1,9 +1,11 @@
 """The self-contained HTML report: one file, no network, no external files.
 
-Pictures are ``data:`` URIs; CSS and JavaScript are inline. Per case: the image with one relevance layer
-per method (opacity slider; for volumes a slice slider), the prediction and class probabilities, metrics
-when a mask was given, and the static overlay pictures. Other commands add sections (a metrics table, a
-note) with :class:`ReportSection`.
+Pictures are ``data:`` URIs; CSS and JavaScript are inline. Per case: the prediction beside the true
+label (when known), the image with one relevance layer per method and the mask outline (opacity slider;
+volumes as axial, coronal and sagittal planes with one slice slider each, opening at the relevance peak),
+a colour bar saying what the colours mean, the class probabilities, localisation metrics with their
+ranges when a mask was given, and the static overlay pictures. Other commands add sections (a metrics
+table, a note) with :class:`ReportSection`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,11 @@ table.grid{border-collapse:collapse;font-size:12px;margin:6px 0}
 table.grid td,table.grid th{border:1px solid #dde1e6;padding:3px 8px;text-align:left}
 .bar{display:inline-block;height:8px;background:#c0392b;vertical-align:middle;margin-right:6px}
 .pred{font-weight:600}.static img{max-width:100%}.failures li{color:#9b1c1c}
+.plane{margin:6px 0}.legend{font-size:12px;color:#4a5563;margin:6px 0;max-width:760px}
+.colorbar{width:240px;height:12px;border:1px solid #999;
+  background:linear-gradient(to right,#0000ff,#ffffff,#ff0000)}
+.ticks{display:flex;justify-content:space-between;width:242px;font-size:11px}
+.ok{color:#1b7a33;font-weight:600}.wrong{color:#b3261e;font-weight:600}.swatch{color:#00c800;font-weight:700}
 """
 
 _JS = """
@@ -50,21 +58,35 @@ _JS = """
       box.querySelector('.opacity-value').textContent = opacity.value + '%';
     }
     if (opacity) { opacity.addEventListener('input', setOpacity); setOpacity(); }
-    var slider = box.querySelector('input.slice');
-    if (!slider || !view || view.dims !== 3) { return; }
-    var bases = box.querySelectorAll('img.base');
-    function show() {
-      var i = Number(slider.value);
-      bases.forEach(function (img) { img.src = view.base[i]; });
-      layers.forEach(function (img) { img.src = view.layers[img.dataset.method][i]; });
-      box.querySelector('.slice-value').textContent = view.slices[i] + ' / ' + view.total;
-      box.dataset.slice = String(view.slices[i]);
-    }
-    slider.addEventListener('input', show);
-    show();
+    if (!view) { return; }
+    box.querySelectorAll('input.slice').forEach(function (slider) {
+      var plane = slider.dataset.plane;
+      var pv = view.planes[plane];
+      var holder = box.querySelector('.plane[data-plane="' + plane + '"]');
+      function show() {
+        var i = Number(slider.value);
+        holder.querySelectorAll('img.base').forEach(function (img) { img.src = pv.base[i]; });
+        holder.querySelectorAll('img.layer').forEach(function (img) {
+          img.src = pv.layers[img.dataset.method][i];
+        });
+        if (pv.outline) {
+          holder.querySelectorAll('img.outline').forEach(function (img) { img.src = pv.outline[i]; });
+        }
+        holder.querySelector('.slice-value').textContent = pv.slices[i] + ' / ' + pv.total;
+        holder.dataset.slice = String(pv.slices[i]);
+      }
+      slider.addEventListener('input', show);
+      show();
+    });
   });
 })();
 """
+
+LEGEND = (
+    "Relevance colours: <b>red: evidence for the class</b>, <b>blue: evidence against</b>, white or "
+    "transparent: none. Signed scale, symmetric around zero: each method from &minus;max|R| to "
+    "+max|R| of the case (the limit is under each picture)."
+)
 
 
 @dataclass
@@ -96,46 +118,72 @@ def _json_script(data: Any) -> str:
     return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
 
 
-def _stack(view: dict[str, Any], index: int, method: str | None, width: int) -> str:
-    height = max(1, round(width * float(view.get("aspect", 1.0))))
-    base = view["base"][index] if view["dims"] == 3 else view["base"]
-    layer = ""
-    caption = "image"
+def _stack(plane: dict[str, Any], method: str | None, width: int, limit: float | None) -> str:
+    height = max(1, round(width * float(plane.get("aspect", 1.0))))
+    start = int(plane.get("start", 0))
+    layer, caption = "", "image"
     if method is not None:
-        src = view["layers"][method][index] if view["dims"] == 3 else view["layers"][method]
+        src = plane["layers"][method][start]
         layer = f'<img class="layer" data-method="{_e(method)}" src="{src}" alt="{_e(method)} relevance">'
-        caption = f"{method} (colour limits &plusmn;{view['limits'][method]:.3g})"
+        caption = f"{_e(method)} (colours &plusmn;{limit:.3g})"
+    if plane.get("outline"):
+        layer += f'<img class="outline" src="{plane["outline"][start]}" alt="mask outline">'
     return (
         f'<figure><div class="stack" style="--w:{width}px;--h:{height}px">'
-        f'<img class="base" src="{base}" alt="image">{layer}</div><figcaption>{caption}</figcaption></figure>'
+        f'<img class="base" src="{plane["base"][start]}" alt="image">{layer}</div>'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _legend(view: dict[str, Any]) -> str:
+    mask = any(p.get("outline") for p in view["planes"])
+    outline = (
+        ' <span class="swatch">&#9632;</span> Green line: the outline of the mask that the localisation '
+        "metrics score against."
+        if mask
+        else ""
+    )
+    return (
+        '<div class="legend"><div class="colorbar" role="img" aria-label="relevance colour bar: blue '
+        'negative, white zero, red positive"></div><div class="ticks"><span>&minus;max|R| (against)</span>'
+        f"<span>0</span><span>+max|R| (for)</span></div><p>{LEGEND}{outline}</p></div>"
     )
 
 
 def _viewer(record: dict[str, Any], case_id: str) -> str:
     view = record.get("_view")
-    if not view:
+    if not view or "planes" not in view:
         return ""
-    start = int(view.get("start", 0))
-    width = 300
-    panels = [_stack(view, start, None, width)] + [_stack(view, start, m, width) for m in view["layers"]]
-    controls = [
-        '<label>overlay opacity <input class="opacity" type="range" min="0" max="100" value="70">'
-        ' <span class="opacity-value">70%</span></label>'
-    ]
+    width = 300 if view["dims"] == 2 else 220
+    blocks = []
+    for plane in view["planes"]:
+        panels = [_stack(plane, None, width, None)]
+        panels += [_stack(plane, m, width, view["limits"][m]) for m in plane["layers"]]
+        slider = ""
+        if view["dims"] == 3:
+            name = _e(plane["name"])
+            slider = (
+                f'<div class="controls"><label>{name} slice <input class="slice" data-plane="{name}" '
+                f'type="range" min="0" max="{len(plane["slices"]) - 1}" value="{int(plane["start"])}" '
+                f'aria-label="{name} slice"> <span class="slice-value"></span></label></div>'
+            )
+        blocks.append(
+            f'<div class="plane" data-plane="{_e(plane["name"])}">{slider}<div class="row">'
+            f"{''.join(panels)}</div></div>"
+        )
+    controls = (
+        '<div class="controls"><label>overlay opacity <input class="opacity" type="range" min="0" '
+        'max="100" value="70"> <span class="opacity-value">70%</span></label></div>'
+    )
     data = ""
     if view["dims"] == 3:
-        n = len(view["slices"])
-        controls.insert(
-            0,
-            f'<label>{_e(view.get("plane", "slice"))} slice <input class="slice" type="range" min="0" '
-            f'max="{n - 1}" value="{start}" aria-label="slice"> <span class="slice-value"></span></label>',
-        )
-        payload = {k: view[k] for k in ("dims", "base", "layers", "slices", "total")}
+        keys = ("base", "layers", "outline", "slices", "total")
+        payload = {"planes": {p["name"]: {k: p[k] for k in keys} for p in view["planes"]}}
         data = (
             f'<script type="application/json" class="view-data" id="{case_id}-data">'
             f"{_json_script(payload)}</script>"
         )
-    return f'<div class="controls">{"".join(controls)}</div><div class="row">{"".join(panels)}</div>{data}'
+    return controls + _legend(view) + "".join(blocks) + data
 
 
 def _probabilities(record: dict[str, Any]) -> str:
@@ -151,12 +199,49 @@ def _probabilities(record: dict[str, Any]) -> str:
     return f'<table class="grid">{head}<tbody>{"".join(rows)}</tbody></table>'
 
 
+def _metric_ranges() -> dict[str, tuple[float, float]]:
+    try:
+        from medlrp.metrics.suite import METRIC_INFO
+    except ImportError:  # the metrics package is optional for the report
+        return {}
+    return {name: (info.low, info.high) for name, info in METRIC_INFO.items()}
+
+
+def _bound(value: float) -> str:
+    return ("&minus;" if value < 0 else "") + "&infin;" if math.isinf(value) else f"{value:g}"
+
+
 def _metrics(record: dict[str, Any]) -> str:
+    """The case's localisation metrics per method; each column names its range, each cell carries it."""
     metrics = record.get("metrics")
     if not metrics:
         return ""
-    rows = [{"method": m, **values} for m, values in metrics.items()]
-    return "<h3>Localisation against the mask</h3>" + table_html(rows)
+    ranges = _metric_ranges()
+    names = list(dict.fromkeys(k for values in metrics.values() for k in values if not k.endswith("_error")))
+    head = "".join(
+        f"<th>{_e(n)} [{_bound(ranges[n][0])}, {_bound(ranges[n][1])}]</th>"
+        if n in ranges
+        else f"<th>{_e(n)}</th>"
+        for n in names
+    )
+    rows = []
+    for method, values in metrics.items():
+        cells = []
+        for n in names:
+            v = values.get(n)
+            attrs = f' data-metric="{_e(n)}"'
+            if n in ranges:
+                attrs += f' data-low="{ranges[n][0]}" data-high="{ranges[n][1]}"'
+            text = f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "&ndash;"
+            if isinstance(v, float) and math.isfinite(v):
+                attrs += f' data-value="{v!r}"'
+            cells.append(f"<td{attrs}>{text}</td>")
+        rows.append(f"<tr><td>{_e(method)}</td>{''.join(cells)}</tr>")
+    return (
+        "<div><h3>Localisation against the mask (range in brackets)</h3>"
+        f'<table class="grid metrics"><thead><tr><th>method</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _static_overlays(record: dict[str, Any], out_dir: Path | None) -> str:
@@ -176,6 +261,16 @@ def _static_overlays(record: dict[str, Any], out_dir: Path | None) -> str:
     return f'<details class="static"><summary>overlay pictures</summary>{"".join(figures)}</details>'
 
 
+def _truth(record: dict[str, Any]) -> str:
+    """The true label beside the prediction, and whether they agree (``label_name`` in the record)."""
+    label = record.get("label_name")
+    if label is None:
+        return 'true label: <span class="label">not known</span>'
+    right = label == record.get("prediction_name")
+    verdict = '<span class="ok">correct</span>' if right else '<span class="wrong">wrong</span>'
+    return f'true label: <span class="label">{_e(label)}</span> ({verdict})'
+
+
 def _case(record: dict[str, Any], number: int, out_dir: Path | None) -> str:
     case_id = f"case-{number}"
     facts = [
@@ -189,7 +284,7 @@ def _case(record: dict[str, Any], number: int, out_dir: Path | None) -> str:
     pred = (
         '<p>prediction: <span class="pred">'
         f"{_e(record.get('prediction_name', record.get('prediction')))}</span>"
-        f" (p = {record.get('probability', 0.0):.3f})</p>"
+        f" (p = {record.get('probability', 0.0):.3f}) &middot; {_truth(record)}</p>"
     )
     ids = record.get("identifiers")
     id_html = ""

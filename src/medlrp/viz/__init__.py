@@ -1,6 +1,6 @@
 """Pictures of relevance: diverging colours centred on zero, oriented slices, overlays."""
 
-from medlrp.viz.colors import blend, diverging_rgba, symmetric_limit
+from medlrp.viz.colors import blend, diverging_rgba, relevance_peak, symmetric_limit
 from medlrp.viz.orient import oriented_mip, oriented_slice, plane_name, slice_axis
 from medlrp.viz.overlay import overlay_png, write_overlay
 
@@ -11,6 +11,7 @@ __all__ = [
     "oriented_slice",
     "overlay_png",
     "plane_name",
+    "relevance_peak",
     "slice_axis",
     "symmetric_limit",
     "write_overlay",

@@ -46,3 +46,14 @@ def blend(gray: np.ndarray, rgba: np.ndarray, opacity: float = 1.0) -> np.ndarra
     alpha = rgba[..., 3:4].astype(np.float64) / 255.0 * opacity
     out = base * (1.0 - alpha) + rgba[..., :3].astype(np.float64) * alpha
     return (out + 0.5).astype(np.uint8)
+
+
+def relevance_peak(relevances: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The voxel of strongest evidence for the class over all methods (each scaled to its own limit).
+
+    Positive relevance first (what a reader looks for); a map without any takes ``|R|``.
+    """
+    total = sum(np.clip(np.nan_to_num(r), 0, None) / symmetric_limit(r) for r in relevances.values())
+    if not np.any(total > 0):
+        total = sum(np.abs(np.nan_to_num(r)) / symmetric_limit(r) for r in relevances.values())
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(total)), np.shape(total)))
