@@ -2,10 +2,11 @@
 
 ``explain_case`` writes them exactly as ``medlrp explain`` does, from the explanations given to it.
 
-Files (names relative to the case's folder): ``NAME.relevance.nii.gz``/``NAME.overlay.png`` for the first
-method, ``NAME.<method>.relevance.nii.gz``/``NAME.<method>.overlay.png`` for the others. Every file is
-written under a temporary name and renamed (``medlrp.io.atomic_path``); :func:`fsync_files` then flushes
-them before the case's index record is appended, so a case listed as done has its files on disk.
+Files (names relative to the case's folder): ``NAME.relevance.nii.gz``/``NAME.overlay.png`` with one
+method, ``NAME.<method>.relevance.nii.gz``/``NAME.<method>.overlay.png`` for each method with several.
+Every file is written under a temporary name and renamed (``medlrp.io.atomic_path``); :func:`fsync_files`
+then flushes them before the case's index record is appended, so a case listed as done has its files on
+disk.
 """
 
 from __future__ import annotations
