@@ -186,3 +186,17 @@ def test_evaluate_reports_progress_per_case_and_method():
         on_step=lambda m, k: steps.append((m, k)),
     )
     assert steps == [("gradient", 2), ("input-x-gradient", 2), ("gradient", 3), ("input-x-gradient", 3)]
+
+
+@pytest.mark.parametrize("first", ["medlrp.lrp", "medlrp.lrp.composites", "medlrp.models", "medlrp.cam"])
+def test_registries_load_whatever_is_imported_first(first):
+    # the package facade is lazy: the registries import the methods on their first lookup, whichever
+    # medlrp module a program imports first (a registering module must not trigger that half-way)
+    code = (
+        f"import {first}\nfrom medlrp.registry import ARCHITECTURES, COMPOSITES, METHODS\n"
+        "print(sorted(METHODS.builtin) == sorted(METHODS.names()), sorted(COMPOSITES.builtin) == "
+        "sorted(COMPOSITES.names()), sorted(ARCHITECTURES.builtin) == sorted(ARCHITECTURES.names()))"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"]

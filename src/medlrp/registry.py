@@ -34,6 +34,14 @@ class Registry(Generic[T]):
                 self._loader = loader  # try again next time; the caller sees the import error
                 raise
 
+    def registered(self, name: str) -> bool:
+        """Whether ``name`` is registered already, without loading the built-in entries.
+
+        For registering modules: they run while the loader imports them, where a loading lookup would
+        import the loader again half-way.
+        """
+        return name in self._items
+
     def known_names(self) -> list[str]:
         """The built-in names, then any others registered so far (imports nothing)."""
         return list(dict.fromkeys([*self.builtin, *self._items]))

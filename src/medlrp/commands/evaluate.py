@@ -61,7 +61,8 @@ def run_evaluate(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     device = opt.resolve_device(device)
     loaded = load_model(model, trust_model=trust_model, device=device)
-    fixed = None if target in ("label", "predicted") else class_index(target, loaded.class_names, None)
+    known = len(loaded.class_names) or None
+    fixed = None if target in ("label", "predicted") else class_index(target, loaded.class_names, known)
     dataset = FolderDataset(
         data, split="test", preprocessing=loaded.preprocessing, classes=loaded.class_names or None
     )

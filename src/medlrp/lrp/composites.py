@@ -175,7 +175,7 @@ CNN_COMPOSITES: dict[str, Callable[..., Composite]] = {
     "epsilon-alpha2-beta1-flat": epsilon_alpha2_beta1_flat,
 }
 for _name, _factory in CNN_COMPOSITES.items():
-    if _name not in COMPOSITES:
+    if not COMPOSITES.registered(_name):
         COMPOSITES.add(_name, _factory)
 
 
