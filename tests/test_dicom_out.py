@@ -201,7 +201,7 @@ def test_series_with_the_study_and_deidentified(tmp_path, capsys):
     )
     assert code == 0, log
     _check_map(kept, "series7.gradient", sources)  # every method gets its own map and overlay series
-    pm, captures = _check_map(kept, "series7", sources)
+    pm, captures = _check_map(kept, f"series7.{S.method()}", sources)  # several methods: all named
     for ds in (pm, *captures):
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
             assert ds.get(keyword) == sources[0].get(keyword), keyword
