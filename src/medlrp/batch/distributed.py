@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from medlrp.errors import InputError
+from medlrp.devices import resolve_device
 
 # Ranks wait for each other at the end of the run; a slow shard must not time the others out.
 _BARRIER_TIMEOUT = datetime.timedelta(hours=48)
@@ -41,7 +41,7 @@ class DistContext:
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        ctx = cls(rank=rank, world_size=world, local_rank=local, device=_pick_device(device, local))
+        ctx = cls(rank=rank, world_size=world, local_rank=local, device=resolve_device(device, local))
         if ctx.device.type == "cuda":
             torch.cuda.set_device(ctx.device)
         if world > 1 and not dist.is_initialized():
@@ -81,18 +81,3 @@ class DistContext:
             dist.destroy_process_group()
             self.owns_group = False
 
-
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:K)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but CUDA is not available")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
-    return dev

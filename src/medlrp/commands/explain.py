@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from medlrp.errors import InputError
+from medlrp.io.limits import MAX_BYTES, MAX_PIXELS, MAX_VOXELS, ReadLimits
 
 HELP = (
     "Explain a model's decisions on scans: per input NAME.relevance.nii.gz (aligned with the input), "
@@ -22,10 +23,20 @@ HELP = (
 )
 
 
-def _fail(failures: list[dict[str, str]], source: Path | str, exc: InputError) -> None:
-    message = str(exc)
+def _fail(failures: list[dict[str, str]], source: Path | str, exc: Exception) -> None:
+    """Report one failed input on one line (naming the file) and remember it for results.json."""
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, InputError):  # an unexpected error stays this input's: name the file
+        message = f"{source}: {type(exc).__name__}: {message}"
     print(f"medlrp: error: {message}", file=sys.stderr)
     failures.append({"input": Path(source).name, "error": message})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 def run_explain(
@@ -43,61 +54,73 @@ def run_explain(
     mask: Path | None = None,
     device: str = "cpu",
     dicom: bool = False,
+    limits: ReadLimits | None = None,
 ) -> int:
-    """The command's work; returns the exit code (0, or 2 when some input failed)."""
+    """The command's work; returns the exit code (0, or 2 when some input failed).
+
+    Settings, the model and the output folder are checked before any input is explained. Each input is
+    then read, explained and checked (:func:`medlrp.pipeline.compute_case`) and written
+    (:func:`medlrp.pipeline.write_case`) on its own: a bad input is reported on one line naming it, the
+    others go on, and ``results.json`` and ``report.html`` are written for those that finished.
+    """
     import medlrp  # noqa: F401  (registers every method)
+    from medlrp.devices import resolve_device
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
-    from medlrp.pipeline import explain_case, unique_name, write_run_outputs
+    from medlrp.pipeline import check_output_folder, compute_case, unique_name, write_case, write_run_outputs
     from medlrp.registry import METHODS
 
     for name in methods:
         METHODS.get(name)  # an unknown method is a usage error before any work
+    if composite is not None and "lrp" not in methods:
+        raise InputError(
+            f"--composite {composite} applies to --method lrp only; the methods asked for are "
+            f"{', '.join(methods)}"
+        )
     preset = window_preset(window) if window else None
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine")
-    loaded = load_model(model, trust_model=trust_model, device=device)
+    loaded = load_model(model, trust_model=trust_model, device=resolve_device(device))
+    check_output_folder(out)
     items: list[Path] = []
     failures: list[dict[str, str]] = []
     for path in inputs:
         try:
-            items.extend(expand_input(path))
+            found = expand_input(path)
         except InputError as exc:
             _fail(failures, path, exc)
+            continue
+        # A folder's own earlier outputs (--out inside it) are never inputs.
+        items.extend(item for item in found if item == path or not _inside(item, out))
     if mask is not None and len(items) != 1:
         raise InputError(f"--mask {mask} needs exactly one input, got {len(items)}")
     records, taken = [], set()
     dicom_writer = DicomWriter(keep_identifiers) if dicom else None  # one per run: consistent UIDs
     for item in items:
         try:
-            image = read_image(item, index=index)
+            image = read_image(item, index=index, limits=limits)
             sources = dicom_writer.sources(image) if dicom_writer else None  # grid checked before work
             mask_path = mask or find_mask(item)
-            mask_image = read_image(mask_path) if mask_path is not None else None
-            record = explain_case(
+            mask_image = read_image(mask_path, limits=limits) if mask_path is not None else None
+            result = compute_case(
                 loaded,
                 image,
                 methods,
-                out,
                 composite=composite,
                 target=target,
-                keep_identifiers=keep_identifiers,
-                name=unique_name(item, taken),
+                name=unique_name(item, set(taken)),
                 mask=mask_image,
                 window=preset,
             )
+            record = write_case(result, out, keep_identifiers=keep_identifiers)
             if dicom_writer is not None:
                 if sources is None:
                     print(f"medlrp: note: {item.name}: not DICOM, no DICOM outputs", file=sys.stderr)
                 else:
                     shown = preset or loaded.preprocessing.window
                     dicom_writer.write_case(out, record, image, shown, sources)
-        except InputError as exc:
+        except Exception as exc:  # one input's failure is reported and the others go on
             _fail(failures, item, exc)
             continue
+        taken.add(record["case"])
         records.append(record)
         print(
             f"{record['case']}: {record['prediction_name']} (p={record['probability']:.3f}), "
@@ -158,6 +181,13 @@ def register(app: typer.Typer) -> None:
                 "NAME.overlay/ (Secondary Capture); de-identified unless --keep-identifiers.",
             ),
         ] = False,
+        max_pixels: Annotated[
+            int, typer.Option(help="Refuse 2D images with more pixels (checked before decoding).")
+        ] = MAX_PIXELS,
+        max_voxels: Annotated[
+            int, typer.Option(help="Refuse volumes with more voxels (checked before decoding).")
+        ] = MAX_VOXELS,
+        max_bytes: Annotated[int, typer.Option(help="Refuse input files larger than this.")] = MAX_BYTES,
     ) -> None:
         methods = [m.strip() for m in method.split(",") if m.strip()]
         if not methods:
@@ -176,6 +206,7 @@ def register(app: typer.Typer) -> None:
             mask=mask,
             device=device,
             dicom=dicom,
+            limits=ReadLimits(max_pixels, max_voxels, max_bytes),
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code
