@@ -45,6 +45,8 @@ from medlrp.viz.overlay import write_overlay
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
+#: How the names of per-case output files end.
+OUTPUT_SUFFIXES = (".relevance.nii.gz", ".overlay.png")
 
 
 def class_index(target: int | str | None, class_names: Sequence[str]) -> int | None:
@@ -61,6 +63,25 @@ def class_index(target: int | str | None, class_names: Sequence[str]) -> int | N
         raise InputError(
             f"--target {text!r} is neither a class index nor a class name; names: {known}"
         ) from None
+
+
+def check_methods(methods: Sequence[str], composite: str | None = None) -> None:
+    """Refuse unknown methods, and a composite when no method takes one, before any work.
+
+    Raises:
+        InputError: an unknown method name, or ``composite`` given without ``lrp`` among ``methods``.
+    """
+    from medlrp.registry import METHODS
+
+    if not methods:
+        raise InputError("no method given (--method lrp,gradcam,...)")
+    for method in methods:
+        METHODS.get(method)
+    if composite is not None and "lrp" not in methods:
+        raise InputError(
+            f"--composite {composite} applies to the lrp method only, and the methods asked for are "
+            f"{', '.join(methods)}; drop --composite or add lrp"
+        )
 
 
 def unique_name(source: Path, taken: set[str]) -> str:
@@ -283,6 +304,11 @@ def compute_case(
     )
 
 
+def is_output_name(name: str) -> bool:
+    """True for a file name :func:`write_case` writes (never an input of a later run)."""
+    return name.endswith(OUTPUT_SUFFIXES) or name in (RESULTS_NAME, REPORT_NAME)
+
+
 def output_names(case: str, methods: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Per method, the relevance and overlay file names (the first method gets the plain names)."""
     names = {}
@@ -496,6 +522,9 @@ def write_run_outputs(
     """Write ``results.json`` and ``report.html`` for a run (atomically); return their paths.
 
     ``results.json`` is ``{"run": ..., "cases": [record, ...], "failures": [...]}``.
+
+    Raises:
+        OutputError: a file cannot be written (one line naming it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -505,9 +534,16 @@ def write_run_outputs(
         "failures": [dict(f) for f in failures],
     }
     results = out / RESULTS_NAME
-    with atomic_path(results) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    report = write_report(
-        out / REPORT_NAME, records, title=title, sections=sections, failures=failures, run=run, out_dir=out
-    )
+    with _writing([results, out / REPORT_NAME]):
+        with atomic_path(results) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        report = write_report(
+            out / REPORT_NAME,
+            records,
+            title=title,
+            sections=sections,
+            failures=failures,
+            run=run,
+            out_dir=out,
+        )
     return results, report

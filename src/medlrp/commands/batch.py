@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from medlrp.io.limits import MAX_BYTES, MAX_PIXELS, MAX_VOXELS, ReadLimits
+
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
@@ -45,6 +47,13 @@ def register(app: typer.Typer) -> None:
             help="Also write DICOM for DICOM cases: NAME.relevance.dcm (Parametric Map) and NAME.overlay/ "
             "(Secondary Capture); de-identified unless --keep-identifiers.",
         ),
+        max_pixels: int = typer.Option(
+            MAX_PIXELS, "--max-pixels", help="Refuse 2D images with more pixels (checked before decoding)."
+        ),
+        max_voxels: int = typer.Option(
+            MAX_VOXELS, "--max-voxels", help="Refuse volumes with more voxels (checked before decoding)."
+        ),
+        max_bytes: int = typer.Option(MAX_BYTES, "--max-bytes", help="Refuse input files larger than this."),
     ) -> None:
         """Explain every case of a dataset folder; resumable; scales out under torchrun."""
         from medlrp.batch import BatchOptions, run_batch
@@ -65,6 +74,7 @@ def register(app: typer.Typer) -> None:
                 keep_identifiers=keep_identifiers,
                 progress=progress,
                 dicom=dicom,
+                limits=ReadLimits(max_pixels, max_voxels, max_bytes),
             )
         )
         where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""

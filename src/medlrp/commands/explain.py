@@ -39,6 +39,19 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
+def _earlier_output(item: Path, given: Path, out: Path) -> bool:
+    """True for what an earlier run wrote into ``out`` inside the input folder ``given``.
+
+    With ``--out`` below the input folder everything under it is output; with ``--out`` the input folder
+    itself, the files named as outputs (``*.relevance.nii.gz``, ``*.overlay.png``).
+    """
+    from medlrp.pipeline import is_output_name
+
+    if item == given or not _inside(out, given) or not _inside(item, out):
+        return False
+    return out.resolve() != given.resolve() or is_output_name(item.name)
+
+
 def run_explain(
     model: Path,
     inputs: list[Path],
@@ -67,16 +80,16 @@ def run_explain(
     from medlrp.devices import resolve_device
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
-    from medlrp.pipeline import check_output_folder, compute_case, unique_name, write_case, write_run_outputs
-    from medlrp.registry import METHODS
+    from medlrp.pipeline import (
+        check_methods,
+        check_output_folder,
+        compute_case,
+        unique_name,
+        write_case,
+        write_run_outputs,
+    )
 
-    for name in methods:
-        METHODS.get(name)  # an unknown method is a usage error before any work
-    if composite is not None and "lrp" not in methods:
-        raise InputError(
-            f"--composite {composite} applies to --method lrp only; the methods asked for are "
-            f"{', '.join(methods)}"
-        )
+    check_methods(methods, composite)  # usage errors before any work
     preset = window_preset(window) if window else None
     loaded = load_model(model, trust_model=trust_model, device=resolve_device(device))
     check_output_folder(out)
@@ -88,8 +101,7 @@ def run_explain(
         except InputError as exc:
             _fail(failures, path, exc)
             continue
-        # A folder's own earlier outputs (--out inside it) are never inputs.
-        items.extend(item for item in found if item == path or not _inside(item, out))
+        items.extend(item for item in found if not _earlier_output(item, path, out))
     if mask is not None and len(items) != 1:
         raise InputError(f"--mask {mask} needs exactly one input, got {len(items)}")
     records, taken = [], set()
