@@ -342,13 +342,15 @@ def write_case(
     finals = [out / n for method in result.methods for n in names[method]]
     outputs: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
-    with _writing(finals), atomic_paths(finals) as temps:
+    with _writing(finals) as current, atomic_paths(finals) as temps:
         staged = dict(zip(finals, temps, strict=True))
         for method in result.methods:
             relevance = result.maps[method]
             nifti_name, overlay_name = names[method]
+            current[0] = out / nifti_name
             write_nifti(staged[out / nifti_name], relevance, image.affine)
             caption = f"{result.case}: {method}, class {label}"
+            current[0] = out / overlay_name
             write_overlay(
                 staged[out / overlay_name],
                 result.display,
@@ -420,25 +422,29 @@ def case_record(
 
 
 @contextmanager
-def _writing(finals: Sequence[Path]) -> Iterator[None]:
-    """Turn an operating-system error while writing ``finals`` into one line naming the file."""
+def _writing(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Turn an operating-system error while writing ``finals`` into one line naming the file.
+
+    The block may store the file it is writing in the yielded list's first item; otherwise the
+    error's own file name (a temporary's final name) or the first file is named.
+    """
+    current = [finals[0]]
     try:
-        yield
+        yield current
     except OSError as exc:
-        where = _named(exc, finals)
+        where = _named(exc, finals, current[0])
         raise OutputError(f"{where}: cannot write: {exc.strerror or exc}") from None
 
 
-def _named(exc: OSError, finals: Sequence[Path]) -> Path:
-    """The output file an error is about (a temporary's final name), else the first file."""
+def _named(exc: OSError, finals: Sequence[Path], current: Path) -> Path:
+    """The output file an error is about: a folder that cannot be made, else the file being written."""
     failed = Path(exc.filename) if exc.filename else None
     if failed is not None:
-        for final in finals:
-            if failed == final or failed.name.startswith(f".{final.name}."):
-                return final
+        if failed in finals:
+            return failed
         if failed.is_dir() or failed in {f.parent for f in finals}:
             return failed
-    return finals[0]
+    return current
 
 
 def explain_case(
@@ -534,9 +540,10 @@ def write_run_outputs(
         "failures": [dict(f) for f in failures],
     }
     results = out / RESULTS_NAME
-    with _writing([results, out / REPORT_NAME]):
+    with _writing([results, out / REPORT_NAME]) as current:
         with atomic_path(results) as tmp:
             tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        current[0] = out / REPORT_NAME
         report = write_report(
             out / REPORT_NAME,
             records,
