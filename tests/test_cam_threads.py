@@ -138,8 +138,10 @@ def test_train_mode_is_restored_after_overlapping_calls_and_failures():
         failures = 0
         for i in range(10):
             try:
-                layer = "nothing" if (k + i) % 3 == 0 else "layer"  # every third call fails
-                medlrp.explain(model, x, target=0, method="gradcam", layer=layer)
+                # every third call fails: before its hooks exist (no such layer) or after (no such class)
+                bad = (k + i) % 3 == 0
+                layer = "nothing" if bad and k % 2 else "layer"
+                medlrp.explain(model, x, target=9 if bad else 0, method="gradcam", layer=layer)
             except medlrp.InputError:
                 failures += 1
         return failures

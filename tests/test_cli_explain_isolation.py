@@ -244,3 +244,40 @@ def test_a_full_disk_names_the_file_and_leaves_no_half_case(tmp_path):
         "smooth.relevance.nii.gz",
     ]
     assert [c["case"] for c in _strict_json(out / "results.json")["cases"]] == ["smooth"]
+
+
+def test_a_model_its_preprocessing_does_not_fit_is_one_line_before_any_input(tmp_path, capsys):
+    from medlrp.models import Preprocessing, save_checkpoint
+    from medlrp.registry import ARCHITECTURES
+
+    kwargs = {
+        "in_channels": 1,
+        "num_classes": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "dim": 16,
+        "depth": 1,
+        "heads": 2,
+    }
+    model = ARCHITECTURES.get("vit2d")(**kwargs)
+    pre = Preprocessing(dims=2, channels=1, size=[48, 48])  # not the 32 x 32 the ViT was built for
+    ckpt = save_checkpoint(tmp_path / "vit.pt", model, "vit2d", kwargs, pre, ["a", "b"])
+    png = tmp_path / "x.png"
+    PILImage.fromarray(np.full((20, 20), 7, np.uint8)).save(png)
+    code, stdout, err = _run(capsys, "explain", "--model", ckpt, png, png, "--out", tmp_path / "o")
+    assert code == 2 and stdout == ""
+    (line,) = _errors(err)
+    assert "vit.pt" in line and "(1, 1, 48, 48)" in line
+
+
+def test_explain_target_beyond_the_classes_is_refused_up_front(tmp_path, capsys):
+    ckpt = S.make_checkpoint(tmp_path / "m.pt", dims=2)
+    png = tmp_path / "x.png"
+    PILImage.fromarray(np.full((20, 20), 7, np.uint8)).save(png)
+    code, stdout, err = _run(
+        capsys, "explain", "--model", ckpt, png, "--target", "7", "--out", tmp_path / "o"
+    )
+    assert code == 2 and stdout == ""
+    (line,) = _errors(err)
+    assert "--target 7" in line and "3 classes" in line
+    assert not (tmp_path / "o").exists()

@@ -84,6 +84,52 @@ def check_methods(methods: Sequence[str], composite: str | None = None) -> None:
         )
 
 
+def probe_model(loaded: LoadedModel, source: Path | str) -> int | None:
+    """Run the model once on a zero input of its preprocessing's shape; return its number of outputs.
+
+    A checkpoint whose preprocessing does not fit its model (a ViT given another image size) then fails
+    once, naming the model, instead of once per input. Eval mode, no graph; the model is left as it was.
+
+    Raises:
+        InputError: the model does not run on the input its preprocessing makes.
+    """
+    from medlrp.cam.guard import explaining
+
+    pre = loaded.preprocessing
+    shape = (1, int(pre.channels), *(int(n) for n in pre.size))
+    x = torch.zeros(shape, device=_device_of(loaded.model))
+    try:
+        with explaining(loaded.model), torch.no_grad():
+            out = loaded.model(x)
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        raise InputError(
+            f"{source}: the model does not run on the input its preprocessing makes {shape} "
+            f"({type(exc).__name__}: {message})"
+        ) from None
+    out = getattr(out, "logits", out)
+    if isinstance(out, tuple | list) and out:
+        out = out[0]
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
+
+
+def check_target(target: int | str | None, loaded: LoadedModel, classes: int | None) -> None:
+    """Refuse a target class beyond the model's ``classes`` (or its class names) before any work.
+
+    Raises:
+        InputError: ``--target`` names no class of the model.
+    """
+    if target is None or target == "label":
+        return
+    wanted = class_index(target, loaded.class_names)
+    known = classes if classes is not None else (len(loaded.class_names) or None)
+    if wanted is not None and (wanted < 0 or (known is not None and wanted >= known)):
+        names = ", ".join(f"{k}={n}" for k, n in enumerate(loaded.class_names))
+        raise InputError(
+            f"--target {target}: the model has {known} classes" + (f" ({names})" if names else "")
+        )
+
+
 def unique_name(source: Path, taken: set[str]) -> str:
     """The case name for ``source``: its file stem (or folder name), suffixed ``_2``, ``_3`` ... if taken.
 

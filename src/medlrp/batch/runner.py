@@ -31,7 +31,7 @@ from medlrp.errors import InputError
 from medlrp.io import DicomWriter
 from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.models import LoadedModel, load_model
-from medlrp.pipeline import check_methods, check_output_folder
+from medlrp.pipeline import check_methods, check_output_folder, check_target, probe_model
 
 
 @dataclass
@@ -143,17 +143,6 @@ def _validate(options: BatchOptions) -> None:
         raise InputError(f"--target must be a class index or 'label', not {options.target!r}")
 
 
-def _check_target(options: BatchOptions, loaded: LoadedModel) -> None:
-    """Refuse ``--target K`` beyond the model's classes before any case is explained."""
-    target = options.target
-    classes = len(loaded.class_names)
-    if target is None or target == "label" or not classes:
-        return
-    if int(target) >= classes:
-        names = ", ".join(f"{k}={n}" for k, n in enumerate(loaded.class_names))
-        raise InputError(f"--target {target}: the model has {classes} classes ({names})")
-
-
 def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
     out = Path(options.out)
     if out.resolve().is_relative_to(Path(options.data).resolve()):
@@ -161,7 +150,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
         raise InputError(f"--out {out} is inside --data {options.data}; choose a folder outside it")
     check_output_folder(out)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
-    _check_target(options, loaded)
+    check_target(options.target, loaded, probe_model(loaded, options.model))
     cases = list_cases(options.data)
     listing = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()
     if not ctx.agree(listing):  # shards are cut from the list: every rank must see the same one

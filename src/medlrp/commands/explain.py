@@ -24,12 +24,16 @@ HELP = (
 
 
 def _fail(failures: list[dict[str, str]], source: Path | str, exc: Exception) -> None:
-    """Report one failed input on one line (naming the file) and remember it for results.json."""
+    """Report one failed input on one line (naming the file) and remember it for results.json.
+
+    ``results.json`` names the file by its name only: a full path may carry a patient's name.
+    """
     message = " ".join(str(exc).split())
     if not isinstance(exc, InputError):  # an unexpected error stays this input's: name the file
         message = f"{source}: {type(exc).__name__}: {message}"
     print(f"medlrp: error: {message}", file=sys.stderr)
-    failures.append({"input": Path(source).name, "error": message})
+    name = Path(source).name
+    failures.append({"input": name, "error": message.replace(str(source), name)})
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -83,7 +87,9 @@ def run_explain(
     from medlrp.pipeline import (
         check_methods,
         check_output_folder,
+        check_target,
         compute_case,
+        probe_model,
         unique_name,
         write_case,
         write_run_outputs,
@@ -92,6 +98,7 @@ def run_explain(
     check_methods(methods, composite)  # usage errors before any work
     preset = window_preset(window) if window else None
     loaded = load_model(model, trust_model=trust_model, device=resolve_device(device))
+    check_target(target, loaded, probe_model(loaded, model))
     check_output_folder(out)
     items: list[Path] = []
     failures: list[dict[str, str]] = []
