@@ -33,6 +33,7 @@ import torch
 from medlrp.api import explain
 from medlrp.errors import InputError, OutputError
 from medlrp.explanation import Explanation
+from medlrp.io.dicom_out import MAP_SUFFIX, OVERLAY_SUFFIX
 from medlrp.io.image import Image, atomic_path, atomic_paths
 from medlrp.io.inputs import stem
 from medlrp.io.nifti import write_nifti
@@ -45,8 +46,8 @@ from medlrp.viz.overlay import write_overlay
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
-#: How the names of per-case output files end.
-OUTPUT_SUFFIXES = (".relevance.nii.gz", ".overlay.png")
+#: How the names of per-case outputs end (with ``--dicom``: the Parametric Map and the overlay series folder).
+OUTPUT_SUFFIXES = (".relevance.nii.gz", ".overlay.png", MAP_SUFFIX, OVERLAY_SUFFIX)
 
 
 def class_index(target: int | str | None, class_names: Sequence[str]) -> int | None:
@@ -125,9 +126,8 @@ def check_target(target: int | str | None, loaded: LoadedModel, classes: int | N
     known = classes if classes is not None else (len(loaded.class_names) or None)
     if wanted is not None and (wanted < 0 or (known is not None and wanted >= known)):
         names = ", ".join(f"{k}={n}" for k, n in enumerate(loaded.class_names))
-        raise InputError(
-            f"--target {target}: the model has {known} classes" + (f" ({names})" if names else "")
-        )
+        listed = f" ({names})" if names else ""
+        raise InputError(f"--target {target} out of range: the model has {known} classes{listed}")
 
 
 def unique_name(source: Path, taken: set[str]) -> str:
@@ -351,7 +351,7 @@ def compute_case(
 
 
 def is_output_name(name: str) -> bool:
-    """True for a file name :func:`write_case` writes (never an input of a later run)."""
+    """True for a file or folder name a run writes (never an input of a later run)."""
     return name.endswith(OUTPUT_SUFFIXES) or name in (RESULTS_NAME, REPORT_NAME)
 
 
