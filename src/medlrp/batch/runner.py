@@ -31,7 +31,7 @@ from medlrp.errors import InputError
 from medlrp.io import DicomWriter
 from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.models import LoadedModel, load_model
-from medlrp.pipeline import check_methods, check_output_folder, check_target, probe_model
+from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
 
 
 @dataclass

@@ -84,16 +84,8 @@ def run_explain(
     from medlrp.devices import resolve_device
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
-    from medlrp.pipeline import (
-        check_methods,
-        check_output_folder,
-        check_target,
-        compute_case,
-        probe_model,
-        unique_name,
-        write_case,
-        write_run_outputs,
-    )
+    from medlrp.pipeline import compute_case, unique_name, write_case, write_run_outputs
+    from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
 
     check_methods(methods, composite)  # usage errors before any work
     preset = window_preset(window) if window else None
