@@ -160,7 +160,46 @@ class Twice(nn.Module):
         return self.head(self.conv(self.conv(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize(("layer", "message"), [("conv", "ran 2 times"), ("unused", "ran 0 times")])
-def test_layer_must_run_exactly_once(layer, message):
-    with pytest.raises(medlrp.InputError, match=message):
+def test_a_layer_that_never_runs_is_refused():
+    with pytest.raises(medlrp.InputError, match="ran 0 times"):
+        medlrp.explain(Twice(), torch.randn(1, 1, 5, 5), method="gradcam", layer="unused")
+
+
+def _gradcam_of_call(model: Twice, x: torch.Tensor, call: int, target: int) -> torch.Tensor:
+    """Grad-CAM of call ``call`` of ``model.conv`` written out (float64): weights = mean of the gradient."""
+    first = model.conv(x)
+    a = (first if call == 0 else model.conv(first)).detach().requires_grad_()
+    second = model.conv(a) if call == 0 else a
+    score = model.head(second.mean((2, 3)))[:, target].sum()
+    (g,) = torch.autograd.grad(score, a)
+    return (g.mean((2, 3), keepdim=True) * a).sum(1).detach()
+
+
+@pytest.mark.parametrize(
+    ("layer", "call"), [("conv", 1), ("conv:1", 1), ("conv:-1", 1), ("conv:0", 0), ("conv:-2", 0)]
+)
+def test_a_layer_run_several_times_takes_its_last_call_or_the_one_named(layer, call):
+    torch.manual_seed(0)
+    model, x = Twice().double(), torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    e = medlrp.explain(model, x, 1, method="gradcam", layer=layer, upsample=False, relu=False)
+    torch.testing.assert_close(e.relevance[:, 0], _gradcam_of_call(model, x, call, 1))
+    assert e.options["layer"] == "conv" and e.options["call"] == call and e.options["calls"] == 2
+    same = medlrp.explain(model, x, 1, method="gradcam", layer=(model.conv, call), upsample=False, relu=False)
+    torch.testing.assert_close(same.relevance, e.relevance)
+
+
+@pytest.mark.parametrize("layer", ["conv:2", "conv:-3", "conv:x"])
+def test_a_call_that_does_not_exist_is_refused(layer):
+    with pytest.raises(medlrp.InputError, match="conv"):
         medlrp.explain(Twice(), torch.randn(1, 1, 5, 5), method="gradcam", layer=layer)
+
+
+def test_scorecam_on_a_layer_run_twice_uses_the_chosen_call():
+    torch.manual_seed(0)
+    model, x = Twice().double(), torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    for call in (0, 1):
+        e = medlrp.explain(model, x, 0, method="scorecam", layer=f"conv:{call}", upsample=False, relu=False)
+        a = model.conv(x) if call == 0 else model.conv(model.conv(x))
+        m = (a - a.min()) / (a.max() - a.min() + 1e-8)
+        w = torch.softmax(model(x * m)[:, 0], dim=0)  # one channel: the softmax over channels is 1
+        torch.testing.assert_close(e.relevance[:, 0], (w * a[:, 0]).detach())

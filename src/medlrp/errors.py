@@ -13,3 +13,10 @@ class InputError(MedlrpError, ValueError):
 
 class UnsupportedLayerError(MedlrpError, TypeError):
     """An operation of the model has no relevance rule; the message names the module and its type."""
+
+
+class OutputError(InputError):
+    """The outputs cannot be written (a file where a folder is wanted, no permission, a full disk).
+
+    Reported like bad input: one line naming the file, exit code 2.
+    """

@@ -1,12 +1,18 @@
 """The per-case explain pipeline shared by ``medlrp explain``, ``medlrp batch`` and ``medlrp demo``.
 
-One case: the image goes through the checkpoint's preprocessing to the model's grid, each method explains
-the model's decision there, and each relevance map is resampled back to the input's grid and written with
-the input's affine, with an overlay picture: ``NAME.relevance.nii.gz`` and ``NAME.overlay.png`` when one
-method runs (the names of DESIGN.md), ``NAME.<method>.relevance.nii.gz`` and ``NAME.<method>.overlay.png``
-for every method when several run (no file without its method then).
-The returned record is what ``results.json`` holds for the case; its ``_view`` entry (pictures for the
-HTML report) is not written to ``results.json``.
+One case, in two steps that ``explain``, ``batch`` and ``demo`` all call:
+
+1. :func:`compute_case`: the image goes through the checkpoint's preprocessing to the model's grid,
+   each method explains the model's decision there, the model output and every relevance map are
+   checked to be finite, and each map is resampled back to the input's grid. Nothing is written.
+2. :func:`write_case`: each map is written with the input's affine, with an overlay picture:
+   ``NAME.relevance.nii.gz`` and ``NAME.overlay.png`` when one method runs (the names of DESIGN.md),
+   ``NAME.<method>.relevance.nii.gz`` and ``NAME.<method>.overlay.png`` for every method when several
+   run; all files of a case appear together or not at all. The returned record is what
+   ``results.json`` holds for the case; its ``_view`` entry (pictures for the HTML report) is not
+   written to ``results.json``.
+
+:func:`explain_case` does both.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +30,10 @@ import numpy as np
 import torch
 
 from medlrp.api import explain
-from medlrp.errors import InputError
+from medlrp.errors import InputError, OutputError
 from medlrp.explanation import Explanation
-from medlrp.io.image import Image, atomic_path
+from medlrp.io.dicom_out import MAP_SUFFIX, OVERLAY_SUFFIX
+from medlrp.io.image import Image, atomic_path, atomic_paths
 from medlrp.io.inputs import stem
 from medlrp.io.nifti import write_nifti
 from medlrp.io.resample import to_input_grid
@@ -37,6 +45,8 @@ from medlrp.viz.overlay import write_overlay
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
+#: How the names of per-case outputs end (with ``--dicom``: the Parametric Map and the overlay series folder).
+OUTPUT_SUFFIXES = (".relevance.nii.gz", ".overlay.png", MAP_SUFFIX, OVERLAY_SUFFIX)
 
 
 def class_index(
@@ -80,7 +90,8 @@ def unique_name(source: Path, taken: set[str]) -> str:
     return name
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -141,7 +152,315 @@ def prepare(loaded: LoadedModel, image: Image, window: tuple[float, float] | Non
     """
     pre = loaded.preprocessing if window is None else replace(loaded.preprocessing, window=list(window))
     x = pre(image.array, source=str(image.source))
-    return x[None].to(_device_of(loaded.model))
+    return x[None].to(device_of(loaded.model))
+
+
+@dataclass
+class CaseResult:
+    """One case explained and checked, nothing written yet (:func:`compute_case`).
+
+    Attributes:
+        case: Case name (output file names start with it).
+        image: The input on its own grid.
+        methods: Method names in order; the first gets the plain output names.
+        maps: Relevance per method, channels summed, resampled to the input's grid (finite ``float32``).
+        options: Per method, the explanation's options as plain JSON.
+        explain_s: Seconds per method.
+        logits: The model's output for the case (finite, on the CPU).
+        target: The explained class.
+        class_names: The model's class names.
+        composite: The LRP composite asked for (``None``: the model's default).
+        window: ``(center, width)`` overriding the checkpoint's window, or ``None``.
+        mask: Region mask on the input's grid, or ``None``.
+        display: The picture behind the overlays (channels averaged, MONOCHROME1 mirrored).
+        display_range: Intensity range shown.
+        preprocess_s: Seconds spent preparing the model input.
+        label: The case's true class name, when known (shown beside the prediction in the report).
+        started: ``time.perf_counter()`` when the case began (the record's total time).
+    """
+
+    case: str
+    image: Image
+    methods: list[str]
+    maps: dict[str, np.ndarray]
+    options: dict[str, dict[str, Any]]
+    explain_s: dict[str, float]
+    logits: torch.Tensor
+    target: int
+    class_names: list[str]
+    composite: str | None = None
+    window: tuple[float, float] | None = None
+    mask: Image | None = None
+    display: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))
+    display_range: tuple[float, float] = (0.0, 1.0)
+    preprocess_s: float = 0.0
+    label: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def check_finite(e: Explanation, source: Path | str, method: str | None = None) -> None:
+    """Refuse an explanation whose model output or relevance holds NaN or infinity.
+
+    A non-finite map drawn as an overlay looks like a real one; it must never be written.
+
+    Raises:
+        InputError: one line naming ``source`` and what is not finite.
+    """
+    if not bool(torch.isfinite(e.output).all()):
+        raise InputError(
+            f"{source}: the model's output is not finite (NaN or infinity): input values out of the "
+            "range the model takes, or non-finite weights"
+        )
+    if not bool(torch.isfinite(e.relevance).all()):
+        raise InputError(f"{source}: the relevance of {method or e.method} is not finite (NaN or infinity)")
+
+
+def compute_case(
+    loaded: LoadedModel,
+    image: Image,
+    methods: Sequence[str],
+    *,
+    composite: str | None = None,
+    target: int | str | None = None,
+    name: str | None = None,
+    mask: Image | None = None,
+    window: tuple[float, float] | None = None,
+    explanations: Mapping[str, Explanation] | None = None,
+    label: str | None = None,
+) -> CaseResult:
+    """Explain one image with each method and check the result; write nothing.
+
+    Args:
+        loaded: The model with its preprocessing and class names (:func:`medlrp.models.load_model`).
+        image: The input (any reader of :mod:`medlrp.io`).
+        methods: Method names; the first one gets the plain output names.
+        composite: LRP composite (``lrp`` only; None: the default for the model).
+        target: Class index or class name to explain; None explains the predicted class.
+        name: Case name for the output files; default: the input's file stem.
+        mask: Region mask on the input's grid; gives localisation metrics per method.
+        window: ``(center, width)`` overriding the checkpoint's window (model input and display).
+        explanations: Precomputed explanations (a batch of one, at the model's grid) by method, e.g. from
+            a batched run; methods found here are not computed again.
+        label: The case's true class name, when known (shown beside the prediction in the report).
+
+    Raises:
+        InputError: the image does not fit the model (dimensions, channels, NaN), a bad target or method,
+            a non-finite model output or relevance.
+    """
+    if not methods:
+        raise InputError("no method given")
+    start = time.perf_counter()
+    x = prepare(loaded, image, window)
+    prep_s = time.perf_counter() - start
+    spatial = tuple(image.array.shape[1:])
+    if mask is not None and tuple(mask.array.shape[1:]) != spatial:
+        raise InputError(f"{mask.source}: mask of shape {tuple(mask.array.shape[1:])}, image is {spatial}")
+    class_names = list(loaded.class_names)
+    wanted = class_index(target, class_names)
+    maps: dict[str, np.ndarray] = {}
+    options: dict[str, dict[str, Any]] = {}
+    logits: torch.Tensor | None = None
+    explain_s: dict[str, float] = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        if explanations is not None and method in explanations:
+            e = explanations[method]
+        else:
+            lrp_composite = composite if method == "lrp" else None
+            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
+        explain_s[method] = time.perf_counter() - t0
+        check_finite(e, image.source, method)
+        if logits is None:
+            logits = e.output[0].detach().float().cpu()
+            wanted = int(e.target[0])  # every further method explains the same class
+        relevance = e.relevance[0].detach().double().sum(dim=0).cpu().numpy()
+        resampled = to_input_grid(relevance, spatial).astype(np.float32)
+        if not np.isfinite(resampled).all():  # finite in float64, beyond float32's range
+            raise InputError(f"{image.source}: the relevance of {method} exceeds the float32 range")
+        maps[method] = resampled
+        options[method] = _jsonable(dict(e.options))
+    assert logits is not None and wanted is not None
+    if not bool(torch.isfinite(logits).all()):  # float32 overflow of a float64 output
+        raise InputError(f"{image.source}: the model's output exceeds the float32 range")
+    display = image.array.mean(axis=0)
+    pre_window = loaded.preprocessing.window
+    shown = window or (tuple(pre_window) if pre_window is not None else None)
+    lo_hi = display_range(image, shown)  # type: ignore[arg-type]
+    if image.meta.get("photometric") == "MONOCHROME1":  # bright means low values: mirror for display only
+        display = lo_hi[0] + lo_hi[1] - display
+    return CaseResult(
+        case=name or stem(image.source),
+        image=image,
+        methods=list(methods),
+        maps=maps,
+        options=options,
+        explain_s=explain_s,
+        logits=logits,
+        target=wanted,
+        class_names=class_names,
+        composite=composite,
+        window=window,
+        mask=mask,
+        display=display,
+        display_range=lo_hi,
+        preprocess_s=prep_s,
+        label=label,
+        started=start,
+    )
+
+
+def is_output_name(name: str) -> bool:
+    """True for a file or folder name a run writes (never an input of a later run)."""
+    return name.endswith(OUTPUT_SUFFIXES) or name in (RESULTS_NAME, REPORT_NAME)
+
+
+def output_names(case: str, methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Per method, the relevance and overlay file names.
+
+    One method: ``NAME.relevance.nii.gz`` and ``NAME.overlay.png`` (the names of DESIGN.md); several: every
+    file carries its method (``NAME.<method>.relevance.nii.gz``), the first included.
+    """
+    names = {}
+    for method in methods:
+        suffix = "" if len(methods) == 1 else f".{method}"
+        names[method] = (f"{case}{suffix}.relevance.nii.gz", f"{case}{suffix}.overlay.png")
+    return names
+
+
+def write_case(
+    result: CaseResult, out_dir: str | Path, *, keep_identifiers: bool = False, views: bool = True
+) -> dict[str, Any]:
+    """Write a case's relevance NIfTI and overlay files; return its record (what ``results.json`` holds).
+
+    All files of the case are written under temporary names and renamed together: they appear complete
+    or not at all.
+
+    Args:
+        result: The computed case (:func:`compute_case`).
+        out_dir: Output folder (created if needed).
+        keep_identifiers: Put the input's patient identifiers into the record (and so the outputs).
+        views: Also build the report pictures (the record's ``_view``).
+
+    Raises:
+        OutputError: a file cannot be written (one line naming it).
+    """
+    out = Path(out_dir)
+    image, wanted, class_names = result.image, result.target, result.class_names
+    explained = class_names[wanted] if wanted < len(class_names) else str(wanted)
+    region = result.mask.array.max(axis=0) if result.mask is not None else None
+    names = output_names(result.case, result.methods)
+    finals = [out / n for method in result.methods for n in names[method]]
+    outputs: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    with _writing(finals) as current, atomic_paths(finals) as temps:
+        staged = dict(zip(finals, temps, strict=True))
+        for method in result.methods:
+            relevance = result.maps[method]
+            nifti_name, overlay_name = names[method]
+            current[0] = out / nifti_name
+            write_nifti(staged[out / nifti_name], relevance, image.affine)
+            caption = f"{result.case}: {method}, class {explained}"
+            if result.label is not None:
+                caption += f" (true: {result.label})"
+            current[0] = out / overlay_name
+            write_overlay(
+                staged[out / overlay_name],
+                result.display,
+                relevance,
+                image.affine,
+                result.display_range,
+                caption,
+                mask=region,
+            )
+            outputs[method] = {
+                "relevance": nifti_name,
+                "overlay": overlay_name,
+                "relevance_sum": float(relevance.sum(dtype=np.float64)),
+                "max_abs": float(np.abs(relevance).max()),
+                "options": result.options[method],
+                "seconds": result.explain_s[method],
+            }
+            if region is not None:
+                metrics[method] = _metrics(relevance, region)
+    record = case_record(result, outputs, keep_identifiers=keep_identifiers)
+    if result.mask is not None:
+        record["metrics"] = metrics
+    if views:
+        record["_view"] = case_view(
+            result.display, result.maps, image.affine, result.display_range, mask=region
+        )
+    record["timing"]["total_s"] = time.perf_counter() - result.started
+    return record
+
+
+def case_record(
+    result: CaseResult, outputs: dict[str, dict[str, Any]], *, keep_identifiers: bool = False
+) -> dict[str, Any]:
+    """The case's ``results.json`` record (without metrics and report pictures)."""
+    image, logits, wanted = result.image, result.logits, result.target
+    probabilities = torch.softmax(logits.double(), dim=-1).tolist()
+    class_names = result.class_names
+    names = (
+        class_names if len(class_names) == len(probabilities) else [str(k) for k in range(len(probabilities))]
+    )
+    predicted = int(torch.argmax(logits))
+    window = result.window
+    record: dict[str, Any] = {
+        "case": result.case,
+        "input": image.source.name,
+        "kind": image.kind,
+        "shape": list(image.array.shape[1:]),
+        "channels": int(image.array.shape[0]),
+        "spacing": [float(s) for s in image.spacing],
+        "prediction": predicted,
+        "prediction_name": names[predicted],
+        "probability": float(probabilities[predicted]),
+        "probabilities": dict(zip(names, (float(p) for p in probabilities), strict=True)),
+        "logits": [float(v) for v in logits.tolist()],
+        "target": wanted,
+        "target_name": names[wanted] if wanted < len(names) else str(wanted),
+        "label_name": result.label,
+        "method": result.methods[0],
+        "methods": list(result.methods),
+        "options": {
+            "composite": result.composite,
+            "window": list(window) if window else None,
+            **_safe_meta(image),
+        },
+        "outputs": outputs,
+        "timing": {"preprocess_s": result.preprocess_s, "explain_s": dict(result.explain_s), "total_s": 0.0},
+    }
+    if result.mask is not None:
+        record["mask"] = result.mask.source.name
+    if keep_identifiers and image.identifiers:
+        record["identifiers"] = dict(image.identifiers)
+    return record
+
+
+@contextmanager
+def _writing(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Turn an operating-system error while writing ``finals`` into one line naming the file.
+
+    The block may store the file it is writing in the yielded list's first item; otherwise the
+    error's own file name (a temporary's final name) or the first file is named.
+    """
+    current = [finals[0]]
+    try:
+        yield current
+    except OSError as exc:
+        where = _named(exc, finals, current[0])
+        raise OutputError(f"{where}: cannot write: {exc.strerror or exc}") from None
+
+
+def _named(exc: OSError, finals: Sequence[Path], current: Path) -> Path:
+    """The output file an error is about: a folder that cannot be made, else the file being written."""
+    failed = Path(exc.filename) if exc.filename else None
+    if failed is not None:
+        if failed in finals:
+            return failed
+        if failed.is_dir() or failed in {f.parent for f in finals}:
+            return failed
+    return current
 
 
 def explain_case(
@@ -160,123 +479,27 @@ def explain_case(
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
 ) -> dict[str, Any]:
-    """Explain one image with each method; write its relevance NIfTI and overlay files atomically.
+    """Explain one image (:func:`compute_case`) and write its files (:func:`write_case`); return the record.
 
-    Args:
-        loaded: The model with its preprocessing and class names (:func:`medlrp.models.load_model`).
-        image: The input (any reader of :mod:`medlrp.io`).
-        methods: Method names; the first one gets the plain output names.
-        out_dir: Output folder (created if needed).
-        composite: LRP composite (``lrp`` only; None: the default for the model).
-        target: Class index or class name to explain; None explains the predicted class.
-        keep_identifiers: Put the input's patient identifiers into the record (and so the outputs).
-        name: Case name for the output files; default: the input's file stem.
-        mask: Region mask on the input's grid; gives localisation metrics per method.
-        window: ``(center, width)`` overriding the checkpoint's window (model input and display).
-        views: Also build the report pictures (the record's ``_view``).
-        explanations: Precomputed explanations (a batch of one, at the model's grid) by method, e.g. from
-            a batched run; methods found here are not computed again.
-        label: The case's true class name, when known (shown beside the prediction in the report).
-
-    Returns:
-        The case record (JSON-friendly except ``_view``).
+    Every method runs and is checked before anything is written: a failing method or a non-finite map
+    leaves no partial case behind. Arguments as for the two steps.
 
     Raises:
-        InputError: the image does not fit the model (dimensions, channels, NaN), a bad target or method.
+        InputError: see :func:`compute_case`; OutputError (an InputError) when writing fails.
     """
-    if not methods:
-        raise InputError("no method given")
-    start = time.perf_counter()
-    out = Path(out_dir)
-    case = name or stem(image.source)
-    x = prepare(loaded, image, window)
-    prep_s = time.perf_counter() - start
-    spatial = tuple(image.array.shape[1:])
-    if mask is not None and tuple(mask.array.shape[1:]) != spatial:
-        raise InputError(f"{mask.source}: mask of shape {tuple(mask.array.shape[1:])}, image is {spatial}")
-    class_names = list(loaded.class_names)
-    wanted = class_index(target, class_names)
-    display = image.array.mean(axis=0)
-    pre_window = loaded.preprocessing.window
-    shown = window or (tuple(pre_window) if pre_window is not None else None)  # type: ignore[arg-type]
-    lo_hi = display_range(image, shown)  # type: ignore[arg-type]
-    if image.meta.get("photometric") == "MONOCHROME1":  # bright means low values: mirror for display only
-        display = lo_hi[0] + lo_hi[1] - display
-    maps: dict[str, np.ndarray] = {}
-    options: dict[str, dict[str, Any]] = {}
-    logits: torch.Tensor | None = None
-    explain_s: dict[str, float] = {}
-    # Every method runs before anything is written: a failing method leaves no partial case behind.
-    for method in methods:
-        t0 = time.perf_counter()
-        if explanations is not None and method in explanations:
-            e = explanations[method]
-        else:
-            lrp_composite = composite if method == "lrp" else None
-            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
-        explain_s[method] = time.perf_counter() - t0
-        if logits is None:
-            logits = e.output[0].detach().float().cpu()
-            wanted = int(e.target[0])  # every further method explains the same class
-        relevance = e.relevance[0].detach().double().sum(dim=0).cpu().numpy()
-        maps[method] = to_input_grid(relevance, spatial)
-        options[method] = _jsonable(dict(e.options))
-    outputs: dict[str, dict[str, Any]] = {}
-    metrics: dict[str, dict[str, Any]] = {}
-    explained = class_names[wanted] if wanted is not None and wanted < len(class_names) else str(wanted)
-    region = mask.array.max(axis=0) if mask is not None else None
-    for method, relevance in maps.items():
-        suffix = "" if len(maps) == 1 else f".{method}"
-        nifti_name, overlay_name = f"{case}{suffix}.relevance.nii.gz", f"{case}{suffix}.overlay.png"
-        write_nifti(out / nifti_name, relevance.astype(np.float32), image.affine)
-        title = f"{case}: {method}, class {explained}" + (f" (true: {label})" if label is not None else "")
-        write_overlay(out / overlay_name, display, relevance, image.affine, lo_hi, title, mask=region)
-        outputs[method] = {
-            "relevance": nifti_name,
-            "overlay": overlay_name,
-            "relevance_sum": float(relevance.sum()),
-            "max_abs": float(np.abs(relevance).max()),
-            "options": options[method],
-            "seconds": explain_s[method],
-        }
-        if region is not None:
-            metrics[method] = _metrics(relevance, region)
-    assert logits is not None and wanted is not None
-    probabilities = torch.softmax(logits, dim=-1).tolist()
-    names = (
-        class_names if len(class_names) == len(probabilities) else [str(k) for k in range(len(probabilities))]
+    result = compute_case(
+        loaded,
+        image,
+        methods,
+        composite=composite,
+        target=target,
+        name=name,
+        mask=mask,
+        window=window,
+        explanations=explanations,
+        label=label,
     )
-    predicted = int(torch.argmax(logits))
-    record: dict[str, Any] = {
-        "case": case,
-        "input": image.source.name,
-        "kind": image.kind,
-        "shape": list(spatial),
-        "channels": int(image.array.shape[0]),
-        "spacing": [float(s) for s in image.spacing],
-        "prediction": predicted,
-        "prediction_name": names[predicted],
-        "probability": float(probabilities[predicted]),
-        "probabilities": dict(zip(names, (float(p) for p in probabilities), strict=True)),
-        "logits": [float(v) for v in logits.tolist()],
-        "target": wanted,
-        "target_name": names[wanted] if wanted < len(names) else str(wanted),
-        "label_name": label,
-        "method": methods[0],
-        "methods": list(methods),
-        "options": {"composite": composite, "window": list(window) if window else None, **_safe_meta(image)},
-        "outputs": outputs,
-        "timing": {"preprocess_s": prep_s, "explain_s": explain_s, "total_s": 0.0},
-    }
-    if mask is not None:
-        record["metrics"] = metrics
-        record["mask"] = mask.source.name
-    if keep_identifiers and image.identifiers:
-        record["identifiers"] = dict(image.identifiers)
-    if views:
-        record["_view"] = case_view(display, maps, image.affine, lo_hi, mask=region)
-    record["timing"]["total_s"] = time.perf_counter() - start
-    return record
+    return write_case(result, out_dir, keep_identifiers=keep_identifiers, views=views)
 
 
 def _safe_meta(image: Image) -> dict[str, Any]:
@@ -302,6 +525,9 @@ def write_run_outputs(
     """Write ``results.json`` and ``report.html`` for a run (atomically); return their paths.
 
     ``results.json`` is ``{"run": ..., "cases": [record, ...], "failures": [...]}``.
+
+    Raises:
+        OutputError: a file cannot be written (one line naming it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,9 +537,17 @@ def write_run_outputs(
         "failures": [dict(f) for f in failures],
     }
     results = out / RESULTS_NAME
-    with atomic_path(results) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    report = write_report(
-        out / REPORT_NAME, records, title=title, sections=sections, failures=failures, run=run, out_dir=out
-    )
+    with _writing([results, out / REPORT_NAME]) as current:
+        with atomic_path(results) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        current[0] = out / REPORT_NAME
+        report = write_report(
+            out / REPORT_NAME,
+            records,
+            title=title,
+            sections=sections,
+            failures=failures,
+            run=run,
+            out_dir=out,
+        )
     return results, report

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from medlrp.device import pick_device as _pick_device
+from medlrp.devices import resolve_device
 
 # Ranks wait for each other at the end of the run; a slow shard must not time the others out.
 _BARRIER_TIMEOUT = datetime.timedelta(hours=48)
@@ -41,7 +41,7 @@ class DistContext:
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        ctx = cls(rank=rank, world_size=world, local_rank=local, device=_pick_device(device, local))
+        ctx = cls(rank=rank, world_size=world, local_rank=local, device=resolve_device(device, local))
         if ctx.device.type == "cuda":
             torch.cuda.set_device(ctx.device)
         if world > 1 and not dist.is_initialized():

@@ -20,13 +20,14 @@ import torch
 from medlrp.api import explain
 from medlrp.batch.cases import BatchCase
 from medlrp.batch.journal import Journal
-from medlrp.batch.loader import LoadedBatch, ReadCase, failure_reason
+from medlrp.batch.loader import LoadedBatch, ReadCase, failure_reason, relative_paths
 from medlrp.batch.outputs import relative
 from medlrp.batch.progress import CaseProgress
 from medlrp.batch.writers import CaseWriter, WriteJob, Written
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
 from medlrp.models import LoadedModel
+from medlrp.pipeline import check_finite
 
 
 @dataclass
@@ -95,11 +96,16 @@ class BatchJob:
             per_method = self._explain(x, targets)
             explained = [({m: _one(e, i) for m, e in per_method.items()}, None) for i in range(len(ready))]
         except Exception:  # one bad case must not sink its batch: explain each case alone
-            explained = [self._explain_alone(x[i : i + 1], targets[i : i + 1]) for i in range(len(ready))]
+            explained = [
+                self._explain_alone(x[i : i + 1], targets[i : i + 1], rc.case)
+                for i, (rc, _) in enumerate(ready)
+            ]
         explain_s = (time.perf_counter() - tic) / len(ready)
         for (rc, _), (explanations, error) in zip(ready, explained, strict=True):
             if rc.case.case_id in self.done_before:
                 continue  # explained again only to keep its batch-mates' batch identical
+            if error is None:
+                error = _non_finite(rc, explanations)
             if error is not None:
                 self.fail(rc.case, error)
                 continue
@@ -115,6 +121,7 @@ class BatchJob:
         if case.case_id in self.done_before:
             return
         source = relative(case.image, self.settings.data)
+        reason = relative_paths(reason, case, self.settings.data)
         self.errors.append({"case": case.case_id, "source": source, "reason": reason})
         self.failed += 1
         self.progress.advance()
@@ -140,12 +147,14 @@ class BatchJob:
         return result
 
     def _explain_alone(
-        self, x: torch.Tensor, targets: list[int | None]
+        self, x: torch.Tensor, targets: list[int | None], case: BatchCase
     ) -> tuple[dict[str, Explanation], str | None]:
         try:
             return {m: _one(e, 0) for m, e in self._explain(x, targets).items()}, None
+        except InputError as exc:
+            return {}, " ".join(f"{case.image}: {exc}".split())
         except Exception as exc:
-            return {}, " ".join(f"explaining failed: {type(exc).__name__}: {exc}".split())
+            return {}, " ".join(f"{case.image}: explaining failed: {type(exc).__name__}: {exc}".split())
 
     def _submit(self, rc: ReadCase, explanations: dict[str, Explanation], explain_s: float) -> None:
         case_path = Path(rc.case.case_id)
@@ -209,6 +218,16 @@ class BatchJob:
     def _label(self, case: BatchCase) -> int | None:
         names = self.loaded.class_names
         return names.index(case.class_name) if case.class_name in names else None
+
+
+def _non_finite(rc: ReadCase, explanations: dict[str, Explanation]) -> str | None:
+    """The one-line reason when a method's output or relevance is not finite (nothing is written then)."""
+    try:
+        for method, e in explanations.items():
+            check_finite(e, rc.case.image, method)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def _one(e: Explanation, i: int) -> Explanation:

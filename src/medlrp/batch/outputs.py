@@ -1,6 +1,7 @@
-"""Per-case output files, written by :func:`medlrp.pipeline.explain_case` from batch explanations.
+"""Per-case output files, written from batch explanations by the pipeline's two steps.
 
-``explain_case`` writes them exactly as ``medlrp explain`` does, from the explanations given to it.
+:func:`medlrp.pipeline.compute_case` (given the explanations: it only checks and resamples them) and
+:func:`medlrp.pipeline.write_case` write them exactly as ``medlrp explain`` does.
 
 Files (names relative to the case's folder): ``NAME.relevance.nii.gz``/``NAME.overlay.png`` with one
 method, ``NAME.<method>.relevance.nii.gz``/``NAME.<method>.overlay.png`` for each method with several.
@@ -19,7 +20,8 @@ from typing import Any
 from medlrp.explanation import Explanation
 from medlrp.io import DicomWriter, Image
 from medlrp.models import LoadedModel
-from medlrp.pipeline import explain_case
+from medlrp.pipeline import compute_case
+from medlrp.pipeline import write_case as write_case_files
 
 
 @dataclass
@@ -56,17 +58,8 @@ def write_case(
             series off a regular grid fails before any file is written.
     """
     sources = dicom.sources(image) if dicom is not None else None
-    record = explain_case(
-        loaded,
-        image,
-        list(explanations),
-        case_dir,
-        name=name,
-        mask=mask,
-        views=False,
-        keep_identifiers=keep_identifiers,
-        explanations=explanations,
-    )
+    result = compute_case(loaded, image, list(explanations), name=name, mask=mask, explanations=explanations)
+    record = write_case_files(result, case_dir, keep_identifiers=keep_identifiers, views=False)
     written = {}
     if dicom is not None and sources is not None:
         written = dicom.write_case(case_dir, record, image, loaded.preprocessing.window, sources)

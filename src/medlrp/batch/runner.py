@@ -29,8 +29,9 @@ from medlrp.batch.progress import CaseProgress
 from medlrp.batch.writers import CaseWriter
 from medlrp.errors import InputError
 from medlrp.io import DicomWriter
+from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.models import LoadedModel, load_model
-from medlrp.registry import METHODS
+from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
 
 
 @dataclass
@@ -57,6 +58,7 @@ class BatchOptions:
         progress: Show the progress bar (rank 0 only).
         dicom: Also write DICOM outputs (Parametric Map, Secondary Capture) for DICOM cases,
             de-identified unless ``keep_identifiers``; other cases get none.
+        limits: Size limits for reading inputs (``--max-pixels``, ``--max-voxels``, ``--max-bytes``).
     """
 
     model: Path
@@ -73,6 +75,7 @@ class BatchOptions:
     keep_identifiers: bool = False
     progress: bool = True
     dicom: bool = False
+    limits: ReadLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -129,10 +132,7 @@ def run_batch(options: BatchOptions) -> BatchSummary:
 
 
 def _validate(options: BatchOptions) -> None:
-    if not options.methods:
-        raise InputError("no method given (--methods lrp,gradcam,...)")
-    for method in options.methods:
-        METHODS.get(method)
+    check_methods(options.methods, options.composite)
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     if options.workers < 0:
@@ -148,8 +148,9 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
     if out.resolve().is_relative_to(Path(options.data).resolve()):
         # A rerun would take the outputs (overlay PNGs, NIfTI maps) for new cases.
         raise InputError(f"--out {out} is inside --data {options.data}; choose a folder outside it")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
+    check_target(options.target, loaded, probe_model(loaded, options.model))
     cases = list_cases(options.data)
     listing = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()
     if not ctx.agree(listing):  # shards are cut from the list: every rank must see the same one
@@ -179,7 +180,8 @@ def _run_locked(
     if ctx.rank == 0:  # one process tidies what a killed run left, while nobody appends
         remove_temporaries(out)
         consolidate(out)
-        write_manifest(out, {**settings, "model": str(options.model), "data": str(options.data)})
+        # Names only: a full path may carry a patient's name (case paths are relative to --data).
+        write_manifest(out, {**settings, "model": Path(options.model).name, "data": Path(options.data).name})
     ctx.barrier()
 
     done_before = load_done(out)
@@ -208,7 +210,7 @@ def _run_locked(
         CaseProgress(len(mine) - skipped, label, options.progress and ctx.rank == 0) as progress,
     ):
         job = BatchJob(job_settings, loaded, set(done_before), writer, index, errors, progress)
-        reader = CaseReader(flat, loaded.preprocessing)
+        reader = CaseReader(flat, loaded.preprocessing, options.limits, Path(options.data))
         # Readers and writers drop their copy of the lock, so it dies with this process.
         loader = make_loader(reader, batches, options.workers, ctx.device.type == "cuda", lock.inherited_fds)
         for batch in loader:

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from medlrp.cam.guard import HookList, check_input, explaining, logits, reject_unknown
-from medlrp.cam.layers import Layer, resolve_layer
+from medlrp.cam.guard import HookList, ThreadHook, check_input, explaining, logits, reject_unknown
+from medlrp.cam.layers import Layer, count_calls, resolve_layer, split_call
 from medlrp.cam.tokens import GridRecorder, is_patchify, to_spatial
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
@@ -49,20 +49,26 @@ def upsample(maps: torch.Tensor, size: Sequence[int], align_corners: bool = Fals
 
 
 class _Capture:
-    """Forward hook on the CAM layer: keeps its output and hands a clone downstream.
+    """Forward hook on the CAM layer: keeps the output of one of its calls and hands a clone downstream.
 
-    With ``track=True`` the forward pass runs under ``torch.no_grad()`` up to the layer, and the hook
-    turns gradient recording on (the enclosing ``no_grad`` restores the caller's mode on exit, also on
-    an exception): the kept output is a fresh leaf that requires grad, so the graph covers only the
-    layers after it and the backward pass stops there; nothing before the layer records a graph.
-    The clone keeps the kept activation safe from in-place operations after the layer (e.g. an
-    in-place ReLU): activation and gradient then belong to the same tensor.
+    ``call`` says which call of the layer in the forward pass is kept (0-based); ``None`` keeps the last
+    one (a module may run several times per forward pass, e.g. one activation module shared by many
+    blocks). With ``track=True`` the forward pass runs under ``torch.no_grad()`` up to the kept call,
+    and the hook turns gradient recording on there (the enclosing ``no_grad`` restores the caller's
+    mode on exit, also on an exception): the kept output is a fresh leaf that requires grad, so the
+    graph covers only what runs after it and the backward pass stops there. Keeping the last call, every
+    call is cut that way and the latest one wins: no path from the last call to the output passes
+    through an earlier call, so its gradient is the same. The clone keeps the kept activation safe from
+    in-place operations after the layer (e.g. an in-place ReLU): activation and gradient then belong to
+    the same tensor. Register it wrapped in :class:`~medlrp.cam.guard.ThreadHook` (other threads' passes
+    through a shared model must not reach it).
     """
 
-    def __init__(self, grid: GridRecorder, track: bool) -> None:
+    def __init__(self, grid: GridRecorder, track: bool, call: int | None = None) -> None:
         self.output: torch.Tensor | None = None
         self.grid: tuple[int, ...] | None = None
         self.calls = 0
+        self.call = call
         self._grid = grid
         self._track = track
 
@@ -74,7 +80,10 @@ class _Capture:
         return t.clone()
 
     def __call__(self, module: torch.nn.Module, inputs: object, output: Any) -> Any:
+        index = self.calls
         self.calls += 1
+        if self.call is not None and index != self.call:
+            return None
         self.grid = self._grid.grid
         if isinstance(output, torch.Tensor):
             return self._keep(output)
@@ -85,9 +94,12 @@ class _Capture:
         )
 
     def activation(self, name: str) -> torch.Tensor:
-        if self.calls != 1 or self.output is None:
+        if self.calls == 0 or self.output is None:
+            if self.calls == 0:
+                raise InputError(f"layer {name!r} ran 0 times in the forward pass; choose a layer that runs")
             raise InputError(
-                f"layer {name!r} ran {self.calls} times in one forward pass; it must run exactly once"
+                f"layer {name!r} ran {self.calls} times in one forward pass; there is no call {self.call} "
+                f"(calls count from 0: layer='{name}:0' ... '{name}:{self.calls - 1}')"
             )
         return self.output
 
@@ -98,7 +110,10 @@ class BaseCAM:
     Args:
         model: The classifier; never changed (run in eval mode for the call, hooks removed after it).
         layer: A module of ``model`` or its dotted name; ``None`` picks the last convolutional block
-            (CNNs) or the last transformer block whose patch tokens reach the output (ViTs).
+            (CNNs) or the last transformer block whose patch tokens reach the output (ViTs). A module
+            that runs several times in one forward pass (one activation module shared by many blocks)
+            is taken at its last call; ``"name:K"`` or ``(layer, K)`` picks call ``K`` (0-based,
+            negative from the end).
         relu: Clamp the map at zero (default: what the method's paper defines).
         upsample: Resize the map to the input's spatial size (default); ``False`` keeps the layer's.
         grid: The patch grid of a ViT without a patch-embedding convolution (normally read off it).
@@ -139,11 +154,23 @@ class BaseCAM:
         return opts
 
     def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
-        """Explain the batch ``x`` (2D or 3D) for ``target`` (``None``: each sample's argmax)."""
+        """Explain the batch ``x`` (2D or 3D) for ``target`` (``None``: each sample's argmax).
+
+        Safe to call from several threads on one model: every piece of state lives in this call (hooks
+        act only on this thread's forward passes).
+        """
         x = check_input(x, self.name, min_spatial=1)
         with explaining(self.model) as hooks:
-            layer_name, module = resolve_layer(self.model, self.layer, x)
-            capture = self._hook(module, hooks)
+            layer, call = split_call(self.layer)
+            layer_name, module = resolve_layer(self.model, layer, x)
+            if call is not None and call < -1:  # counted from the end: count the calls first
+                calls = count_calls(self.model, module, x)
+                if call + calls < 0:
+                    raise InputError(
+                        f"layer {layer_name!r} ran {calls} times in one forward pass; no call {call}"
+                    )
+                call += calls
+            capture = self._hook(module, hooks, None if call == -1 else call)
             with torch.no_grad():  # the capture hook turns recording on at the layer
                 out = logits(self.model(x.detach()))
             target_ = resolve_target(target, out)
@@ -158,14 +185,20 @@ class BaseCAM:
             cam = cam.clamp_min(0)
         if self.upsample:
             cam = upsample(cam, x.shape[2:])
-        return Explanation(cam.detach(), out.detach(), target_, self.name, self.options(layer_name))
+        options = self.options(layer_name)
+        if capture.calls > 1:  # which call of a layer that runs several times per forward pass
+            options["call"] = capture.calls - 1 if capture.call is None else capture.call
+            options["calls"] = capture.calls
+        return Explanation(cam.detach(), out.detach(), target_, self.name, options)
 
-    def _hook(self, module: torch.nn.Module, hooks: HookList) -> _Capture:
+    def _hook(self, module: torch.nn.Module, hooks: HookList, call: int | None) -> _Capture:
         grid = GridRecorder()
         if self.grid is None:
-            hooks.extend(m.register_forward_hook(grid) for m in self.model.modules() if is_patchify(m))
-        capture = _Capture(grid, track=self.uses_gradients)
-        hooks.append(module.register_forward_hook(capture))
+            hooks.extend(
+                m.register_forward_hook(ThreadHook(grid)) for m in self.model.modules() if is_patchify(m)
+            )
+        capture = _Capture(grid, track=self.uses_gradients, call=call)
+        hooks.append(module.register_forward_hook(ThreadHook(capture)))
         return capture
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +21,12 @@ class HookList(list):
             self.pop().remove()
 
 
+# Calls in progress per model (several threads may explain one model at once): the first call saves
+# the modules' train/eval flags and sets eval mode, the last one to finish restores them.
+_ACTIVE_LOCK = threading.Lock()
+_ACTIVE: dict[int, tuple[int, list[tuple[torch.nn.Module, bool]]]] = {}
+
+
 @contextmanager
 def explaining(model: torch.nn.Module) -> Iterator[HookList]:
     """Run ``model`` in eval mode for the duration of a call and give a list for hook handles.
@@ -27,17 +34,48 @@ def explaining(model: torch.nn.Module) -> Iterator[HookList]:
     Eval mode makes each sample's explanation independent of the rest of the batch (BatchNorm uses
     its running statistics and does not update them; dropout is off). On exit, also on an exception,
     every hook in the yielded list is removed and every module's ``training`` flag is restored as it
-    was (set directly, so no user ``train()`` override runs).
+    was (set directly, so no user ``train()`` override runs). Calls overlapping in several threads share
+    one saved state: the flags are restored when the last of them ends.
     """
-    flags = [(m, m.training) for m in model.modules()]
+    key = id(model)
+    with _ACTIVE_LOCK:
+        count, flags = _ACTIVE.get(key, (0, []))
+        if count == 0:
+            flags = [(m, m.training) for m in model.modules()]
+            for module, _ in flags:
+                module.training = False
+        _ACTIVE[key] = (count + 1, flags)
     hooks = HookList()
-    model.eval()
     try:
         yield hooks
     finally:
         hooks.remove_all()
-        for module, flag in flags:
-            module.training = flag
+        with _ACTIVE_LOCK:
+            count, flags = _ACTIVE[key]
+            if count == 1:
+                del _ACTIVE[key]
+                for module, flag in flags:
+                    module.training = flag
+            else:
+                _ACTIVE[key] = (count - 1, flags)
+
+
+class ThreadHook:
+    """A forward hook that acts only on forward passes of the thread that created it.
+
+    Hooks live on the (shared) modules, so another thread's forward pass through the same model runs
+    them too; there this wrapper does nothing (returns ``None``: the output is left as it is).
+    """
+
+    def __init__(self, hook: Callable[[torch.nn.Module, Any, Any], Any]) -> None:
+        self.hook = hook
+        self.thread = threading.get_ident()
+
+    def __call__(self, module: torch.nn.Module, inputs: Any, output: Any) -> Any:
+        """Run the wrapped hook in the creating thread; do nothing in any other."""
+        if threading.get_ident() != self.thread:
+            return None
+        return self.hook(module, inputs, output)
 
 
 def logits(output: Any) -> torch.Tensor:

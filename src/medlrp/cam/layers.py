@@ -13,17 +13,52 @@ from dataclasses import dataclass
 
 import torch
 
-from medlrp.cam.guard import explaining, logits
+from medlrp.cam.guard import ThreadHook, explaining, logits
 from medlrp.cam.tokens import GridRecorder, is_patchify
 from medlrp.errors import InputError
 
-Layer = torch.nn.Module | str | None
+Layer = torch.nn.Module | str | tuple[torch.nn.Module | str, int] | None
+
+
+def split_call(layer: Layer) -> tuple[torch.nn.Module | str | None, int | None]:
+    """``(layer, call)`` from ``"name:K"`` or ``(layer, K)``; ``call`` is ``None`` when not given.
+
+    ``K`` picks one call of a module that runs several times in a forward pass (0-based; negative
+    counts from the end; the default is the last call).
+    """
+    if isinstance(layer, tuple):
+        if len(layer) != 2 or not isinstance(layer[1], int):
+            raise InputError(f"layer=(layer, call) needs a module or name and an integer, got {layer!r}")
+        return layer[0], int(layer[1])
+    if isinstance(layer, str) and ":" in layer:
+        name, _, call = layer.rpartition(":")
+        try:
+            return name, int(call)
+        except ValueError:
+            raise InputError(
+                f"layer {layer!r}: the part after ':' must be a call number (0, 1, ..., -1)"
+            ) from None
+    return layer, None
+
+
+def count_calls(model: torch.nn.Module, module: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many times ``module`` runs in one forward pass of ``x[:1]`` (eval mode, no graph)."""
+    calls = [0]
+
+    def count(m: torch.nn.Module, inputs: object, output: object) -> None:
+        calls[0] += 1
+
+    with explaining(model) as hooks, torch.no_grad():
+        hooks.append(module.register_forward_hook(ThreadHook(count)))
+        model(x[:1].detach())
+    return calls[0]
 
 
 def resolve_layer(model: torch.nn.Module, layer: Layer, x: torch.Tensor) -> tuple[str, torch.nn.Module]:
     """Return ``(dotted name, module)`` for ``layer``; ``None`` picks the default for ``model``.
 
-    Dotted names may index containers with integers, also negative ones (``"layer4.-1"``).
+    Dotted names may index containers with integers, also negative ones (``"layer4.-1"``); a call
+    number (``"name:K"``) is split off first by :func:`split_call`.
     """
     if layer is None:
         layer = default_layer(model, x)
@@ -106,9 +141,9 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
     with explaining(model) as hooks:  # eval mode: the probe must not update BatchNorm statistics
         for name, module in model.named_modules():
             if name:
-                hooks.append(module.register_forward_hook(recorder(name)))
+                hooks.append(module.register_forward_hook(ThreadHook(recorder(name))))
             if is_patchify(module):
-                hooks.append(module.register_forward_hook(grid))
+                hooks.append(module.register_forward_hook(ThreadHook(grid)))
         with torch.enable_grad():
             out = logits(model(x[:1].detach().requires_grad_()))
 

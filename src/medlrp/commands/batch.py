@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
             help="Also write DICOM for DICOM cases: NAME.relevance.dcm (Parametric Map) and NAME.overlay/ "
             "(Secondary Capture); de-identified unless --keep-identifiers.",
         ),
+        max_pixels: opt.MaxPixels = None,
+        max_voxels: opt.MaxVoxels = None,
+        max_bytes: opt.MaxBytes = None,
     ) -> None:
         """Explain every case of a dataset folder; resumable; scales out under torchrun."""
         from medlrp.batch import BatchOptions, run_batch
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
                 keep_identifiers=keep_identifiers,
                 progress=progress,
                 dicom=dicom,
+                limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
             )
         )
         where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medlrp.commands import options as opt
 from medlrp.errors import InputError
+
+if TYPE_CHECKING:
+    from medlrp.io.limits import ReadLimits
 
 HELP = (
     "Explain a model's decisions on scans: per input and method NAME.METHOD.relevance.nii.gz (aligned "
@@ -24,10 +27,37 @@ HELP = (
 )
 
 
-def _fail(failures: list[dict[str, str]], source: Path | str, exc: InputError) -> None:
-    message = str(exc)
+def _fail(failures: list[dict[str, str]], source: Path | str, exc: Exception) -> None:
+    """Report one failed input on one line (naming the file) and remember it for results.json.
+
+    ``results.json`` names the file by its name only: a full path may carry a patient's name.
+    """
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, InputError):  # an unexpected error stays this input's: name the file
+        message = f"{source}: {type(exc).__name__}: {message}"
     print(f"medlrp: error: {message}", file=sys.stderr)
-    failures.append({"input": Path(source).name, "error": message})
+    name = Path(source).name
+    failures.append({"input": name, "error": message.replace(str(source), name)})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def _earlier_output(item: Path, given: Path, out: Path) -> bool:
+    """True for what an earlier run wrote into ``out`` inside the input folder ``given``.
+
+    With ``--out`` below the input folder everything under it is output; with ``--out`` the input folder
+    itself, the files named as outputs (``*.relevance.nii.gz``, ``*.overlay.png``).
+    """
+    from medlrp.pipeline import is_output_name
+
+    if item == given or not _inside(out, given) or not _inside(item, out):
+        return False
+    return out.resolve() != given.resolve() or is_output_name(item.name)
 
 
 def folder_label(path: Path, class_names: list[str]) -> str | None:
@@ -58,62 +88,71 @@ def run_explain(
     device: str = "auto",
     progress: bool = True,
     dicom: bool = False,
+    limits: ReadLimits | None = None,
 ) -> int:
     """The command's work; returns the exit code (0, or 2 when some input failed).
 
-    Settings, the model and the paths are checked before any input is read or any file written: a bad
-    one is one :class:`InputError`, whatever the number of inputs.
+    Settings, the model, the paths and the output folder are checked before any input is read or any
+    file written: a bad one is one :class:`InputError`, whatever the number of inputs. Each input is then
+    read, explained and checked (:func:`medlrp.pipeline.compute_case`) and written
+    (:func:`medlrp.pipeline.write_case`) on its own: a bad input is reported on one line naming it, the
+    others go on, and ``results.json`` and ``report.html`` are written for those that finished.
     """
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
-    from medlrp.pipeline import class_index, explain_case, unique_name, write_run_outputs
+    from medlrp.pipeline import compute_case, unique_name, write_case, write_run_outputs
+    from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
 
     methods = opt.method_list(",".join(methods))
     opt.check_composite(composite)
+    check_methods(methods, composite)
     opt.check_paths([*inputs, *([mask] if mask is not None else [])])
     preset = window_preset(window) if window else None
     target = opt.target_value(target)
     loaded = load_model(model, trust_model=trust_model, device=opt.resolve_device(device))
-    class_index(target, loaded.class_names, len(loaded.class_names) or None)
+    check_target(target, loaded, probe_model(loaded, model))
+    check_output_folder(out)
     items: list[Path] = []
     failures: list[dict[str, str]] = []
     for path in inputs:
         try:
-            items.extend(expand_input(path))
+            found = expand_input(path)
         except InputError as exc:
             _fail(failures, path, exc)
+            continue
+        items.extend(item for item in found if not _earlier_output(item, path, out))
     if mask is not None and len(items) != 1:
         raise InputError(f"--mask {mask} needs exactly one input, got {len(items)}")
     records, taken = [], set()
     dicom_writer = DicomWriter(keep_identifiers) if dicom else None  # one per run: consistent UIDs
     for item in items:
         try:
-            image = read_image(item, index=index)
+            image = read_image(item, index=index, limits=limits)
             sources = dicom_writer.sources(image) if dicom_writer else None  # grid checked before work
             mask_path = mask or find_mask(item)
-            mask_image = read_image(mask_path) if mask_path is not None else None
-            record = explain_case(
+            mask_image = read_image(mask_path, limits=limits) if mask_path is not None else None
+            result = compute_case(
                 loaded,
                 image,
                 methods,
-                out,
                 composite=composite,
                 target=target,
-                keep_identifiers=keep_identifiers,
-                name=unique_name(item, taken),
+                name=unique_name(item, set(taken)),
                 mask=mask_image,
                 window=preset,
                 label=folder_label(item, loaded.class_names),
             )
+            record = write_case(result, out, keep_identifiers=keep_identifiers)
             if dicom_writer is not None:
                 if sources is None:
                     print(f"medlrp: note: {item.name}: not DICOM, no DICOM outputs", file=sys.stderr)
                 else:
                     shown = preset or loaded.preprocessing.window
                     dicom_writer.write_case(out, record, image, shown, sources)
-        except InputError as exc:
+        except Exception as exc:  # one input's failure is reported and the others go on
             _fail(failures, item, exc)
             continue
+        taken.add(record["case"])
         records.append(record)
         if progress:  # one line per case as it is done: the command's progress
             print(
@@ -172,6 +211,9 @@ def register(app: typer.Typer) -> None:
                 "NAME.overlay/ (Secondary Capture); de-identified unless --keep-identifiers.",
             ),
         ] = False,
+        max_pixels: opt.MaxPixels = None,
+        max_voxels: opt.MaxVoxels = None,
+        max_bytes: opt.MaxBytes = None,
     ) -> None:
         code = run_explain(
             model,
@@ -188,6 +230,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             dicom=dicom,
             progress=progress,
+            limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code

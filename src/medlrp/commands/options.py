@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medlrp.errors import InputError
 from medlrp.registry import ARCHITECTURES, COMPOSITES, METHODS
+
+if TYPE_CHECKING:
+    from medlrp.io.limits import ReadLimits
 
 
 def _names(registry: object) -> str:
@@ -41,6 +44,18 @@ TrustModel = Annotated[
 ]
 KeepIdentifiers = Annotated[
     bool, typer.Option("--keep-identifiers", help="Keep patient identifiers in the outputs.")
+]
+# size limits checked from the header before decoding (defaults in medlrp.io.limits, imported late)
+MaxPixels = Annotated[
+    int | None,
+    typer.Option("--max-pixels", help="Refuse 2D images with more pixels (default 2**26; before decoding)."),
+]
+MaxVoxels = Annotated[
+    int | None,
+    typer.Option("--max-voxels", help="Refuse volumes with more voxels (default 2**28; before decoding)."),
+]
+MaxBytes = Annotated[
+    int | None, typer.Option("--max-bytes", help="Refuse input files larger than this (default 2**32).")
 ]
 
 
@@ -83,9 +98,9 @@ def resolve_device(device: str) -> str:
     Raises:
         InputError: An unknown device, or CUDA asked for where there is none.
     """
-    from medlrp.device import pick_device
+    from medlrp.devices import resolve_device as resolve
 
-    return str(pick_device(device))
+    return str(resolve(device))
 
 
 def target_value(target: str | None) -> str | None:
@@ -93,3 +108,15 @@ def target_value(target: str | None) -> str | None:
     if target is None or target.strip().lower() == "predicted":
         return None
     return target.strip()
+
+
+def read_limits(max_pixels: int | None, max_voxels: int | None, max_bytes: int | None) -> ReadLimits:
+    """The readers' :class:`~medlrp.io.limits.ReadLimits` from the options (``None``: the default).
+
+    Raises:
+        InputError: A limit below 1.
+    """
+    from medlrp.io.limits import ReadLimits
+
+    given = {"max_pixels": max_pixels, "max_voxels": max_voxels, "max_bytes": max_bytes}
+    return ReadLimits(**{k: v for k, v in given.items() if v is not None})

@@ -14,11 +14,13 @@ from medlrp.io.dicom_out import (
     read_dicom_sources,
     write_dicom_explanation,
 )
-from medlrp.io.image import Image, atomic_path, write_atomic
+from medlrp.io.image import Image, atomic_path, atomic_paths, write_atomic
 from medlrp.io.inputs import IMAGE_SUFFIXES, expand_input, find_mask, is_mask_file, stem
+from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.io.nifti import read_nifti, write_nifti
 from medlrp.io.png import read_png, write_png
 from medlrp.io.resample import to_input_grid
+from medlrp.io.validate import check_image
 from medlrp.io.windowing import WINDOW_PRESETS, apply_window, display_range, window_preset
 
 
@@ -28,40 +30,49 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and name.endswith(IMAGE_SUFFIXES)
 
 
-def read_image(path: str | Path, index: int | None = None) -> Image:
+def read_image(path: str | Path, index: int | None = None, limits: ReadLimits | None = None) -> Image:
     """Read one input: PNG/JPEG, NIfTI, a DICOM file or a folder holding one DICOM series.
+
+    Every image is checked once read: sizes against ``limits`` from the header, before decoding; then
+    finite values and a finite, invertible affine (:func:`medlrp.io.validate.check_image`).
 
     Args:
         path: The file or series folder.
         index: Which volume of a 4D NIfTI to take (ignored otherwise).
+        limits: Size limits (default :data:`medlrp.io.limits.DEFAULT_LIMITS`).
 
     Raises:
         InputError: one line naming the file and the problem.
     """
     p = Path(path)
+    lim = DEFAULT_LIMITS if limits is None else limits
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
-        return read_dicom_series(p)
+        return check_image(read_dicom_series(p, limits=lim))
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return read_nifti(p, index=index)
+        return check_image(read_nifti(p, index=index, limits=lim))
     if name.endswith((".png", ".jpg", ".jpeg")):
-        return read_png(p)
+        return check_image(read_png(p, lim))
     if name.endswith(".dcm") or is_dicom_file(p):
-        return read_dicom_file(p)
+        return check_image(read_dicom_file(p, lim))
     raise InputError(f"{p}: unsupported input (expected PNG, JPEG, NIfTI or DICOM)")
 
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "IMAGE_SUFFIXES",
     "WINDOW_PRESETS",
     "Deidentifier",
     "DicomFiles",
     "DicomWriter",
     "Image",
+    "ReadLimits",
     "apply_window",
     "atomic_path",
+    "atomic_paths",
+    "check_image",
     "display_range",
     "expand_input",
     "find_mask",

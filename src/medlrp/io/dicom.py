@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut
 
 from medlrp.errors import InputError
 from medlrp.io.image import Image
+from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 
 #: DICOM keywords that identify a patient, a study or the people and places involved. Kept out of every
 #: output unless the user passes ``--keep-identifiers``.
@@ -85,12 +87,18 @@ def identifiers_of(ds: Dataset) -> dict[str, str]:
     return found
 
 
-def read_dicom_file(path: Path) -> Image:
-    """Read one DICOM file: a 2D image, or a volume if it holds several frames."""
+def read_dicom_file(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Image:
+    """Read one DICOM file: a 2D image, or a volume if it holds several frames.
+
+    The file's size and the rows x columns x frames its header declares are checked against ``limits``
+    before the pixel data is decoded.
+    """
+    limits.check_bytes(path)
     ds = _read_dataset(path)
+    _check_declared_size(ds, path, limits, int(ds.get("NumberOfFrames", 1) or 1))
     frames = _decode(ds, path)
     geometries = _frame_geometries(ds, len(frames))
-    slope, intercept = _frame_slopes(ds, len(frames), frames.ndim)
+    slope, intercept = _frame_slopes(ds, len(frames), frames.ndim, path)
     frames = frames * slope + intercept
     if len(frames) == 1:
         return _image_2d(frames[0], geometries[0], ds, path)
@@ -101,11 +109,14 @@ def read_dicom_file(path: Path) -> Image:
     return image
 
 
-def read_dicom_series(folder: Path, files: Sequence[Path] | None = None) -> Image:
+def read_dicom_series(
+    folder: Path, files: Sequence[Path] | None = None, limits: ReadLimits = DEFAULT_LIMITS
+) -> Image:
     """Read the one DICOM series in ``folder`` into a volume sorted by slice position.
 
     Raises:
-        InputError: no DICOM image in the folder, several series, slices that do not fit together.
+        InputError: no DICOM image in the folder, several series, slices that do not fit together, a
+            series beyond ``limits`` (checked from the headers, before any pixel data is read).
     """
     headers = scan_dicom_folder(folder) if files is None else [(p, _read_dataset(p, True)) for p in files]
     if not headers:
@@ -114,7 +125,9 @@ def read_dicom_series(folder: Path, files: Sequence[Path] | None = None) -> Imag
     if len(series) > 1:
         raise InputError(f"{folder}: holds {len(series)} DICOM series; pass a folder with one series")
     if len(headers) == 1:
-        return read_dicom_file(headers[0][0])
+        return read_dicom_file(headers[0][0], limits)
+    limits.check_bytes(folder, sum(p.stat().st_size for p, _ in headers))
+    _check_declared_size(headers[0][1], folder, limits, len(headers))
     datasets = [(p, _read_dataset(p)) for p, _ in headers]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in datasets):
         raise InputError(f"{folder}: mixes multi-frame files with other files; pass one file at a time")
@@ -124,7 +137,7 @@ def read_dicom_series(folder: Path, files: Sequence[Path] | None = None) -> Imag
     slices, geometries = [], []
     for p, ds in datasets:
         frame = _decode(ds, p)
-        slope, intercept = _frame_slopes(ds, 1, frame.ndim)
+        slope, intercept = _frame_slopes(ds, 1, frame.ndim, p)
         slices.append(frame[0] * slope[0] + intercept[0])
         geometries.append(_frame_geometries(ds, 1)[0])
     order, affine, irregular = _stack_geometry(geometries, folder)
@@ -180,14 +193,18 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             f"{path}: compressed DICOM ({syntax.name}) and no decoder for it is installed "
             "(install pylibjpeg with its plugins or python-gdcm, or decompress the file first)"
         )
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     try:
-        pixels = np.asarray(ds.pixel_array, dtype=np.float64)
-    except Exception as exc:  # truncated pixel data, bad lengths, decoder failures
+        raw = ds.pixel_array
+        if photometric == "PALETTE COLOR":  # stored values index a colour table: look the colours up
+            raw = apply_color_lut(raw, ds)
+        pixels = np.asarray(raw, dtype=np.float64)
+    except Exception as exc:  # truncated pixel data, bad lengths, decoder failures, broken colour tables
         raise InputError(
             f"{path}: cannot decode DICOM pixel data (truncated or damaged file: {_first_line(exc)})"
         ) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = 3 if photometric == "PALETTE COLOR" else int(ds.get("SamplesPerPixel", 1) or 1)
     if frames == 1:
         pixels = pixels[None]
     if samples > 1:
@@ -206,8 +223,24 @@ def _decoder_available(syntax: pydicom.uid.UID) -> bool:
         return False
 
 
-def _frame_slopes(ds: Dataset, n: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame rescale slope and intercept, shaped to broadcast against the frames."""
+def _check_declared_size(ds: Dataset, source: Path, limits: ReadLimits, frames: int) -> None:
+    """Refuse, from the header alone, an image whose rows x columns x frames x samples exceed ``limits``."""
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: unreadable Rows/Columns/SamplesPerPixel in the DICOM header") from None
+    shape = (frames, rows, columns, samples) if frames > 1 else (rows, columns, samples)
+    limits.check_shape(source, shape, volume=frames > 1)
+
+
+def _frame_slopes(ds: Dataset, n: int, ndim: int, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame rescale slope and intercept, shaped to broadcast against the frames.
+
+    Raises:
+        InputError: a slope of zero (every pixel would map to the intercept) or a non-finite slope or
+            intercept.
+    """
     slope = np.full(n, _float(ds.get("RescaleSlope"), 1.0))
     intercept = np.full(n, _float(ds.get("RescaleIntercept"), 0.0))
     if "DoseGridScaling" in ds:  # RT dose grids store doses scaled by this factor
@@ -222,6 +255,12 @@ def _frame_slopes(ds: Dataset, n: int, ndim: int) -> tuple[np.ndarray, np.ndarra
         if transform is not None:
             slope[i] = _float(transform.get("RescaleSlope"), 1.0)
             intercept[i] = _float(transform.get("RescaleIntercept"), 0.0)
+    if not (np.isfinite(slope).all() and np.isfinite(intercept).all()):
+        raise InputError(f"{source}: non-finite RescaleSlope or RescaleIntercept in the DICOM header")
+    if np.any(slope == 0):
+        raise InputError(
+            f"{source}: RescaleSlope is 0 (every pixel would read as the intercept); the header is damaged"
+        )
     shape = (n,) + (1,) * (ndim - 1)
     return slope.reshape(shape), intercept.reshape(shape)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,18 +66,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Readers never see a half-written file: the rename is atomic on POSIX file systems.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
+    """Temporary paths beside ``paths``, renamed onto them together once the block succeeds.
+
+    A group of files (a relevance map and its overlay) appears complete or not at all: on failure every
+    temporary is removed, and so is any file of the group already renamed into place.
+    """
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
+    placed: list[Path] = []
     try:
-        yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE)
-        os.replace(tmp_path, final)
+        for final in finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            suffix = "".join(final.suffixes)
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield list(temps)
+        for tmp, final in zip(temps, finals, strict=True):
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, final)
+            placed.append(final)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        for path in (*temps, *placed):
+            path.unlink(missing_ok=True)
         raise
 
 

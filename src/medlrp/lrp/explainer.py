@@ -88,6 +88,7 @@ class LRP:
         """Return ``(relevance, logits, target)``; logits carry their graph when ``create_graph``."""
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
+        _refuse_batch_statistics(self.model)
         engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
         try:
             with torch.enable_grad():
@@ -143,6 +144,20 @@ class LRP:
             raise InputError("start(output, target) must return a tensor of the output's shape")
         zero = out == 0
         return torch.where(zero, 0.0, r0 / torch.where(zero, 1.0, out))
+
+
+def _refuse_batch_statistics(model: torch.nn.Module) -> None:
+    """Refuse BatchNorm in train mode before the forward pass.
+
+    Run, it would count the batch (``num_batches_tracked``) before the engine could refuse it, and so
+    change the user's model.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training:
+            raise InputError(
+                f"{name or 'the model'} ({type(module).__name__}) uses batch statistics (model in train "
+                "mode), which couples the samples of a batch: call model.eval() before LRP"
+            )
 
 
 def _logits(output: object) -> object:

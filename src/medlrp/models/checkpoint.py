@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from medlrp.devices import resolve_device
 from medlrp.errors import InputError
 from medlrp.io.image import atomic_path
 from medlrp.models.preprocessing import Preprocessing
@@ -70,11 +71,13 @@ def load_model(
     """Load a medlrp checkpoint, a TorchScript archive, or (``trust_model=True`` only) a pickled model.
 
     Raises:
-        InputError: missing or unreadable file, a pickle without ``trust_model``, an unknown architecture.
+        InputError: missing or unreadable file, a pickle without ``trust_model``, an unknown architecture,
+            an unknown or absent device.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: model file not found")
+    device = resolve_device(device)
     if _is_torchscript(p):
         try:
             model = torch.jit.load(str(p), map_location=device)
