@@ -113,7 +113,7 @@ def resolve_goal(output: torch.Tensor, target: Target = None, region: Region = N
     return Goal(t, weights)
 
 
-def check_main_head(model: torch.nn.Module, output: torch.Tensor) -> None:
+def check_main_head(model: torch.nn.Module) -> None:
     """Refuse a deep-supervision network in train mode (its output stacks the auxiliary heads).
 
     MONAI's ``DynUNet`` (nnU-Net's network) returns ``(N, 1 + heads, C, *spatial)`` in train mode with

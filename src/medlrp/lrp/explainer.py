@@ -105,6 +105,7 @@ class LRP:
     ) -> tuple[Tensor, Tensor, Goal]:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
+        check_main_head(self.model)
         engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
         try:
             with torch.enable_grad():
@@ -143,7 +144,6 @@ class LRP:
                 "LRP needs a model returning logits of shape (N, classes) or, for segmentation, "
                 "(N, classes, *spatial)"
             )
-        check_main_head(self.model, output)
         if engine.node(output) is None:
             raise InputError("the model output does not depend on the input")
         return output, engine.routed(output), list(engine.references)
