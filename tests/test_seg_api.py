@@ -266,3 +266,19 @@ def test_goal_score_is_the_region_logit_sum_of_stacked_copies():
     torch.testing.assert_close(goal.score(out), want)
     torch.testing.assert_close(goal.score(torch.cat([out, 2 * out])), torch.cat([want, 2 * want]))
     torch.testing.assert_close(goal.select(torch.tensor([1, 1])).score(out[[1, 1]]), want[[1, 1]])
+
+
+def test_predicted_region_breaks_ties_like_argmax():
+    torch.manual_seed(0)
+    out = torch.randint(0, 3, (3, 4, 5, 6)).to(DT)  # many ties
+    for c in range(4):
+        out[:, c, 0, c] = 5.0  # every class wins somewhere in every sample
+    for t in range(4):
+        want = (out.argmax(1, keepdim=True) == t).to(DT)
+        assert torch.equal(resolve_goal(out, t, "predicted").region, want)
+    per_sample = resolve_goal(out, [3, 0, 2], "predicted").region
+    assert torch.equal(
+        per_sample, (out.argmax(1, keepdim=True) == torch.tensor([3, 0, 2])[:, None, None, None]).to(DT)
+    )
+    goal = resolve_goal(out[:, :1] - 1, None, "predicted")  # one channel: logit > 0
+    assert goal.target.tolist() == [0, 0, 0] and torch.equal(goal.region, (out[:, :1] > 1).to(DT))

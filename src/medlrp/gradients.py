@@ -1,5 +1,8 @@
 """Gradient methods: gradient, input-x-gradient, integrated gradients, SmoothGrad, occlusion.
 
+Segmentation models (output ``(N, classes, *spatial)``) take ``region=`` (see :mod:`medlrp.region`):
+"the target logit" below is then class ``target``'s logit sum over the region.
+
 Every method returns relevance of the input's shape, raw and signed (no absolute value, no clamping:
 Captum's ``Saliency`` takes ``abs`` by default; here ``gradient`` is the signed gradient). The model
 runs in eval mode for the call (restored after it), so a sample's map never depends on the rest of the
