@@ -154,7 +154,10 @@ def _predicted(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     index = t.view(-1, *[1] * (out.dim() - 1))
     own = torch.stack([out[i, c : c + 1] for i, c in enumerate(t.tolist())])
     inside = torch.ones_like(own, dtype=torch.bool)
+    targets = set(t.tolist())
     for c in range(out.shape[1]):
+        if targets == {c}:
+            continue  # the class itself
         other = out[:, c : c + 1]
         # a lower class wins a tie, so it must be beaten strictly; a higher one only matched
         wins = torch.where(index > c, own > other, own >= other)

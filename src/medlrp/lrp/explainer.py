@@ -153,11 +153,11 @@ class LRP:
 
         For a segmentation output every start is taken position by position and weighted by the region.
         """
-        one_hot = Goal(goal.target).seed(out)
         start = self.start
         if start == "logit":
-            grad = one_hot
-        elif start == "all-classes":
+            return goal.seed(out)  # one-hot times the region, in one tensor
+        one_hot = Goal(goal.target).seed(out)
+        if start == "all-classes":
             grad = torch.ones_like(out)
         elif start == "logit-difference":
             others = out.shape[1] - 1
