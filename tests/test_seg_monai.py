@@ -129,3 +129,14 @@ def test_dynunet_deep_supervision_explains_the_main_head_in_eval_mode():
     model.eval()
     e = medlrp.explain(model, x, target=1, composite="epsilon")
     assert e.region.shape == (1, 1, 32, 32) and e.output.shape == (1, 2, 32, 32)
+
+
+def test_unetr_runs_under_attnlrp_with_a_region():
+    torch.manual_seed(0)
+    model = prepare(NETWORKS["UNETR"](2, (32, 32)))
+    x = torch.randn(1, 1, 32, 32, dtype=DT)
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[8:24, 8:24] = True
+    e = medlrp.explain(model, x, target=1, region=mask)  # composite=None: attnlrp for a transformer
+    assert e.options["composite"] == "attnlrp" and torch.isfinite(e.relevance).all()
+    assert e.relevance.abs().sum() > 0
