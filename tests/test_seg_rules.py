@@ -153,3 +153,20 @@ def test_prelu_and_leaky_relu_pass_relevance(act):
         w, b = matrix_form(conv, x[i])
         ref = reference(Epsilon(), w, b, x[i].reshape(-1), r0[i])  # the activation passes r0 unchanged
         torch.testing.assert_close(rel[i].reshape(-1), ref, rtol=1e-7, atol=1e-9)
+
+
+def test_region_relevance_has_exact_derivatives_through_upsampling_and_prelu():
+    """``create_graph=True``: float64 gradcheck of the relevance w.r.t. the input (fixed region)."""
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.PReLU(2),
+        nn.AvgPool2d(2),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+        nn.Conv2d(2, 2, 1),
+    ).double()
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., 1:3, :] = True
+    lrp = medlrp.LRP(model, "epsilon")
+    x = torch.randn(1, 1, 4, 4, dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: lrp.relevance(v, 1, create_graph=True, region=mask), (x,))
