@@ -117,3 +117,15 @@ def test_region_curves_refuse_what_does_not_apply():
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).double()
     with pytest.raises(medlrp.InputError, match="region= applies to segmentation models"):
         metrics.pixel_flipping(clf, x, rel, 1, region="predicted")
+
+
+def test_conservation_error_of_a_region_explanation():
+    model, x = make(bias=False), inputs(size=8)
+    mask = square_mask(x, 2, 6)
+    e = medlrp.explain(model, x, [2, 1], region=mask, composite="epsilon")
+    err = metrics.conservation_error(e)
+    assert err.shape == (2,) and (err < 1e-4).all()
+    e.relevance[0] *= 2  # twice the region's logit sum: an error of 1
+    torch.testing.assert_close(
+        metrics.conservation_error(e)[0], torch.tensor(1.0, dtype=DT), rtol=1e-3, atol=1e-3
+    )
