@@ -126,7 +126,8 @@ def test_mask_forms_are_equivalent():
     model, x = make(), inputs()
     mask = square_mask(x)
     ref = medlrp.explain(model, x, target=2, region=mask).relevance
-    for form in (mask[0, 0], mask[:, 0], mask[:1], mask.to(torch.float32), mask.to(torch.uint8)):
+    forms = (mask[0, 0], mask[:, 0], mask[:1], mask.to(torch.float32), mask.to(torch.uint8), mask.numpy())
+    for form in forms:
         torch.testing.assert_close(medlrp.explain(model, x, target=2, region=form).relevance, ref)
 
 

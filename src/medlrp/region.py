@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from medlrp.errors import InputError
 from medlrp.targets import Target, resolve_target
 
-#: A region argument: ``None`` / ``"predicted"`` or a mask.
-Region = torch.Tensor | str | None
+#: A region argument: ``None`` / ``"predicted"`` or a mask (a tensor or a NumPy array).
+Region = torch.Tensor | np.ndarray | str | None
 PREDICTED = "predicted"
 
 
@@ -106,11 +107,11 @@ def resolve_goal(output: torch.Tensor, target: Target = None, region: Region = N
     if region is None or (isinstance(region, str) and region == PREDICTED):
         weights = _predicted(out, t)
         what = "predicted region"
-    elif isinstance(region, torch.Tensor):
-        weights = _mask(region, out)
+    elif isinstance(region, (torch.Tensor, np.ndarray)):
+        weights = _mask(torch.as_tensor(region), out)
         what = "region"
     else:
-        raise InputError(f"region must be 'predicted' or a mask tensor, not {region!r}")
+        raise InputError(f"region must be 'predicted' or a mask (tensor or array), not {region!r}")
     empty = (weights.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
     if empty:
         raise InputError(f"the {what} of class(es) {t[empty].tolist()} is empty in sample(s) {empty}")
