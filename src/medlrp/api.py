@@ -8,6 +8,7 @@ import torch
 
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
+from medlrp.region import Region
 from medlrp.registry import METHODS
 from medlrp.targets import Target
 
@@ -18,14 +19,23 @@ def explain(
     target: Target = None,
     method: str = "lrp",
     composite: str | None = None,
+    *,
+    region: Region = None,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s decision on the batch ``x``.
 
     Args:
-        model: Any classifier ``(N, C, *spatial) -> (N, classes)``; it is never changed.
+        model: Any classifier ``(N, C, *spatial) -> (N, classes)``, or segmentation network
+            ``(N, C, *spatial) -> (N, classes, *spatial)``; it is never changed.
         x: The input batch, 2D ``(N, C, H, W)`` or 3D ``(N, C, D, H, W)``.
-        target: ``None`` (each sample's argmax), an int, or one class per sample.
+        target: ``None`` (classifiers: each sample's argmax; segmentation: the one class of a
+            one-channel output, class 1 of a two-channel one, else required), an int, or one class per
+            sample.
+        region: Segmentation models only: ``"predicted"`` (the default: where class ``target`` wins the
+            argmax) or a mask of the output's spatial shape (``(*spatial)``, ``(N, *spatial)`` or
+            ``(N, 1, *spatial)``, bool or float); the explained quantity is the target class's logit sum
+            over the region, per sample (see :mod:`medlrp.region`).
         method: A registered method name (see ``medlrp.registry.METHODS.names()``).
         composite: LRP only: a composite name; ``None`` picks ``epsilon-plus-flat`` for CNNs and
             ``attnlrp`` for transformers.
@@ -40,6 +50,8 @@ def explain(
         options["composite"] = composite
     elif composite is not None:
         raise InputError(f"composite= applies to method='lrp' only, not to {method!r}")
+    if region is not None:
+        options["region"] = region  # only then: a method registered by a user need not know regions
     result = fn(model, x, target, **options)
     assert isinstance(result, Explanation)
     return result

@@ -19,6 +19,9 @@ class Explanation:
         target: ``LongTensor (N,)``, the explained class of each sample.
         method: The method's registered name (``"lrp"``, ``"gradcam"``, ...).
         options: The options the method ran with (composite, layer, steps, ...), JSON-friendly.
+        region: Segmentation models: the explained region's weights ``(N, 1, *spatial of the output)``
+            (1 inside, 0 outside; the explained quantity is class ``target``'s logit sum over it);
+            ``None`` for classifiers.
     """
 
     relevance: torch.Tensor
@@ -26,6 +29,7 @@ class Explanation:
     target: torch.Tensor
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    region: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.relevance.shape[0])
@@ -38,4 +42,5 @@ class Explanation:
             self.target.to(device),
             self.method,
             self.options,
+            None if self.region is None else self.region.to(device),
         )

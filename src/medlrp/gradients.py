@@ -1,5 +1,8 @@
 """Gradient methods: gradient, input-x-gradient, integrated gradients, SmoothGrad, occlusion.
 
+Segmentation models (output ``(N, classes, *spatial)``) take ``region=`` (see :mod:`medlrp.region`):
+"the target logit" below is then class ``target``'s logit sum over the region.
+
 Every method returns relevance of the input's shape, raw and signed (no absolute value, no clamping:
 Captum's ``Saliency`` takes ``abs`` by default; here ``gradient`` is the signed gradient). The model
 runs in eval mode for the call (restored after it), so a sample's map never depends on the rest of the
@@ -34,29 +37,36 @@ import torch
 from medlrp.cam.guard import check_input, explaining, logits, reject_unknown
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
+from medlrp.region import Goal, Region, resolve_goal
 from medlrp.registry import METHODS
-from medlrp.targets import Target, resolve_target
+from medlrp.targets import Target
 
 Baseline = float | torch.Tensor
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
-def _input_gradient(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``d logit_target / d x`` for every sample of ``x`` (eval mode: samples are independent)."""
+def _input_gradient(model: torch.nn.Module, x: torch.Tensor, goal: Goal) -> torch.Tensor:
+    """``d score / d x`` for every sample of ``x`` (eval mode: samples are independent).
+
+    The score is the target logit (classifiers) or the target's logit sum over the region
+    (segmentation); ``x`` may stack copies of the batch (see :meth:`Goal.score`).
+    """
     xin = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = logits(model(xin))
-        (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), xin, allow_unused=True)
+        (grad,) = torch.autograd.grad(goal.score(out).sum(), xin, allow_unused=True)
     if grad is None:
         raise InputError("the target logit does not depend on the input")
     return grad
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    model: torch.nn.Module, x: torch.Tensor, target: Target, region: Region
+) -> tuple[torch.Tensor, Goal]:
     with torch.no_grad():
         out = logits(model(x.detach()))
-    return out, resolve_target(target, out)
+    return out, resolve_goal(out, target, region)
 
 
 def _baseline(baseline: Baseline, x: torch.Tensor, method: str) -> torch.Tensor:
@@ -75,26 +85,28 @@ def _positive(value: int, name: str, method: str) -> int:
     return int(value)
 
 
-def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = None, **unknown: Any) -> Explanation:
+def gradient(
+    model: torch.nn.Module, x: torch.Tensor, target: Target = None, *, region: Region = None, **unknown: Any
+) -> Explanation:
     """The signed gradient of the target logit with respect to the input."""
     reject_unknown("gradient", unknown)
     x = check_input(x, "gradient")
     with explaining(model):
-        out, t = _forward(model, x, target)
-        grad = _input_gradient(model, x, t)
-    return Explanation(grad.detach(), out, t, "gradient", {})
+        out, goal = _forward(model, x, target, region)
+        grad = _input_gradient(model, x, goal)
+    return Explanation(grad.detach(), out, goal.target, "gradient", {}, goal.region)
 
 
 def input_x_gradient(
-    model: torch.nn.Module, x: torch.Tensor, target: Target = None, **unknown: Any
+    model: torch.nn.Module, x: torch.Tensor, target: Target = None, *, region: Region = None, **unknown: Any
 ) -> Explanation:
     """The input times the gradient of the target logit."""
     reject_unknown("input-x-gradient", unknown)
     x = check_input(x, "input-x-gradient")
     with explaining(model):
-        out, t = _forward(model, x, target)
-        grad = _input_gradient(model, x, t)
-    return Explanation((x.detach() * grad).detach(), out, t, "input-x-gradient", {})
+        out, goal = _forward(model, x, target, region)
+        grad = _input_gradient(model, x, goal)
+    return Explanation((x.detach() * grad).detach(), out, goal.target, "input-x-gradient", {}, goal.region)
 
 
 def quadrature(rule: str, steps: int) -> tuple[list[float], list[float]]:
@@ -125,6 +137,7 @@ def integrated_gradients(
     x: torch.Tensor,
     target: Target = None,
     *,
+    region: Region = None,
     baseline: Baseline = 0.0,
     steps: int = 50,
     rule: str = "gausslegendre",
@@ -143,7 +156,7 @@ def integrated_gradients(
     base = _baseline(baseline, x, "integrated-gradients")
     n = x.shape[0]
     with explaining(model):
-        out, t = _forward(model, x, target)
+        out, goal = _forward(model, x, target, region)
         total = torch.zeros_like(x)
         # Step k of sample i is row k * n + i; chunks of whole steps keep the targets aligned.
         per_chunk = max(1, batch_size // n)
@@ -152,10 +165,10 @@ def integrated_gradients(
             s = torch.tensor(sizes[k0 : k0 + per_chunk], dtype=x.dtype, device=x.device)
             shape = (-1, *[1] * x.ndim)
             scaled = base + a.view(shape) * (x - base)  # (k, n, ...)
-            grads = _input_gradient(model, scaled.flatten(0, 1), t.repeat(len(a)))
+            grads = _input_gradient(model, scaled.flatten(0, 1), goal)
             total += (s.view(shape) * grads.view(len(a), *x.shape)).sum(0)
     options = {"steps": int(steps), "rule": rule, "baseline": _describe(baseline), "batch_size": batch_size}
-    return Explanation((x - base) * total, out, t, "integrated-gradients", options)
+    return Explanation((x - base) * total, out, goal.target, "integrated-gradients", options, goal.region)
 
 
 def smoothgrad(
@@ -163,6 +176,7 @@ def smoothgrad(
     x: torch.Tensor,
     target: Target = None,
     *,
+    region: Region = None,
     samples: int = 25,
     noise: float = 0.15,
     seed: int = 0,
@@ -183,15 +197,15 @@ def smoothgrad(
     flat = x.flatten(1)
     sigma = (float(noise) * (flat.max(1).values - flat.min(1).values)).view(1, n, *[1] * (x.ndim - 1))
     with explaining(model):
-        out, t = _forward(model, x, target)
+        out, goal = _forward(model, x, target, region)
         total = torch.zeros_like(x)
         per_chunk = max(1, batch_size // n)
         for k0 in range(0, samples, per_chunk):
             e = eps[k0 : k0 + per_chunk, None]  # (k, 1, ...): the same draws for every sample
             noisy = (x[None] + sigma * e).flatten(0, 1)
-            total += _input_gradient(model, noisy, t.repeat(len(e))).view(len(e), *x.shape).sum(0)
+            total += _input_gradient(model, noisy, goal).view(len(e), *x.shape).sum(0)
     options = {"samples": samples, "noise": float(noise), "seed": int(seed), "batch_size": batch_size}
-    return Explanation(total / samples, out, t, "smoothgrad", options)
+    return Explanation(total / samples, out, goal.target, "smoothgrad", options, goal.region)
 
 
 def _per_dim(value: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
@@ -211,6 +225,7 @@ def occlusion(
     x: torch.Tensor,
     target: Target = None,
     *,
+    region: Region = None,
     window: int | Sequence[int] = 8,
     stride: int | Sequence[int] | None = None,
     baseline: Baseline = 0.0,
@@ -236,8 +251,8 @@ def occlusion(
         itertools.product(*(occlusion_starts(s, w, st) for s, w, st in zip(spatial, win, step, strict=True)))
     )
     with explaining(model), torch.no_grad():
-        out, t = _forward(model, x, target)
-        reference = out.gather(1, t[:, None])[:, 0]
+        out, goal = _forward(model, x, target, region)
+        reference = goal.score(out)
         total = torch.zeros(spatial, dtype=x.dtype, device=x.device).expand(n, *spatial).clone()
         count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
         per_chunk = max(1, batch_size // n)
@@ -249,7 +264,7 @@ def occlusion(
             occluded = x.repeat(len(regions), *[1] * (x.ndim - 1)).view(len(regions), *x.shape)
             for j, region in enumerate(regions):
                 occluded[(j, slice(None), slice(None), *region)] = base[(slice(None), slice(None), *region)]
-            scores = logits(model(occluded.flatten(0, 1))).gather(1, t.repeat(len(regions))[:, None])
+            scores = goal.score(logits(model(occluded.flatten(0, 1))))
             drops = reference[None] - scores.view(len(regions), n).to(x.dtype)
             for j, region in enumerate(regions):
                 total[(slice(None), *region)] += drops[j].view(n, *[1] * len(spatial))
@@ -261,7 +276,7 @@ def occlusion(
         "baseline": _describe(baseline),
         "batch_size": batch_size,
     }
-    return Explanation(relevance, out, t, "occlusion", options)
+    return Explanation(relevance, out, goal.target, "occlusion", options, goal.region)
 
 
 def _describe(baseline: Baseline) -> float | str:

@@ -16,6 +16,7 @@ from medlrp.cam.layers import default_layer, resolve_layer
 from medlrp.cam.scorecam import ScoreCAM
 from medlrp.cam.variants import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from medlrp.explanation import Explanation
+from medlrp.region import Region
 from medlrp.registry import METHODS
 from medlrp.targets import Target
 
@@ -24,9 +25,9 @@ CAMS: tuple[type[BaseCAM], ...] = (GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
 
 def _method(cls: type[BaseCAM]) -> Any:
     def explain_cam(
-        model: torch.nn.Module, x: torch.Tensor, target: Target = None, **options: Any
+        model: torch.nn.Module, x: torch.Tensor, target: Target = None, region: Region = None, **options: Any
     ) -> Explanation:
-        return cls(model, **options)(x, target)
+        return cls(model, **options)(x, target, region)
 
     explain_cam.__name__ = cls.name.replace("+", "p").replace("-", "_")
     explain_cam.__doc__ = (

@@ -28,7 +28,8 @@ from medlrp.cam.layers import Layer, count_calls, resolve_layer, split_call
 from medlrp.cam.tokens import GridRecorder, is_patchify, to_spatial
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
-from medlrp.targets import Target, resolve_target
+from medlrp.region import Goal, Region, resolve_goal
+from medlrp.targets import Target
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -141,9 +142,13 @@ class BaseCAM:
         self.grid = tuple(int(g) for g in grid) if grid is not None else None
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
-        """Weights broadcastable to ``acts`` (``(N, C, *spatial)``): per channel or per position."""
+        """Weights broadcastable to ``acts`` (``(N, C, *spatial)``): per channel or per position.
+
+        ``goal`` is the explained quantity (``goal.score(output)``: the target logit, or the target's
+        logit sum over a region for segmentation models).
+        """
         raise NotImplementedError
 
     def options(self, layer_name: str) -> dict[str, Any]:
@@ -153,11 +158,13 @@ class BaseCAM:
             opts["grid"] = list(self.grid)
         return opts
 
-    def __call__(self, x: torch.Tensor, target: Target = None) -> Explanation:
+    def __call__(self, x: torch.Tensor, target: Target = None, region: Region = None) -> Explanation:
         """Explain the batch ``x`` (2D or 3D) for ``target`` (``None``: each sample's argmax).
 
-        Safe to call from several threads on one model: every piece of state lives in this call (hooks
-        act only on this thread's forward passes).
+        Segmentation models: the score is class ``target``'s logit sum over ``region`` (pytorch-grad-cam's
+        ``SemanticSegmentationTarget``; see :mod:`medlrp.region`). Safe to call from several threads on
+        one model: every piece of state lives in this call (hooks act only on this thread's forward
+        passes).
         """
         x = check_input(x, self.name, min_spatial=1)
         with explaining(self.model) as hooks:
@@ -173,14 +180,14 @@ class BaseCAM:
             capture = self._hook(module, hooks, None if call == -1 else call)
             with torch.no_grad():  # the capture hook turns recording on at the layer
                 out = logits(self.model(x.detach()))
-            target_ = resolve_target(target, out)
+            goal = resolve_goal(out, target, region)
             raw = capture.activation(layer_name)
-            grads_raw = self._gradient(out, target_, raw, layer_name) if self.uses_gradients else None
+            grads_raw = self._gradient(out, goal, raw, layer_name) if self.uses_gradients else None
             hooks.remove_all()  # Score-CAM's own forward passes must not run through the capture
             grid = self.grid or capture.grid
             acts = to_spatial(raw.detach(), x, grid, layer_name)
             grads = to_spatial(grads_raw, x, grid, layer_name) if grads_raw is not None else None
-            cam = (self.weights(acts, grads, x, target_) * acts).sum(1, keepdim=True)
+            cam = (self.weights(acts, grads, x, goal) * acts).sum(1, keepdim=True)
         if self.relu:
             cam = cam.clamp_min(0)
         if self.upsample:
@@ -189,7 +196,7 @@ class BaseCAM:
         if capture.calls > 1:  # which call of a layer that runs several times per forward pass
             options["call"] = capture.calls - 1 if capture.call is None else capture.call
             options["calls"] = capture.calls
-        return Explanation(cam.detach(), out.detach(), target_, self.name, options)
+        return Explanation(cam.detach(), out.detach(), goal.target, self.name, options, goal.region)
 
     def _hook(self, module: torch.nn.Module, hooks: HookList, call: int | None) -> _Capture:
         grid = GridRecorder()
@@ -202,13 +209,11 @@ class BaseCAM:
         return capture
 
     @staticmethod
-    def _gradient(
-        out: torch.Tensor, target: torch.Tensor, raw: torch.Tensor, layer_name: str
-    ) -> torch.Tensor:
-        # Samples are independent in eval mode, so one backward of the summed target logits gives
+    def _gradient(out: torch.Tensor, goal: Goal, raw: torch.Tensor, layer_name: str) -> torch.Tensor:
+        # Samples are independent in eval mode, so one backward of the summed target scores gives
         # every sample's own gradient.
         with torch.enable_grad():  # the caller may be under no_grad
-            score = out.gather(1, target[:, None]).sum()
+            score = goal.score(out).sum()
         if not out.requires_grad:
             raise InputError(f"layer {layer_name!r}: the target logit does not depend on its output")
         (grads,) = torch.autograd.grad(score, raw, allow_unused=True)

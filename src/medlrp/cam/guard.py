@@ -88,8 +88,11 @@ def logits(output: Any) -> torch.Tensor:
         out = output[0]
     else:
         raise InputError(f"the model returned {type(output).__name__}, not a logits tensor")
-    if out.ndim != 2:
-        raise InputError(f"the model returned logits of shape {tuple(out.shape)}, expected (N, classes)")
+    if out.ndim < 2:
+        raise InputError(
+            f"the model returned logits of shape {tuple(out.shape)}, expected (N, classes) or, for "
+            "segmentation, (N, classes, *spatial)"
+        )
     return out
 
 

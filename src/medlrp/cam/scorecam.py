@@ -21,6 +21,7 @@ import torch
 from medlrp.cam.base import BaseCAM, upsample
 from medlrp.cam.guard import logits
 from medlrp.errors import InputError
+from medlrp.region import Goal
 
 
 class ScoreCAM(BaseCAM):
@@ -53,9 +54,9 @@ class ScoreCAM(BaseCAM):
         }
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
-        """Per channel: softmax over channels of the target logit of each masked input."""
+        """Per channel: softmax over channels of the target score of each masked input."""
         n, c, *spatial = acts.shape
         sample = torch.arange(n, device=acts.device).repeat_interleave(c)
         channel = torch.arange(c, device=acts.device).repeat(n)
@@ -70,5 +71,5 @@ class ScoreCAM(BaseCAM):
                 hi = flat.max(dim=1).values.view(-1, *[1] * (masks.ndim - 1))
                 masks = (masks - lo) / (hi - lo + 1e-8)
                 out = logits(self.model(x[i] * masks))
-                scores[start : start + len(i)] = out.gather(1, target[i][:, None])[:, 0].to(scores.dtype)
+                scores[start : start + len(i)] = goal.select(i).score(out).to(scores.dtype)
         return torch.softmax(scores.view(n, c), dim=1).view(n, c, *[1] * len(spatial))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from medlrp.cam.base import BaseCAM, spatial_dims
+from medlrp.region import Goal
 
 
 class GradCAM(BaseCAM):
@@ -25,7 +26,7 @@ class GradCAM(BaseCAM):
     name = "gradcam"
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
         """Per channel: ``mean_spatial G``."""
         assert grads is not None
@@ -38,7 +39,7 @@ class GradCAMPlusPlus(BaseCAM):
     name = "gradcam++"
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
         """Per channel: ``sum_spatial relu(G) * alpha``."""
         assert grads is not None
@@ -55,7 +56,7 @@ class XGradCAM(BaseCAM):
     name = "xgradcam"
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
         """Per channel: ``sum_spatial G A / (sum_spatial A + 1e-7)``."""
         assert grads is not None
@@ -70,7 +71,7 @@ class HiResCAM(BaseCAM):
     default_relu = False
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
         """Per position: ``G``."""
         assert grads is not None
@@ -83,7 +84,7 @@ class LayerCAM(BaseCAM):
     name = "layercam"
 
     def weights(
-        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor
+        self, acts: torch.Tensor, grads: torch.Tensor | None, x: torch.Tensor, goal: Goal
     ) -> torch.Tensor:
         """Per position: ``relu(G)``."""
         assert grads is not None

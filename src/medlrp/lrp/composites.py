@@ -206,6 +206,8 @@ def looks_like_transformer(model: nn.Module) -> bool:
 
 def default_composite_name(model: nn.Module) -> str:
     """The composite ``composite=None`` picks for ``model``."""
+    import medlrp.lrp.transformer  # noqa: F401  (registers its detector; medlrp's imports are lazy)
+
     for detect, name in DEFAULT_COMPOSITES:
         if detect(model):
             return name

@@ -12,8 +12,9 @@ from medlrp.explanation import Explanation
 from medlrp.lrp.composites import Composite, resolve_composite
 from medlrp.lrp.engine import Engine, WeightCache
 from medlrp.lrp.handlers import HANDLERS
+from medlrp.region import Goal, Region, check_main_head, resolve_goal
 from medlrp.registry import METHODS
-from medlrp.targets import Target, resolve_target
+from medlrp.targets import Target
 
 Tensor = torch.Tensor
 #: ``start(output, target) -> initial relevance`` (same shape as ``output``).
@@ -31,7 +32,9 @@ class LRP:
     ``model.eval()`` first).
 
     Args:
-        model: A classifier ``(N, C, *spatial) -> (N, classes)``.
+        model: A classifier ``(N, C, *spatial) -> (N, classes)``, or a segmentation network
+            ``(N, C, *spatial) -> (N, classes, *spatial)`` (explained over a region, see
+            :mod:`medlrp.region`; a deep-supervision network must be in eval mode).
         composite: A registered composite name (``medlrp.COMPOSITES.names()``), a
             :class:`~medlrp.lrp.composites.Composite`, or ``None`` (``epsilon-plus-flat`` for CNNs).
         start: The initial relevance at the output: ``"logit"`` (the target logit, default),
@@ -64,37 +67,52 @@ class LRP:
         self._handlers = {**HANDLERS, **self.composite.handlers}
         self._weights = WeightCache()
 
-    def __call__(self, x: Tensor, target: Target = None) -> Explanation:
-        """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``."""
-        relevance, output, t = self.attribute(x, target)
+    def __call__(self, x: Tensor, target: Target = None, region: Region = None) -> Explanation:
+        """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``.
+
+        For a segmentation model (output ``(N, C, *spatial)``) the explained quantity is class
+        ``target``'s logit sum over ``region`` (see :mod:`medlrp.region`); ``region`` is refused for a
+        classifier.
+        """
+        relevance, output, goal = self._attribute(x, target, False, region)
         options: dict[str, Any] = {
             "composite": self.composite.name or "custom",
             "start": self.start if isinstance(self.start, str) else "custom",
             "rules": self.composite.options(),
         }
-        return Explanation(relevance.detach(), output.detach(), t, "lrp", options)
+        return Explanation(relevance.detach(), output.detach(), goal.target, "lrp", options, goal.region)
 
-    def relevance(self, x: Tensor, target: Target = None, create_graph: bool = False) -> Tensor:
+    def relevance(
+        self, x: Tensor, target: Target = None, create_graph: bool = False, *, region: Region = None
+    ) -> Tensor:
         """The relevance of ``x`` (``x``'s shape).
 
         With ``create_graph=True`` the result is differentiable w.r.t. the model's parameters and
         ``x`` (if it requires grad), with exact derivatives (for explanation-guided training).
+        ``region``: segmentation models only (see :meth:`__call__`).
         """
-        return self.attribute(x, target, create_graph)[0]
+        return self._attribute(x, target, create_graph, region)[0]
 
     def attribute(
-        self, x: Tensor, target: Target = None, create_graph: bool = False
+        self, x: Tensor, target: Target = None, create_graph: bool = False, *, region: Region = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(relevance, logits, target)``; logits carry their graph when ``create_graph``."""
+        relevance, output, goal = self._attribute(x, target, create_graph, region)
+        return relevance, output, goal.target
+
+    def _attribute(
+        self, x: Tensor, target: Target, create_graph: bool, region: Region
+    ) -> tuple[Tensor, Tensor, Goal]:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
         _refuse_batch_statistics(self.model)
+        check_main_head(self.model)
         engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
         try:
             with torch.enable_grad():
                 output, routed, references = self._forward(engine, x, create_graph)
-                t = resolve_target(target, output.detach())
-                grad_out = self._start_gradient(output if create_graph else output.detach(), t)
+                goal = resolve_goal(output, target, region)
+                grad_out = self._start_gradient(output if create_graph else output.detach(), goal)
                 leaves = [engine.routed_input] + [ref for _, ref in references]
                 grads = torch.autograd.grad(
                     routed, leaves, grad_outputs=grad_out, create_graph=create_graph, allow_unused=True
@@ -106,7 +124,7 @@ class LRP:
         for (value, _), g in zip(references, grads[1:], strict=True):
             if g is not None:
                 relevance = relevance + value * g
-        return relevance, output, t
+        return relevance, output, goal
 
     def _forward(
         self, engine: Engine, x: Tensor, create_graph: bool
@@ -122,28 +140,36 @@ class LRP:
         engine.track(true, leaf).is_input = True
         with engine:
             output = _logits(self.model(true))
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            raise InputError("LRP needs a model returning logits of shape (N, classes)")
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            raise InputError(
+                "LRP needs a model returning logits of shape (N, classes) or, for segmentation, "
+                "(N, classes, *spatial)"
+            )
         if engine.node(output) is None:
             raise InputError("the model output does not depend on the input")
         return output, engine.routed(output), list(engine.references)
 
-    def _start_gradient(self, out: Tensor, target: Tensor) -> Tensor:
-        """The gradient at the logits whose product with the logits is the initial relevance."""
-        one_hot = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
+    def _start_gradient(self, out: Tensor, goal: Goal) -> Tensor:
+        """The gradient at the logits whose product with the logits is the initial relevance.
+
+        For a segmentation output every start is taken position by position and weighted by the region.
+        """
         start = self.start
         if start == "logit":
-            return one_hot
+            return goal.seed(out)  # one-hot times the region, in one tensor
+        one_hot = Goal(goal.target).seed(out)
         if start == "all-classes":
-            return torch.ones_like(out)
-        if start == "logit-difference":
+            grad = torch.ones_like(out)
+        elif start == "logit-difference":
             others = out.shape[1] - 1
-            return one_hot - (1 - one_hot) / max(others, 1)
-        r0 = one_hot if start == "one-hot" else start(out, target)  # type: ignore[operator]
-        if not isinstance(r0, Tensor) or r0.shape != out.shape:
-            raise InputError("start(output, target) must return a tensor of the output's shape")
-        zero = out == 0
-        return torch.where(zero, 0.0, r0 / torch.where(zero, 1.0, out))
+            grad = one_hot - (1 - one_hot) / max(others, 1)
+        else:
+            r0 = one_hot if start == "one-hot" else start(out, goal.target)  # type: ignore[operator]
+            if not isinstance(r0, Tensor) or r0.shape != out.shape:
+                raise InputError("start(output, target) must return a tensor of the output's shape")
+            zero = out == 0
+            grad = torch.where(zero, 0.0, r0 / torch.where(zero, 1.0, out))
+        return grad if goal.region is None else grad * goal.region
 
 
 def _refuse_batch_statistics(model: torch.nn.Module) -> None:
@@ -182,7 +208,8 @@ def lrp_method(
     x: Tensor,
     target: Target = None,
     composite: str | Composite | None = None,
+    region: Region = None,
     **options: Any,
 ) -> Explanation:
     """``medlrp.explain(..., method="lrp", composite=...)``."""
-    return LRP(model, composite, **options)(x, target)
+    return LRP(model, composite, **options)(x, target, region)

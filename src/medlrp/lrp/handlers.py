@@ -233,14 +233,6 @@ def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str,
     return args[0] if args else kwargs["input"]  # identity in eval mode: the tensor keeps its node
 
 
-@register_handler(F.interpolate, *variants("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d"))
-def _interpolate(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    mode = kwargs.get("mode", args[3] if func is F.interpolate and len(args) > 3 else "nearest")
-    if mode not in ("nearest", "nearest-exact"):
-        raise engine.unsupported(f"interpolation mode {mode!r} has no relevance rule (only 'nearest')")
-    return transparent()(engine, func, args, kwargs)
-
-
 # -- constants derived from a tracked tensor's shape carry no relevance
 @register_handler(
     *variants(
@@ -322,6 +314,10 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
 
     return handler
 
+
+#: The proportional split as a handler factory, for any parameter-free linear map with non-negative
+#: weights (``keeps_sign=True``) or any weights (see :mod:`medlrp.lrp.resample`).
+proportional_split = _norm_handler
 
 _POOLS = "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean"
 for _f in variants(*_POOLS.split()):

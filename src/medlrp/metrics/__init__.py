@@ -8,6 +8,11 @@ Tensors in, one value or curve per sample out; 2D images and 3D volumes alike. `
     metrics.aopc(curves)                                  # (N,)
     metrics.relevance_mass_accuracy(e.relevance, mask)    # (N,)
 
+Segmentation (``e = medlrp.explain(unet, x, target=1, region="predicted")``)::
+
+    metrics.region_relevance_share(e.relevance, e.region, margin=3)          # (N,)
+    metrics.pixel_flipping(unet, x, e.relevance, 1, region=e.region)         # the region's logit sum
+
 Each module's docstring gives the exact Quantus 0.6.0 settings that compute the same numbers.
 """
 
@@ -24,6 +29,7 @@ from medlrp.metrics.localisation import (
 )
 from medlrp.metrics.perturbation import deletion, insertion, pixel_flipping, region_perturbation
 from medlrp.metrics.randomisation import randomization_check
+from medlrp.metrics.segmentation import region_relevance_share
 from medlrp.metrics.similarity import pearson, spearman, ssim
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "pointing_game",
     "randomization_check",
     "region_perturbation",
+    "region_relevance_share",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
     "sparseness",

@@ -85,5 +85,8 @@ def predict(model: torch.nn.Module, inputs: torch.Tensor, softmax: bool) -> torc
     out = model(inputs)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"the model must return logits of shape (N, classes), got {shape}")
+        raise InputError(
+            f"the model must return logits of shape (N, classes), got {shape} (a segmentation model: "
+            "pass region=)"
+        )
     return out.softmax(dim=-1) if softmax else out

@@ -30,6 +30,8 @@ from medlrp.errors import InputError
 from medlrp.metrics._common import broadcast_map, check_batch
 from medlrp.metrics._curves import perturbation_curve, rank_units, stable_argsort, unit_order
 from medlrp.metrics.baselines import Baseline, make_baseline
+from medlrp.metrics.segmentation import region_curves
+from medlrp.region import Region
 from medlrp.targets import Target
 
 
@@ -62,9 +64,10 @@ def pixel_flipping(
     features_per_step: int | None = None,
     baseline: Baseline = 0.0,
     order: str = "morf",
-    softmax: bool = True,
+    softmax: bool | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    region: Region = None,
 ) -> torch.Tensor:
     """Pixel flipping (Bach et al. 2015): replace features in relevance order and track the score.
 
@@ -78,14 +81,28 @@ def pixel_flipping(
         baseline: The replacement (see :mod:`medlrp.metrics.baselines`): a number, ``"black"``,
             ``"mean"``, ``"blur"``, ``"noise"``, a tensor or a callable.
         order: ``"morf"`` (most relevant first), ``"lerf"`` (least relevant first) or ``"random"``.
-        softmax: Score the target's probability (default, as Quantus) or its logit (False).
+        softmax: Score the target's probability (default for classifiers, as Quantus) or its logit
+            (False). Not with ``region``.
         batch_size: Perturbed inputs per forward pass; ``None`` picks a size from the input's size.
         seed: Seed of ``order="random"``.
+        region: Segmentation models: ``"predicted"`` or a mask (see :mod:`medlrp.region`); the score
+            is then class ``target``'s logit sum over the region fixed on ``x`` (see
+            :mod:`medlrp.metrics.segmentation`).
 
     Returns:
         ``(N, steps + 1)`` with ``steps = ceil(features / features_per_step)``; column 0 scores ``x``,
         the last column the fully replaced input.
     """
+    if region is not None:
+        _units(x, relevance)
+        return region_curves(
+            model, x, relevance, target, region, baseline, softmax,
+            lambda scorer, xi, ri, bi: pixel_flipping(
+                scorer, xi, ri, 0, features_per_step=features_per_step, baseline=bi, order=order,
+                softmax=False, batch_size=batch_size, seed=seed,
+            ),
+        )  # fmt: skip
+    softmax = True if softmax is None else softmax
     path, counts = _feature_path(x, relevance, features_per_step, order, seed)
     base = make_baseline(baseline, x)
     return perturbation_curve(model, x, base, path, counts, target, softmax=softmax, batch_size=batch_size)
@@ -181,9 +198,10 @@ def region_perturbation(
     steps: int = 100,
     baseline: Baseline = 0.0,
     order: str = "morf",
-    softmax: bool = True,
+    softmax: bool | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    region: Region = None,
 ) -> torch.Tensor:
     """Region perturbation (Samek et al. 2016): replace whole patches in order of summed relevance.
 
@@ -197,14 +215,24 @@ def region_perturbation(
         steps: Patches replaced, one per step; at most the number of patches.
         baseline: The replacement (see :mod:`medlrp.metrics.baselines`).
         order: ``"morf"``, ``"lerf"`` or ``"random"``.
-        softmax: Score probabilities (default) or logits.
+        softmax: Score probabilities (default for classifiers) or logits. Not with ``region``.
         batch_size: Perturbed inputs per forward pass; ``None`` picks a size from the input's size.
         seed: Seed of ``order="random"``.
+        region: Segmentation models: score the region's logit sum (see :func:`pixel_flipping`).
 
     Returns:
         ``(N, min(steps, patches) + 1)``; column 0 scores ``x``.
     """
     _units(x, relevance)
+    if region is not None:
+        return region_curves(
+            model, x, relevance, target, region, baseline, softmax,
+            lambda scorer, xi, ri, bi: region_perturbation(
+                scorer, xi, ri, 0, patch_size=patch_size, steps=steps, baseline=bi, order=order,
+                softmax=False, batch_size=batch_size, seed=seed,
+            ),
+        )  # fmt: skip
+    softmax = True if softmax is None else softmax
     dims = x.ndim - 2
     sizes = [patch_size] * dims if isinstance(patch_size, int) else list(patch_size)
     if len(sizes) != dims or min(sizes) < 1:
