@@ -105,8 +105,8 @@ class LRP:
     ) -> tuple[Tensor, Tensor, Goal]:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
+        check_main_head(self.model)  # the more specific refusal of a train-mode model first
         _refuse_batch_statistics(self.model)
-        check_main_head(self.model)
         engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
         try:
             with torch.enable_grad():
