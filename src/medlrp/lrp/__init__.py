@@ -16,6 +16,7 @@ from medlrp.lrp.composites import (
 )
 from medlrp.lrp.explainer import LRP, STARTS
 from medlrp.lrp.handlers import HANDLERS, register_handler
+from medlrp.lrp import recurrent  # noqa: F401  (registers the LSTM/GRU handlers)
 from medlrp.lrp.rules import (
     AlphaBeta,
     Epsilon,

@@ -291,9 +291,11 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
         true, routed_in = _both(engine, f, args, kwargs)
         if not isinstance(true, Tensor) or not true.is_floating_point():
             return true
+        gate = _all_gates(engine, args)
         if engine.dual:
             routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
-            engine.track(true, routed).nonneg = nonneg
+            node = engine.track(true, routed)
+            node.nonneg, node.gate = nonneg, gate
             return true
         value = true.detach()
 
@@ -309,7 +311,8 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             guard=(value,),
             relu=(list, after_relu),
         )
-        engine.track(routed).nonneg = nonneg
+        node = engine.track(routed)
+        node.nonneg, node.gate = nonneg, gate
         return routed
 
     return handler
@@ -318,6 +321,14 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
 #: The proportional split as a handler factory, for any parameter-free linear map with non-negative
 #: weights (``keeps_sign=True``) or any weights (see :mod:`medlrp.lrp.resample`).
 proportional_split = _norm_handler
+
+
+def _all_gates(engine: Engine, args: Any) -> bool:
+    """Whether every tracked tensor among ``args`` is a gate (``1 - sigmoid(z)`` is a gate too: GRU)."""
+    nodes = [engine.node(t) for t in _tensors(list(args))]
+    nodes = [n for n in nodes if n is not None]
+    return bool(nodes) and all(n.gate for n in nodes)
+
 
 _POOLS = "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean"
 for _f in variants(*_POOLS.split()):
