@@ -36,13 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlrp.lrp.composites import DEFAULT_COMPOSITES
-from medlrp.lrp.engine import Engine
+from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import register_handler
 
 Tensor = torch.Tensor
 
-#: One step of a cell: ``step(x_t, state, weights) -> (h_t, state)``.
-Step = Callable[[Tensor, tuple[Tensor, ...], "Weights"], tuple[Tensor, tuple[Tensor, ...]]]
+State = tuple[Tensor, ...]
+Joint = tuple[Tensor, Tensor | None]
+#: One step of a cell: ``step(x_t, state, weights, joint) -> (h_t, state)``.
+Step = Callable[[Tensor, State, "Weights", Any], tuple[Tensor, State]]
 
 
 @dataclass
@@ -102,7 +104,7 @@ def _bind(engine: Engine, kind: str, args: tuple[Any, ...], kwargs: dict[str, An
     return Call(x, hx, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
 
 
-def _lstm_step(x_t: Tensor, state: tuple[Tensor, ...], w: Weights, joint: tuple[Tensor, Tensor | None]) -> Any:
+def _lstm_step(x_t: Tensor, state: State, w: Weights, joint: Joint) -> tuple[Tensor, State]:
     h, c = state
     z = F.linear(torch.cat([x_t, h], dim=1), joint[0], joint[1])
     i, f, g, o = z.chunk(4, dim=1)
@@ -113,7 +115,7 @@ def _lstm_step(x_t: Tensor, state: tuple[Tensor, ...], w: Weights, joint: tuple[
     return h, (h, c)
 
 
-def _gru_step(x_t: Tensor, state: tuple[Tensor, ...], w: Weights, joint: Any) -> Any:
+def _gru_step(x_t: Tensor, state: State, w: Weights, joint: None) -> tuple[Tensor, State]:
     (h,) = state
     gx = F.linear(x_t, w.w_ih, w.b_ih)
     gh = F.linear(h, w.w_hh, w.b_hh)
@@ -126,7 +128,7 @@ def _gru_step(x_t: Tensor, state: tuple[Tensor, ...], w: Weights, joint: Any) ->
     return h, (h,)
 
 
-def _run(engine: Engine, kind: str, call: Call, step: Any, joint: bool) -> tuple[Tensor, list[Tensor]]:
+def _run(engine: Engine, kind: str, call: Call, step: Step, joint: bool) -> tuple[Tensor, list[Tensor]]:
     """Unroll every layer and direction; returns the output sequence ``(T, N, D*H)`` and final states."""
     directions = 2 if call.bidirectional else 1
     x = call.input.transpose(0, 1) if call.batch_first else call.input
@@ -160,7 +162,7 @@ def _state(engine: Engine, h0: Tensor) -> Tensor:
     return h0
 
 
-def _handler(kind: str, step: Any, joint: bool) -> Any:
+def _handler(kind: str, step: Step, joint: bool) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = _bind(engine, kind, args, kwargs)
         if engine.node(call.input) is None:
