@@ -91,14 +91,23 @@ class Call:
         return Weights(w_ih, w_hh, b_ih, b_hh, w[extra] if len(w) > extra else None)
 
 
+def _packed(engine: Engine, what: str) -> Exception:
+    return engine.unsupported(
+        f"{what} a packed sequence (nn.utils.rnn.PackedSequence) has no relevance rule; pad the batch to "
+        "one length instead"
+    )
+
+
+@register_handler(torch._pack_padded_sequence)
+def _refuse_packing(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    raise _packed(engine, "packing a relevance-carrying tensor into")
+
+
 def _bind(engine: Engine, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     if kwargs:
         args = args + tuple(kwargs.values())
     if len(args) > 3 and isinstance(args[3], (list, tuple)):
-        raise engine.unsupported(
-            f"{kind} on a packed sequence (nn.utils.rnn.PackedSequence) has no relevance rule; pad the "
-            "batch to one length instead"
-        )
+        raise _packed(engine, f"{kind} on")
     x, hx, weights, has_biases, layers, dropout, train, bidirectional, batch_first = args
     hx = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
     return Call(x, hx, weights, has_biases, layers, dropout, train, bidirectional, batch_first)
