@@ -241,3 +241,26 @@ def test_model_is_left_unchanged():
 def test_default_composite_for_recurrent_models_is_epsilon():
     model, _ = make(nn.GRU)
     assert medlrp.lrp.default_composite_name(model) == "epsilon"
+
+
+class FinalStates(nn.Module):
+    """Reads the final hidden and cell states (``h_n``, ``c_n``) instead of the output sequence."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size, 2)
+
+    def forward(self, x):
+        _, (h_n, c_n) = self.rnn(x.permute(2, 0, 1))
+        return self.head(h_n[-1] + c_n[-2])
+
+
+def test_final_states_fast_equals_dual():
+    torch.manual_seed(3)
+    model = FinalStates(nn.LSTM(F_IN, H, num_layers=2, bidirectional=True)).double().eval()
+    x = torch.randn(2, F_IN, T, dtype=torch.float64)
+    lrp = medlrp.LRP(model, "epsilon")
+    fast = lrp.relevance(x, 0)
+    torch.testing.assert_close(fast, lrp.relevance(x, 0, create_graph=True), rtol=1e-10, atol=1e-14)
+    assert fast.abs().sum() > 0

@@ -38,6 +38,8 @@ from torch import nn
 from medlrp.lrp.composites import DEFAULT_COMPOSITES
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import register_handler
+from medlrp.lrp.recurrent_fast import LSTMDirection
+from medlrp.lrp.rules import Epsilon, Zero
 
 Tensor = torch.Tensor
 
@@ -171,11 +173,50 @@ def _state(engine: Engine, h0: Tensor) -> Tensor:
     return h0
 
 
+def _fast_epsilon(engine: Engine, kind: str, call: Call) -> float | None:
+    """The epsilon of the fused fast path, or ``None`` where the unrolled path must run."""
+    if engine.dual or kind != "lstm" or call.layer_weights(0, 0).w_hr is not None:
+        return None
+    name, module = engine.layer_of(call.weights[0])
+    rule = engine.select_rule("linear", name, module)
+    if type(rule) is Epsilon:
+        return rule.epsilon
+    return 0.0 if type(rule) is Zero else None
+
+
+def _run_fast(engine: Engine, call: Call, eps: float) -> tuple[Tensor, list[Tensor]]:
+    """The LSTM with one autograd node per layer and direction (:mod:`medlrp.lrp.recurrent_fast`)."""
+    directions = 2 if call.bidirectional else 1
+    x = call.input.transpose(0, 1) if call.batch_first else call.input
+    finals: list[list[Tensor]] = [[], []]
+    for layer in range(call.num_layers):
+        if layer > 0 and call.train and call.dropout > 0:
+            raise engine.input_error("lstm dropout is active (model in train mode): call model.eval()")
+        outputs = []
+        for direction in range(directions):
+            w = call.layer_weights(layer, direction)
+            weights = [t.detach() for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh) if t is not None]
+            index = layer * directions + direction
+            h0, c0 = (h[index] if engine.node(h) is not None else h[index].detach() for h in call.hx)
+            out, h_n, c_n = LSTMDirection.apply(x, h0, c0, weights, eps, direction == 1)
+            outputs.append(out)
+            finals[0].append(h_n)
+            finals[1].append(c_n)
+        x = torch.cat(outputs, dim=2) if directions == 2 else outputs[0]
+    return (x.transpose(0, 1) if call.batch_first else x), [torch.stack(f) for f in finals]
+
+
 def _handler(kind: str, step: Step, joint: bool) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = _bind(engine, kind, args, kwargs)
         if engine.node(call.input) is None:
             raise engine.unsupported(f"{kind} whose initial state carries relevance but whose input does not")
+        eps = _fast_epsilon(engine, kind, call)
+        if eps is not None:
+            out, finals = _run_fast(engine, call, eps)
+            for t in (out, *finals):
+                engine.track(t)
+            return (out, *finals)
         with engine:  # the unrolled steps are ordinary operations: the engine's rules apply to each
             out, finals = _run(engine, kind, call, step, joint)
         return (out, *finals)
