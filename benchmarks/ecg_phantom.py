@@ -1,7 +1,7 @@
 """LRP on the 12-lead ECG phantom: where the relevance lies, sample flipping, and LSTM LRP speed.
 
-    .venv/bin/python benchmarks/ecg_phantom.py            # n=300 cases, a few minutes on 2 CPU cores
-    .venv/bin/python benchmarks/ecg_phantom.py --quick    # n=100, fewer epochs: a smoke run
+    .venv/bin/python benchmarks/ecg_phantom.py            # n=200 records of 5 s, a few minutes on 2 cores
+    .venv/bin/python benchmarks/ecg_phantom.py --quick    # n=60, fewer epochs: a smoke run
 
 1. Trains ``cnn1d`` and ``lstm1d`` on the ECG phantom (``medlrp phantom --kind ecg``, unconfounded: the
    class is the ST elevation in V1-V3), in memory, with the checkpoint's preprocessing (z-score).
@@ -10,8 +10,8 @@
    (``epsilon-plus-flat`` for cnn1d, ``epsilon`` for lstm1d: the defaults) and Grad-CAM (positive
    part), the gradient (``|grad|``, the saliency convention).
 3. Sample flipping on the same cases: samples replaced by 0 (the mean after z-scoring) in LRP's
-   order (most relevant first) and in a random order; the logit after 1%, 2%, 5%, 10% of the samples,
-   relative to the unperturbed logit, and the area over the curve up to 10% (AOPC).
+   order (most relevant first) and in a random order; the class probability after 1%, 2%, 5%, 10% of
+   the samples, and the area over the curve up to 10% (AOPC: mean drop over the first ten steps).
 4. LSTM LRP time against a plain forward+backward to the input (parameters not requiring grad), one
    thread, batch 16, 12 leads x 1000 samples: an ``nn.LSTM`` (hidden 32) over all 1000 samples with a
    linear head on its last output, and the registered ``lstm1d``. Median of ``--reps`` rounds, each
@@ -40,10 +40,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FRACTIONS = (0.01, 0.02, 0.05, 0.10)
 
 
-def load(n: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    pre = Preprocessing(dims=1, channels=12, size=[1000])
+def load(n: int, samples: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    pre = Preprocessing(dims=1, channels=12, size=[samples])
     parts: dict[str, list] = {"train": [], "val": [], "test": []}
-    for split, _, case in iter_cases(PhantomSpec(kind="ecg", n=n, seed=seed)):
+    for split, _, case in iter_cases(PhantomSpec(kind="ecg", n=n, seed=seed, size=samples)):
         parts[split].append((pre(case.image), case.label, torch.as_tensor(case.mask, dtype=torch.float32)))
     return {
         split: (
@@ -167,14 +167,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=500, help="samples per record (100 Hz)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    n = args.n or (100 if args.quick else 300)
-    epochs = args.epochs or (4 if args.quick else 12)
+    n = args.n or (60 if args.quick else 200)
+    epochs = args.epochs or (2 if args.quick else 15)
     torch.set_num_threads(2)
-    data = load(n, args.seed)
+    data = load(n, args.samples, args.seed)
     report: dict = {
         "machine": f"{platform.machine()}, {platform.processor() or '?'}, torch {torch.__version__}",
         "n": n,
