@@ -10,6 +10,7 @@ import torch
 
 import medlrp
 from medlrp.cli import main
+from medlrp.data import FolderDataset
 from medlrp.data.phantom.ecg import ST_LEADS, ecg_case
 from medlrp.errors import InputError
 from medlrp.io import read_image, write_npy, write_wfdb
@@ -166,6 +167,9 @@ def test_cli_phantom_train_explain_signals(tmp_path, capsys):
     records = sorted((data / "train").glob("*/*.hea"))
     assert records and all(r.with_suffix(".dat").is_file() for r in records)
     assert all((r.parent / f"{r.stem}_mask.npy").is_file() for r in records)
+    case0 = FolderDataset(data, split="train")[0]
+    assert case0.x.shape == (12, 256) and case0.mask.shape == (12, 256)  # masks per lead
+    assert case0.mask[list(ST_LEADS)].sum() > 0 and case0.mask[:6].sum() == 0
     code, _, err = _run(
         capsys, "train", "--data", str(data), "--arch", "lstm1d", "--epochs", "1", "--out", str(model)
     )
