@@ -5,19 +5,9 @@ import torch
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import (
-    EpsilonAlpha2Beta1,
-    EpsilonGammaBox,
-    EpsilonPlusFlat,
-    LayerMapComposite,
-    layer_map_base,
-)
-from zennit.rules import Epsilon
-from zennit.types import Convolution
 
 import medlrp
-
-LOW, HIGH = -4.0, 4.0
+from test_lrp_zennit import HIGH, LOW, zennit_composite
 
 
 def net():
@@ -42,20 +32,6 @@ def net():
     return model.eval()
 
 
-def zennit_composite(name, x):
-    canonizers = [SequentialMergeBatchNorm()]
-    if name == "epsilon":
-        layer_map = layer_map_base() + [(Convolution, Epsilon()), (nn.Linear, Epsilon())]
-        return LayerMapComposite(layer_map, canonizers=canonizers)
-    if name == "epsilon-plus-flat":
-        return EpsilonPlusFlat(canonizers=canonizers)
-    if name == "epsilon-gamma-box":
-        return EpsilonGammaBox(
-            low=torch.full_like(x, LOW), high=torch.full_like(x, HIGH), canonizers=canonizers
-        )
-    return EpsilonAlpha2Beta1(canonizers=canonizers)
-
-
 @pytest.mark.parametrize(
     "name", ["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1"]
 )
@@ -66,7 +42,7 @@ def test_conv1d_equals_zennit(name):
     options = {"low": LOW, "high": HIGH} if name == "epsilon-gamma-box" else {}
     ours = medlrp.LRP(model, name, **options).relevance(x, target)
     one_hot = nn.functional.one_hot(target, 3).to(x)
-    with Gradient(model=model, composite=zennit_composite(name, x)) as attributor:
+    with Gradient(model=model, composite=zennit_composite(name, SequentialMergeBatchNorm, x)) as attributor:
         _, theirs = attributor(x.clone().requires_grad_(), attr_output=lambda out: one_hot * out)
     assert theirs.abs().sum() > 0
     for i in range(len(x)):

@@ -45,14 +45,5 @@ class LSTMNet(nn.Module):
         return self.head(out.mean(dim=1))
 
 
-@ARCHITECTURES.register("lstm1d")
-def lstm1d(
-    in_channels: int = 12,
-    num_classes: int = 2,
-    hidden: int = 32,
-    layers: int = 1,
-    bidirectional: bool = False,
-    pool: int = 4,
-) -> LSTMNet:
-    """An LSTM classifier for signals (about 6k parameters at the defaults, 12 leads)."""
-    return LSTMNet(in_channels, num_classes, hidden, layers, bidirectional, pool)
+#: An LSTM classifier for signals (about 6k parameters at the defaults, 12 leads).
+ARCHITECTURES.add("lstm1d", LSTMNet)

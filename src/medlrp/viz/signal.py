@@ -7,14 +7,14 @@ scaled), and at the right the lead's share of the total ``|R|``. A colour bar gi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medlrp.io.image import atomic_path
-from medlrp.viz.colors import CMAP, diverging_rgba, symmetric_limit
+from medlrp.io.image import write_atomic
+from medlrp.viz.colors import diverging_rgba, symmetric_limit
+from medlrp.viz.overlay import finish_png
 
 
 def lead_summary(relevance: np.ndarray, leads: Sequence[str]) -> list[dict[str, float | str]]:
@@ -36,9 +36,7 @@ def signal_overlay_png(
     signal: np.ndarray, relevance: np.ndarray, leads: Sequence[str], ms_per_sample: float, title: str = ""
 ) -> bytes:
     """Render the overlay as PNG bytes; ``signal`` and ``relevance`` are ``(leads, samples)``."""
-    from matplotlib.cm import ScalarMappable
     from matplotlib.collections import LineCollection
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     if signal.shape != relevance.shape:
@@ -71,15 +69,7 @@ def signal_overlay_png(
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
     axes[-1].set_xlabel("time (s)" if ms_per_sample != 1.0 else "sample", fontsize=8)
-    mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
-    bar = fig.colorbar(mappable, ax=list(axes), shrink=0.5, pad=0.04)
-    bar.set_label("relevance (right: lead's share of |R|)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return finish_png(fig, axes, limit, title, "relevance (right: lead's share of |R|)", shrink=0.5)
 
 
 def write_signal_overlay(
@@ -92,6 +82,4 @@ def write_signal_overlay(
 ) -> Path:
     """Render (see :func:`signal_overlay_png`) and write the PNG atomically; return ``path``."""
     data = signal_overlay_png(signal, relevance, leads, ms_per_sample, title)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
