@@ -6,12 +6,13 @@
 1. Trains ``cnn1d`` and ``lstm1d`` on the ECG phantom (``medlrp phantom --kind ecg``, unconfounded: the
    class is the ST elevation in V1-V3), in memory, with the checkpoint's preprocessing (z-score).
 2. On the test cases of class ``st_elevation`` (the class explained), the share of the relevance on
-   the class-defining segments (the masks: ST segments of V1-V3; 7.6% of the samples): LRP
+   the class-defining segments (the masks: ST segments of V1-V3, about 5% of the samples): LRP
    (``epsilon-plus-flat`` for cnn1d, ``epsilon`` for lstm1d: the defaults) and Grad-CAM (positive
    part), the gradient (``|grad|``, the saliency convention).
 3. Sample flipping on the same cases: samples replaced by 0 (the mean after z-scoring) in LRP's
-   order (most relevant first) and in a random order; the class probability after 1%, 2%, 5%, 10% of
-   the samples, and the area over the curve up to 10% (AOPC: mean drop over the first ten steps).
+   order (most relevant first) and in a random order; the logit after 1%, 2%, 5%, 10% of the
+   samples, relative to the unperturbed logit, and the area over the curve up to 10% (AOPC: mean drop
+   over the first ten steps, relative to the unperturbed logit).
 4. LSTM LRP time against a plain forward+backward to the input (parameters not requiring grad), one
    thread, batch 16, 12 leads x 1000 samples: an ``nn.LSTM`` (hidden 32) over all 1000 samples with a
    linear head on its last output, and the registered ``lstm1d``. Median of ``--reps`` rounds, each
