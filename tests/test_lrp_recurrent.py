@@ -264,3 +264,45 @@ def test_final_states_fast_equals_dual():
     fast = lrp.relevance(x, 0)
     torch.testing.assert_close(fast, lrp.relevance(x, 0, create_graph=True), rtol=1e-10, atol=1e-14)
     assert fast.abs().sum() > 0
+
+
+class HandGRU(nn.Module):
+    """torch's GRU cell written by hand: ``1 - z`` must count as a gate, as ``z`` does."""
+
+    def __init__(self, gru):
+        super().__init__()
+        self.ih = nn.Linear(F_IN, 3 * H)
+        self.hh = nn.Linear(H, 3 * H)
+        with torch.no_grad():
+            for lin, w, b in (
+                (self.ih, gru.weight_ih_l0, gru.bias_ih_l0),
+                (self.hh, gru.weight_hh_l0, gru.bias_hh_l0),
+            ):
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        for t in range(x.shape[2]):
+            xr, xz, xn = self.ih(x[:, :, t]).chunk(3, 1)
+            hr, hz, hn = self.hh(h).chunk(3, 1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        return h
+
+
+def test_hand_written_gru_cell_equals_nn_gru():
+    model, x = make(nn.GRU)
+    hand = nn.Sequential(HandGRU(model.rnn), model.head).double().eval()
+    torch.testing.assert_close(hand(x), model(x))
+    ours = medlrp.LRP(model, "epsilon").relevance(x, 1)
+    torch.testing.assert_close(medlrp.LRP(hand, "epsilon").relevance(x, 1), ours, rtol=1e-10, atol=1e-14)
+
+
+def test_hand_written_gru_fast_equals_dual():
+    model, x = make(nn.GRU)
+    hand = nn.Sequential(HandGRU(model.rnn), model.head).double().eval()
+    lrp = medlrp.LRP(hand, "epsilon")
+    torch.testing.assert_close(
+        lrp.relevance(x, 0), lrp.relevance(x, 0, create_graph=True), rtol=1e-10, atol=1e-14
+    )

@@ -417,6 +417,14 @@ def _mul_handler(out_of_place: Any = None) -> Handler:
         ta = isinstance(a, Tensor) and engine.node(a) is not None
         tb = isinstance(b, Tensor) and engine.node(b) is not None
         if not (ta and tb):
+            gate = a if ta else b
+            other = b if ta else a
+            if isinstance(other, Tensor) and other.is_floating_point() and engine.node(gate).gate:
+                # a gate times a signal that carries no relevance (a recurrent cell's initial state or
+                # bias): the gate takes none either ("signal-take-all"), the product's share is absorbed
+                if engine.dual:
+                    return f(a, b)  # the true value keeps its graph; it is a constant of the routed one
+                return f(a.detach(), b) if ta else f(a, b.detach())
             return transparent(f)(engine, func, args, kwargs)
         gate_b = _is_gate(engine, b, a)
         if gate_b is None:
