@@ -66,8 +66,8 @@ class LSTMDirection(torch.autograd.Function):
         z = torch.addmm(weights[2] + weights[3], flat, w_ih.t()) if len(weights) > 2 else flat @ w_ih.t()
         z = z.addmm_(h_prev, w_hh.t()).view(steps, n, 4 * hidden)
         gates = z.sigmoid()
-        i, f, o = (gates[..., k * hidden : (k + 1) * hidden] for k in (0, 1, 3))
-        g = z[..., 2 * hidden : 3 * hidden]
+        i, f = gates[..., :hidden], gates[..., hidden : 2 * hidden].contiguous()
+        g = z[..., 2 * hidden : 3 * hidden].contiguous()  # tanh on a strided view costs four times more
         tg = g.tanh()
         cs = torch.mul(i, tg)  # becomes the cell states, in place: c_t = f_t c_{t-1} + i_t tanh(g_t)
         c = c0
@@ -75,11 +75,11 @@ class LSTMDirection(torch.autograd.Function):
             c = ct.addcmul_(ft, c)
         # the rules' coefficients, for all steps at once
         stab = _stable(cs, NORM_STABILIZER)
-        a = cs.tanh().mul_(o).div_(stab)
+        a = torch.div(out, stab)  # o tanh(c) / stab(c): the output is o tanh(c), no second tanh needed
         b = tg.mul_(i).div_(_stable(g, eps))
         sf = cs.div_(stab)  # s_t, then s_t f_{t+1}: what the sum at c_t passes to the sum at c_{t+1}
         sf[:-1].mul_(f[1:])
-        ctx.save_for_backward(a, b, sf, f[0].contiguous(), w_ih, w_hh)
+        ctx.save_for_backward(a, b, sf, f[0].clone(), w_ih, w_hh)
         ctx.reverse = reverse
         return (out.flip(0) if reverse else out), h_n[0], c_n[0]
 
@@ -93,12 +93,13 @@ class LSTMDirection(torch.autograd.Function):
         base = torch.zeros_like(a) if g_out is None else a * (g_out.flip(0) if ctx.reverse else g_out)
         carry_h = g_hn if g_hn is not None else a.new_zeros(n, hidden)
         gsum = g_cn if g_cn is not None else a.new_zeros(n, hidden)
-        q = torch.empty_like(a)
-        views = list(zip(base.unbind(0), a.unbind(0), sf.unbind(0), b.unbind(0), q.unbind(0), strict=True))
-        for base_t, a_t, sf_t, b_t, q_t in reversed(views):
-            # gsum_t = base_t + a_t carry_h + s_t f_{t+1} gsum_{t+1}  (the last step: s_T grad(c_T))
+        views = list(zip(base.unbind(0), a.unbind(0), sf.unbind(0), b.unbind(0), strict=True))
+        for base_t, a_t, sf_t, b_t in reversed(views):
+            # gsum_t = base_t + a_t carry_h + s_t f_{t+1} gsum_{t+1}  (the last step: s_T grad(c_T));
+            # written into base_t, which so ends up holding every step's gsum
             gsum = base_t.addcmul_(a_t, carry_h).addcmul_(sf_t, gsum)
-            carry_h = torch.mm(torch.mul(b_t, gsum, out=q_t), w_hg)
+            carry_h = torch.mm(b_t * gsum, w_hg)
+        q = base.mul_(b)  # what reaches the candidate's linear map, all steps at once
         g_x = (q.view(steps * n, hidden) @ w_ig).view(steps, n, -1)
         if ctx.reverse:
             g_x = g_x.flip(0)
