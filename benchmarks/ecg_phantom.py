@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ecg_phantom.py            # n=200 records of 5 s, a few minutes on 2 cores
     .venv/bin/python benchmarks/ecg_phantom.py --quick    # n=60, fewer epochs: a smoke run
+    .venv/bin/python benchmarks/ecg_phantom.py --speed-only --reps 15   # part 4 only
 
 1. Trains ``cnn1d`` and ``lstm1d`` on the ECG phantom (``medlrp phantom --kind ecg``, unconfounded: the
    class is the ST elevation in V1-V3), in memory, with the checkpoint's preprocessing (z-score).
@@ -172,7 +173,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--speed-only", action="store_true", help="only part 4 (benchmarks/results/ecg_speed.json)"
+    )
     args = parser.parse_args()
+    if args.speed_only:
+        result = speed(args.reps)
+        print(json.dumps(result, indent=1))
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "ecg_speed.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
     n = args.n or (60 if args.quick else 200)
     epochs = args.epochs or (2 if args.quick else 15)
     torch.set_num_threads(2)
