@@ -306,3 +306,32 @@ def test_hand_written_gru_fast_equals_dual():
     torch.testing.assert_close(
         lrp.relevance(x, 0), lrp.relevance(x, 0, create_graph=True), rtol=1e-10, atol=1e-14
     )
+
+
+class StatesFromInput(nn.Module):
+    """Initial states computed from the input (they carry relevance), a projected LSTM optional."""
+
+    def __init__(self, proj_size=0):
+        super().__init__()
+        self.init = nn.Linear(F_IN, H)
+        self.rnn = nn.LSTM(F_IN, H, proj_size=proj_size)
+        self.head = nn.Linear(proj_size or H, 2)
+
+    def forward(self, x):
+        c0 = torch.tanh(self.init(x[:, :, 0]))[None]
+        h0 = c0[..., : self.head.in_features]
+        out, _ = self.rnn(x.permute(2, 0, 1), (h0, c0))
+        return self.head(out[-1])
+
+
+@pytest.mark.parametrize("proj_size", [0, 2])
+@pytest.mark.parametrize("rule", ["epsilon", "zero"])
+def test_states_from_input_and_lrp0_fast_equals_dual(proj_size, rule):
+    torch.manual_seed(4)
+    model = StatesFromInput(proj_size).double().eval()
+    x = torch.randn(2, F_IN, T, dtype=torch.float64)
+    composite = "epsilon" if rule == "epsilon" else medlrp.lrp.Composite(dense=medlrp.lrp.Zero())
+    lrp = medlrp.LRP(model, composite)
+    fast = lrp.relevance(x, 0)
+    torch.testing.assert_close(fast, lrp.relevance(x, 0, create_graph=True), rtol=1e-9, atol=1e-13)
+    assert fast[:, :, 0].abs().sum() > 0  # the first sample also reaches the logit through the states

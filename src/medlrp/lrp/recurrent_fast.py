@@ -99,11 +99,12 @@ class LSTMDirection(torch.autograd.Function):
             # written into base_t, which so ends up holding every step's gsum
             gsum = base_t.addcmul_(a_t, carry_h).addcmul_(sf_t, gsum)
             carry_h = torch.mm(b_t * gsum, w_hg)
+        g_c0 = f0 * gsum  # before base (which gsum is a view of) changes
         q = base.mul_(b)  # what reaches the candidate's linear map, all steps at once
         g_x = (q.view(steps * n, hidden) @ w_ig).view(steps, n, -1)
         if ctx.reverse:
             g_x = g_x.flip(0)
-        return g_x, carry_h, f0 * gsum, None, None, None
+        return g_x, carry_h, g_c0, None, None, None
 
 
 def _stable(z: Tensor, eps: float) -> Tensor:
