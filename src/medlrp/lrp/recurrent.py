@@ -38,7 +38,7 @@ from torch import nn
 from medlrp.lrp.composites import DEFAULT_COMPOSITES
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import register_handler
-from medlrp.lrp.recurrent_fast import LSTMDirection
+from medlrp.lrp.recurrent_fast import GRUDirection, LSTMDirection
 from medlrp.lrp.rules import Epsilon, Zero
 
 Tensor = torch.Tensor
@@ -139,8 +139,12 @@ def _gru_step(x_t: Tensor, state: State, w: Weights, joint: None) -> tuple[Tenso
     return h, (h,)
 
 
-def _run(engine: Engine, kind: str, call: Call, step: Step, joint: bool) -> tuple[Tensor, list[Tensor]]:
-    """Unroll every layer and direction; returns the output sequence ``(T, N, D*H)`` and final states."""
+#: ``direction(x, weights, initial states, reverse) -> (outputs (T, N, H), final states)``.
+Direction = Callable[[Tensor, "Weights", State, bool], tuple[Tensor, State]]
+
+
+def _layers(engine: Engine, kind: str, call: Call, direction: Direction) -> tuple[Tensor, list[Tensor]]:
+    """Every layer and direction; returns the output sequence (``input``'s layout) and the final states."""
     directions = 2 if call.bidirectional else 1
     x = call.input.transpose(0, 1) if call.batch_first else call.input
     finals: list[list[Tensor]] = [[] for _ in call.hx]
@@ -148,20 +152,40 @@ def _run(engine: Engine, kind: str, call: Call, step: Step, joint: bool) -> tupl
         if layer > 0 and call.train and call.dropout > 0:
             raise engine.input_error(f"{kind} dropout is active (model in train mode): call model.eval()")
         outputs = []
-        for direction in range(directions):
-            w = call.layer_weights(layer, direction)
-            extra = w.joint() if joint else None
-            index = layer * directions + direction
-            state = tuple(_state(engine, h[index]) for h in call.hx)
-            times = range(x.shape[0] - 1, -1, -1) if direction == 1 else range(x.shape[0])
-            ys: list[Tensor] = [x] * x.shape[0]
-            for t in times:
-                ys[t], state = step(x[t], state, w, extra)
-            outputs.append(torch.stack(ys))
-            for final, s in zip(finals, state, strict=True):
+        for d in range(directions):
+            index = layer * directions + d
+            out, states = direction(x, call.layer_weights(layer, d), tuple(h[index] for h in call.hx), d == 1)
+            outputs.append(out)
+            for final, s in zip(finals, states, strict=True):
                 final.append(s)
         x = torch.cat(outputs, dim=2) if directions == 2 else outputs[0]
     return (x.transpose(0, 1) if call.batch_first else x), [torch.stack(f) for f in finals]
+
+
+def _unrolled(engine: Engine, step: Step, joint: bool) -> Direction:
+    """One direction unrolled step by step under the engine (every operation gets its rule)."""
+
+    def direction(x: Tensor, w: Weights, states: State, reverse: bool) -> tuple[Tensor, State]:
+        extra = w.joint() if joint else None
+        state = tuple(_state(engine, h) for h in states)
+        ys: list[Tensor] = [x] * x.shape[0]
+        for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
+            ys[t], state = step(x[t], state, w, extra)
+        return torch.stack(ys), state
+
+    return direction
+
+
+def _fused(kind: str, eps: float) -> Direction:
+    """One direction as one autograd node (:mod:`medlrp.lrp.recurrent_fast`)."""
+    function = LSTMDirection if kind == "lstm" else GRUDirection
+
+    def direction(x: Tensor, w: Weights, states: State, reverse: bool) -> tuple[Tensor, State]:
+        weights = [t.detach() for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh) if t is not None]
+        out, *finals = function.apply(x, *states, weights, eps, reverse)
+        return out, tuple(finals)
+
+    return direction
 
 
 def _state(engine: Engine, h0: Tensor) -> Tensor:
@@ -173,9 +197,9 @@ def _state(engine: Engine, h0: Tensor) -> Tensor:
     return h0
 
 
-def _fast_epsilon(engine: Engine, kind: str, call: Call) -> float | None:
+def _fast_epsilon(engine: Engine, call: Call) -> float | None:
     """The epsilon of the fused fast path, or ``None`` where the unrolled path must run."""
-    if engine.dual or kind != "lstm" or call.layer_weights(0, 0).w_hr is not None:
+    if engine.dual or call.layer_weights(0, 0).w_hr is not None:
         return None
     name, module = engine.layer_of(call.weights[0])
     rule = engine.select_rule("linear", name, module)
@@ -184,41 +208,19 @@ def _fast_epsilon(engine: Engine, kind: str, call: Call) -> float | None:
     return 0.0 if type(rule) is Zero else None
 
 
-def _run_fast(engine: Engine, call: Call, eps: float) -> tuple[Tensor, list[Tensor]]:
-    """The LSTM with one autograd node per layer and direction (:mod:`medlrp.lrp.recurrent_fast`)."""
-    directions = 2 if call.bidirectional else 1
-    x = call.input.transpose(0, 1) if call.batch_first else call.input
-    finals: list[list[Tensor]] = [[], []]
-    for layer in range(call.num_layers):
-        if layer > 0 and call.train and call.dropout > 0:
-            raise engine.input_error("lstm dropout is active (model in train mode): call model.eval()")
-        outputs = []
-        for direction in range(directions):
-            w = call.layer_weights(layer, direction)
-            weights = [t.detach() for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh) if t is not None]
-            index = layer * directions + direction
-            h0, c0 = (h[index] if engine.node(h) is not None else h[index].detach() for h in call.hx)
-            out, h_n, c_n = LSTMDirection.apply(x, h0, c0, weights, eps, direction == 1)
-            outputs.append(out)
-            finals[0].append(h_n)
-            finals[1].append(c_n)
-        x = torch.cat(outputs, dim=2) if directions == 2 else outputs[0]
-    return (x.transpose(0, 1) if call.batch_first else x), [torch.stack(f) for f in finals]
-
-
 def _handler(kind: str, step: Step, joint: bool) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = _bind(engine, kind, args, kwargs)
         if engine.node(call.input) is None:
             raise engine.unsupported(f"{kind} whose initial state carries relevance but whose input does not")
-        eps = _fast_epsilon(engine, kind, call)
+        eps = _fast_epsilon(engine, call)
         if eps is not None:
-            out, finals = _run_fast(engine, call, eps)
+            out, finals = _layers(engine, kind, call, _fused(kind, eps))
             for t in (out, *finals):
                 engine.track(t)
             return (out, *finals)
         with engine:  # the unrolled steps are ordinary operations: the engine's rules apply to each
-            out, finals = _run(engine, kind, call, step, joint)
+            out, finals = _layers(engine, kind, call, _unrolled(engine, step, joint))
         return (out, *finals)
 
     return handler

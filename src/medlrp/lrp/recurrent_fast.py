@@ -1,4 +1,4 @@
-"""The fast path of LSTM LRP: one autograd node per layer and direction instead of one per operation.
+"""The fast path of LSTM and GRU LRP: one autograd node per layer and direction, not one per operation.
 
 :mod:`medlrp.lrp.recurrent` unrolls an ``nn.LSTM`` under the engine, so every step is a dozen handled
 operations (a Python handler and an autograd node each): exact, differentiable (``create_graph``), but
@@ -105,6 +105,69 @@ class LSTMDirection(torch.autograd.Function):
         if ctx.reverse:
             g_x = g_x.flip(0)
         return g_x, carry_h, g_c0, None, None, None
+
+
+class GRUDirection(torch.autograd.Function):
+    """One GRU layer in one direction: true values forward, the LRP message backward.
+
+    ``h_t = (1 - z) n + z h_{t-1}`` (proportional split, ``1 - z`` and ``z`` gates),
+    ``n = tanh(s)``, ``s = W_in x + b_in + r (W_hn h + b_hn)`` (tanh passes relevance on, the sum splits
+    proportionally, ``r`` a gate), the two linear maps with epsilon. The gradient reaching the sum at
+    ``h_t`` is ``u_t = A_t grad(h_t)`` (``A = h / stab(h)``); it leaves as ``z_t u_t`` to ``h_{t-1}``
+    directly and as ``u_t B_t C_t`` through ``W_hn`` (``B = (1 - z) n / stab(s)``,
+    ``C = r hn / stab_eps(hn)``), and as ``u_t B_t xn / stab_eps(xn)`` through ``W_in`` to the input.
+    The outputs come from the fused ``torch.gru``; every coefficient is computed for all steps at
+    once (no loop forward); the backward pass needs four kernels per step.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, h0: Tensor, weights: list[Tensor], eps: float, reverse: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``x`` ``(T, N, F)``, ``h0`` ``(N, H)``: returns the ``(T, N, H)`` outputs and ``h_T``."""
+        if reverse:
+            x = x.flip(0)
+        w_ih, w_hh = weights[0], weights[1]
+        hidden = w_hh.shape[1]
+        out, h_n = torch.gru(x, h0[None], weights, len(weights) > 2, 1, 0.0, False, False, False)
+        steps, n, _ = x.shape
+        h_prev = torch.cat([h0[None], out[:-1]]).reshape(steps * n, hidden)
+        flat = x.reshape(steps * n, -1)
+        gx = (torch.addmm(weights[2], flat, w_ih.t()) if len(weights) > 2 else flat @ w_ih.t()).view(
+            steps, n, -1
+        )
+        gh = (torch.addmm(weights[3], h_prev, w_hh.t()) if len(weights) > 2 else h_prev @ w_hh.t()).view(
+            steps, n, -1
+        )
+        rz = (gx[..., : 2 * hidden] + gh[..., : 2 * hidden]).sigmoid_()
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        xn, hn = gx[..., 2 * hidden :], gh[..., 2 * hidden :]
+        rhn = r * hn
+        s = xn + rhn
+        b = (1 - z).mul_(s.tanh()).div_(_stable(s, NORM_STABILIZER))  # (1 - z) n / stab(s)
+        a = torch.div(out, _stable(out, NORM_STABILIZER))
+        bc = rhn.div_(_stable(hn, eps)).mul_(b)  # B r hn / stab_eps(hn)
+        bx = b.mul_(xn).div_(_stable(xn, eps))  # B xn / stab_eps(xn)
+        ctx.save_for_backward(a, z.contiguous(), bc, bx, w_ih, w_hh)
+        ctx.reverse = reverse
+        return (out.flip(0) if reverse else out), h_n[0]
+
+    @staticmethod
+    def backward(ctx: Any, g_out: Tensor | None, g_hn: Tensor | None) -> Any:  # type: ignore[override]
+        """The LRP message back through time (see the class docstring)."""
+        a, z, bc, bx, w_ih, w_hh = ctx.saved_tensors
+        steps, n, hidden = a.shape
+        w_in, w_hn = w_ih[2 * hidden :], w_hh[2 * hidden :]
+        base = torch.zeros_like(a) if g_out is None else a * (g_out.flip(0) if ctx.reverse else g_out)
+        carry = g_hn if g_hn is not None else a.new_zeros(n, hidden)
+        views = list(zip(base.unbind(0), a.unbind(0), z.unbind(0), bc.unbind(0), strict=True))
+        for base_t, a_t, z_t, bc_t in reversed(views):
+            u = base_t.addcmul_(a_t, carry)  # written into base_t: base ends up holding every u_t
+            carry = torch.addmm(z_t * u, bc_t * u, w_hn)
+        g_x = (base.mul_(bx).view(steps * n, hidden) @ w_in).view(steps, n, -1)
+        if ctx.reverse:
+            g_x = g_x.flip(0)
+        return g_x, carry, None, None, None
 
 
 def _stable(z: Tensor, eps: float) -> Tensor:
