@@ -16,7 +16,7 @@
    20% (AOPC: mean drop over the first ten steps, relative to the unperturbed logit).
 4. LSTM LRP time against a plain forward+backward to the input (parameters not requiring grad), one
    thread, batch 16, 12 leads x 1000 samples: an ``nn.LSTM`` (hidden 32) over all 1000 samples with a
-   linear head on its last output, and the registered ``lstm1d``. Median of ``--reps`` rounds, each
+   linear head on its last output, the registered ``lstm1d``, and the first with an ``nn.GRU``. Median of ``--reps`` rounds, each
    contender once per round in turn.
 Writes benchmarks/results/ecg_phantom.json.
 """
@@ -122,9 +122,9 @@ def localisation(model, data) -> dict[str, float]:
 
 
 class LastStep(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, cell: type[torch.nn.Module] = torch.nn.LSTM) -> None:
         super().__init__()
-        self.lstm = torch.nn.LSTM(12, 32, batch_first=True)
+        self.lstm = cell(12, 32, batch_first=True)
         self.head = torch.nn.Linear(32, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +140,7 @@ def speed(reps: int) -> dict[str, dict[str, float]]:
     for name, model in (
         ("nn.LSTM over 1000 samples", LastStep()),
         ("lstm1d (pool 4)", ARCHITECTURES.get("lstm1d")()),
+        ("nn.GRU over 1000 samples", LastStep(torch.nn.GRU)),
     ):
         model.eval()
         for p in model.parameters():

@@ -63,7 +63,7 @@ class LSTMDirection(torch.autograd.Function):
         steps, n, _ = x.shape
         h_prev = torch.cat([h0[None], out[:-1]]).reshape(steps * n, hidden)
         flat = x.reshape(steps * n, -1)
-        z = torch.addmm(weights[2] + weights[3], flat, w_ih.t()) if len(weights) > 2 else flat @ w_ih.t()
+        z = _affine(flat, w_ih, weights[2] + weights[3] if len(weights) > 2 else None)
         z = z.addmm_(h_prev, w_hh.t()).view(steps, n, 4 * hidden)
         gates = z.sigmoid()
         i, f = gates[..., :hidden], gates[..., hidden : 2 * hidden].contiguous()
@@ -133,12 +133,8 @@ class GRUDirection(torch.autograd.Function):
         steps, n, _ = x.shape
         h_prev = torch.cat([h0[None], out[:-1]]).reshape(steps * n, hidden)
         flat = x.reshape(steps * n, -1)
-        gx = (torch.addmm(weights[2], flat, w_ih.t()) if len(weights) > 2 else flat @ w_ih.t()).view(
-            steps, n, -1
-        )
-        gh = (torch.addmm(weights[3], h_prev, w_hh.t()) if len(weights) > 2 else h_prev @ w_hh.t()).view(
-            steps, n, -1
-        )
+        gx = _affine(flat, w_ih, weights[2] if len(weights) > 2 else None).view(steps, n, -1)
+        gh = _affine(h_prev, w_hh, weights[3] if len(weights) > 2 else None).view(steps, n, -1)
         rz = (gx[..., : 2 * hidden] + gh[..., : 2 * hidden]).sigmoid_()
         r, z = rz[..., :hidden], rz[..., hidden:]
         xn, hn = gx[..., 2 * hidden :], gh[..., 2 * hidden :]
@@ -168,6 +164,11 @@ class GRUDirection(torch.autograd.Function):
         if ctx.reverse:
             g_x = g_x.flip(0)
         return g_x, carry, None, None, None
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b`` for ``x`` ``(rows, in)``."""
+    return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
 
 
 def _stable(z: Tensor, eps: float) -> Tensor:
