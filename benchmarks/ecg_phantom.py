@@ -16,8 +16,8 @@
    20% (AOPC: mean drop over the first ten steps, relative to the unperturbed logit).
 4. LSTM LRP time against a plain forward+backward to the input (parameters not requiring grad), one
    thread, batch 16, 12 leads x 1000 samples: an ``nn.LSTM`` (hidden 32) over all 1000 samples with a
-   linear head on its last output, the registered ``lstm1d``, and the first with an ``nn.GRU``. Median of ``--reps`` rounds, each
-   contender once per round in turn.
+   linear head on its last output, the registered ``lstm1d``, and the first with an ``nn.GRU``.
+   Median of ``--reps`` rounds, each contender once per round in turn.
 Writes benchmarks/results/ecg_phantom.json.
 """
 
