@@ -181,12 +181,12 @@ def test_cli_phantom_train_explain_signals(tmp_path, capsys):
     )
     assert code == 0, err
     result = json.loads((out_dir / "results.json").read_text())["cases"][0]
-    relevance = np.load(out_dir / f"{case.stem}.relevance.npy")
+    relevance = np.load(out_dir / f"{case.stem}.lrp.relevance.npy")  # several methods: names carry them
     assert relevance.shape == (12, 256)
     assert result["outputs"]["lrp"]["relevance_sum"] == pytest.approx(float(relevance.sum()), rel=1e-4)
     assert len(result["leads"]["lrp"]) == 12 and result["leads"]["lrp"][6]["lead"] == "V1"
-    csv = (out_dir / f"{case.stem}.relevance.csv").read_text().splitlines()
+    csv = (out_dir / f"{case.stem}.lrp.relevance.csv").read_text().splitlines()
     assert len(csv) == 257 and csv[0].startswith("sample,time_ms,I,II")
-    assert (out_dir / f"{case.stem}.overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / f"{case.stem}.lrp.overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / f"{case.stem}.gradient.relevance.npy").is_file()
     assert (out_dir / "report.html").is_file()

@@ -4,9 +4,9 @@ The same record as for images, with signal outputs: per method the relevance ali
 samples, per lead (``NAME.relevance.npy``, ``float32 (leads, samples)``, and ``NAME.relevance.csv``:
 one row per sample, its time in milliseconds and one column per lead), and the overlay
 ``NAME.overlay.png`` (each lead's trace coloured by its relevance, see :mod:`medlrp.viz.signal`).
-With several methods every file carries its method (``NAME.<method>.relevance.npy`` etc.), as for images. The record adds ``leads``: per method and
-lead the relevance sum and the lead's share of ``|R|``. CAM methods give one map over time, the same
-for every lead (they cannot tell leads apart).
+With several methods every file carries its method (``NAME.<method>.relevance.npy`` etc.), as for
+images. The record adds ``leads``: per method and lead the relevance sum and the lead's share of
+``|R|``. CAM methods give one map over time, the same for every lead (they cannot tell leads apart).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def explain_signal_case(
     outputs: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     summaries: dict[str, list[dict[str, Any]]] = {}
-    for i, (method, relevance) in enumerate(maps.items()):
+    for method, relevance in maps.items():
         suffix = "" if len(maps) == 1 else f".{method}"
         npy, csv, png = (
             f"{case}{suffix}.{part}" for part in ("relevance.npy", "relevance.csv", "overlay.png")
