@@ -21,23 +21,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medlrp.api import explain
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
-from medlrp.io.image import Image, write_atomic
+from medlrp.io.image import Image, atomic_paths
 from medlrp.io.inputs import stem
-from medlrp.io.signal import write_npy
 from medlrp.models import LoadedModel
 from medlrp.pipeline import (
+    CaseResult,
     _jsonable,
     _metrics,
-    _safe_meta,
+    _writing,
+    case_record,
+    check_finite,
     class_index,
-    first_prediction,
-    prediction_fields,
     prepare,
-    run_methods,
 )
-from medlrp.viz.signal import lead_summary, write_signal_overlay
+from medlrp.viz.signal import lead_summary, signal_overlay_png
 
 
 def to_samples(relevance: np.ndarray, samples: int) -> np.ndarray:
@@ -63,92 +63,131 @@ def relevance_csv(relevance: np.ndarray, leads: Sequence[str], ms_per_sample: fl
     return buffer.getvalue()
 
 
-def explain_signal_case(
+def compute_signal_case(
     loaded: LoadedModel,
     image: Image,
     methods: Sequence[str],
-    out_dir: str | Path,
     *,
     composite: str | None = None,
     target: int | str | None = None,
-    keep_identifiers: bool = False,
     name: str | None = None,
     mask: Image | None = None,
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
-) -> dict[str, Any]:
-    """Explain one signal with each method and write its outputs (see the module docstring).
+) -> CaseResult:
+    """Explain one signal with each method and check the result; write nothing.
 
-    Arguments and result as :func:`medlrp.pipeline.explain_case` (signals take no intensity window;
-    the report shows the overlay pictures).
+    Arguments as :func:`medlrp.pipeline.compute_case` (signals take no intensity window). The maps are
+    per lead, ``float32 (leads, samples)`` on the input's samples.
     """
     if not methods:
         raise InputError("no method given")
     start = time.perf_counter()
-    out = Path(out_dir)
-    case = name or stem(image.source)
     x = prepare(loaded, image)
     prep_s = time.perf_counter() - start
-    leads = list(image.meta.get("leads") or [str(i) for i in range(image.array.shape[0])])
     n_leads, samples = image.array.shape
     if mask is not None and tuple(mask.array.shape[-1:]) != (samples,):
         raise InputError(f"{mask.source}: mask of {mask.array.shape[-1]} samples, the signal has {samples}")
     class_names = list(loaded.class_names)
-    results, explain_s = run_methods(
-        loaded, x, methods, class_index(target, class_names), composite, explanations
-    )
-    logits, wanted = first_prediction(results)
+    wanted = class_index(target, class_names)
     maps: dict[str, np.ndarray] = {}
-    for method, e in results.items():
+    options: dict[str, dict[str, Any]] = {}
+    explain_s: dict[str, float] = {}
+    logits: torch.Tensor | None = None
+    for method in methods:  # every method runs before anything is written
+        t0 = time.perf_counter()
+        if explanations is not None and method in explanations:
+            e = explanations[method]
+        else:
+            lrp_composite = composite if method == "lrp" else None
+            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
+        explain_s[method] = time.perf_counter() - t0
+        check_finite(e, image.source, method)
+        if logits is None:
+            logits, wanted = e.output[0].detach().float().cpu(), int(e.target[0])
         r = e.relevance[0].detach().double().cpu().numpy()
         r = np.broadcast_to(r, (n_leads, r.shape[-1])) if r.shape[0] == 1 else r  # CAM: one map for all
-        maps[method] = to_samples(r, samples)
+        maps[method] = to_samples(r, samples).astype(np.float32)
+        options[method] = _jsonable(dict(e.options))
+    assert logits is not None and wanted is not None
+    return CaseResult(
+        case=name or stem(image.source),
+        image=image,
+        methods=list(methods),
+        maps=maps,
+        options=options,
+        explain_s=explain_s,
+        logits=logits,
+        target=wanted,
+        class_names=class_names,
+        composite=composite,
+        mask=mask,
+        display=image.array,
+        preprocess_s=prep_s,
+        label=label,
+        started=start,
+    )
+
+
+def output_names(case: str, methods: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """Per method: the relevance ``.npy``, its CSV and the overlay (several methods: names carry them)."""
+    names = {}
+    for method in methods:
+        stem_ = case if len(methods) == 1 else f"{case}.{method}"
+        names[method] = (f"{stem_}.relevance.npy", f"{stem_}.relevance.csv", f"{stem_}.overlay.png")
+    return names
+
+
+def write_signal_case(
+    result: CaseResult, out_dir: str | Path, *, keep_identifiers: bool = False
+) -> dict[str, Any]:
+    """Write a signal case's files (renamed together); return its record (see the module docstring)."""
+    out = Path(out_dir)
+    image = result.image
+    leads = list(image.meta.get("leads") or [str(i) for i in range(image.array.shape[0])])
     ms = float(image.spacing[0])
+    wanted, class_names = result.target, result.class_names
     explained = class_names[wanted] if wanted < len(class_names) else str(wanted)
+    names = output_names(result.case, result.methods)
+    finals = [out / n for method in result.methods for n in names[method]]
     outputs: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     summaries: dict[str, list[dict[str, Any]]] = {}
-    for method, relevance in maps.items():
-        suffix = "" if len(maps) == 1 else f".{method}"
-        npy, csv, png = (
-            f"{case}{suffix}.{part}" for part in ("relevance.npy", "relevance.csv", "overlay.png")
-        )
-        write_npy(out / npy, relevance.astype(np.float32))
-        text = relevance_csv(relevance, leads, ms)
-        write_atomic(out / csv, lambda p, text=text: p.write_text(text, encoding="utf-8"))
-        title = f"{case}: {method}, class {explained}" + (f" (true: {label})" if label is not None else "")
-        write_signal_overlay(out / png, image.array, relevance, leads, ms, title)
-        outputs[method] = {
-            "relevance": npy,
-            "relevance_csv": csv,
-            "overlay": png,
-            "relevance_sum": float(relevance.sum()),
-            "max_abs": float(np.abs(relevance).max()),
-            "options": _jsonable(dict(results[method].options)),
-            "seconds": explain_s[method],
-        }
-        summaries[method] = lead_summary(relevance, leads)
-        if mask is not None:
-            m = np.broadcast_to(mask.array, relevance.shape) if mask.array.shape[0] == 1 else mask.array
-            metrics[method] = _metrics(relevance, m)
-    record: dict[str, Any] = {
-        "case": case,
-        "input": image.source.name,
-        "kind": image.kind,
-        "shape": [samples],
-        "channels": n_leads,
-        "spacing": [ms],
-        **prediction_fields(logits, class_names, wanted, methods),
-        "label_name": label,
-        "options": {"composite": composite, "fs": image.meta.get("fs"), **_safe_meta(image)},
-        "outputs": outputs,
-        "leads": summaries,
-        "timing": {"preprocess_s": prep_s, "explain_s": explain_s, "total_s": 0.0},
-    }
-    if mask is not None:
+    region = None
+    if result.mask is not None:
+        m = result.mask.array
+        region = np.broadcast_to(m, image.array.shape) if m.shape[0] == 1 else m
+    with _writing(finals) as current, atomic_paths(finals) as temps:
+        staged = dict(zip(finals, temps, strict=True))
+        for method in result.methods:
+            relevance = result.maps[method]
+            npy, csv, png = names[method]
+            current[0] = out / npy
+            with open(staged[out / npy], "wb") as f:
+                np.save(f, relevance)
+            current[0] = out / csv
+            staged[out / csv].write_text(relevance_csv(relevance, leads, ms), encoding="utf-8")
+            title = f"{result.case}: {method}, class {explained}"
+            if result.label is not None:
+                title += f" (true: {result.label})"
+            current[0] = out / png
+            staged[out / png].write_bytes(signal_overlay_png(image.array, relevance, leads, ms, title))
+            outputs[method] = {
+                "relevance": npy,
+                "relevance_csv": csv,
+                "overlay": png,
+                "relevance_sum": float(relevance.sum(dtype=np.float64)),
+                "max_abs": float(np.abs(relevance).max()),
+                "options": result.options[method],
+                "seconds": result.explain_s[method],
+            }
+            summaries[method] = lead_summary(relevance, leads)
+            if region is not None:
+                metrics[method] = _metrics(relevance, region)
+    record = case_record(result, outputs, keep_identifiers=keep_identifiers)
+    record["options"]["fs"] = image.meta.get("fs")
+    record["leads"] = summaries
+    if result.mask is not None:
         record["metrics"] = metrics
-        record["mask"] = mask.source.name
-    if keep_identifiers and image.identifiers:
-        record["identifiers"] = dict(image.identifiers)
-    record["timing"]["total_s"] = time.perf_counter() - start
+    record["timing"]["total_s"] = time.perf_counter() - result.started
     return record
