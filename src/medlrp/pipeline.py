@@ -223,6 +223,33 @@ def check_finite(e: Explanation, source: Path | str, method: str | None = None) 
         raise InputError(f"{source}: the relevance of {method or e.method} is not finite (NaN or infinity)")
 
 
+def explain_methods(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    target: int | None,
+    composite: str | None,
+    explanations: Mapping[str, Explanation] | None,
+    source: Path | str,
+) -> Iterator[tuple[str, Explanation, float]]:
+    """Each method's checked explanation of ``x`` (precomputed ones reused) with its seconds.
+
+    Every method after the first explains the class the first one explained; ``composite`` applies to
+    ``lrp`` only.
+    """
+    for method in methods:
+        t0 = time.perf_counter()
+        if explanations is not None and method in explanations:
+            e = explanations[method]
+        else:
+            lrp_composite = composite if method == "lrp" else None
+            e = explain(loaded.model, x, target=target, method=method, composite=lrp_composite)
+        seconds = time.perf_counter() - t0
+        check_finite(e, source, method)
+        target = int(e.target[0])
+        yield method, e, seconds
+
+
 def compute_case(
     loaded: LoadedModel,
     image: Image,
@@ -276,15 +303,10 @@ def compute_case(
     options: dict[str, dict[str, Any]] = {}
     logits: torch.Tensor | None = None
     explain_s: dict[str, float] = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        if explanations is not None and method in explanations:
-            e = explanations[method]
-        else:
-            lrp_composite = composite if method == "lrp" else None
-            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
-        explain_s[method] = time.perf_counter() - t0
-        check_finite(e, image.source, method)
+    for method, e, seconds in explain_methods(
+        loaded, x, methods, wanted, composite, explanations, image.source
+    ):
+        explain_s[method] = seconds
         if logits is None:
             logits = e.output[0].detach().float().cpu()
             wanted = int(e.target[0])  # every further method explains the same class

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medlrp.api import explain
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
 from medlrp.io.image import Image, atomic_paths
@@ -33,8 +32,8 @@ from medlrp.pipeline import (
     _metrics,
     _writing,
     case_record,
-    check_finite,
     class_index,
+    explain_methods,
     prepare,
 )
 from medlrp.viz.signal import lead_summary, signal_overlay_png
@@ -94,15 +93,10 @@ def compute_signal_case(
     options: dict[str, dict[str, Any]] = {}
     explain_s: dict[str, float] = {}
     logits: torch.Tensor | None = None
-    for method in methods:  # every method runs before anything is written
-        t0 = time.perf_counter()
-        if explanations is not None and method in explanations:
-            e = explanations[method]
-        else:
-            lrp_composite = composite if method == "lrp" else None
-            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
-        explain_s[method] = time.perf_counter() - t0
-        check_finite(e, image.source, method)
+    for method, e, seconds in explain_methods(
+        loaded, x, methods, wanted, composite, explanations, image.source
+    ):
+        explain_s[method] = seconds
         if logits is None:
             logits, wanted = e.output[0].detach().float().cpu(), int(e.target[0])
         r = e.relevance[0].detach().double().cpu().numpy()
