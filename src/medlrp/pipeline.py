@@ -37,6 +37,7 @@ from medlrp.io.image import Image, atomic_path, atomic_paths
 from medlrp.io.inputs import stem
 from medlrp.io.nifti import write_nifti
 from medlrp.io.resample import to_input_grid
+from medlrp.io.signal import is_signal
 from medlrp.io.windowing import display_range
 from medlrp.models import LoadedModel
 from medlrp.report.html import ReportSection, write_report
@@ -46,7 +47,14 @@ from medlrp.viz.overlay import write_overlay
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"
 #: How the names of per-case outputs end (with ``--dicom``: the Parametric Map and the overlay series folder).
-OUTPUT_SUFFIXES = (".relevance.nii.gz", ".overlay.png", MAP_SUFFIX, OVERLAY_SUFFIX)
+OUTPUT_SUFFIXES = (
+    ".relevance.nii.gz",
+    ".overlay.png",
+    MAP_SUFFIX,
+    OVERLAY_SUFFIX,
+    ".relevance.npy",
+    ".relevance.csv",
+)
 
 
 def class_index(
@@ -215,6 +223,33 @@ def check_finite(e: Explanation, source: Path | str, method: str | None = None) 
         raise InputError(f"{source}: the relevance of {method or e.method} is not finite (NaN or infinity)")
 
 
+def explain_methods(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    target: int | None,
+    composite: str | None,
+    explanations: Mapping[str, Explanation] | None,
+    source: Path | str,
+) -> Iterator[tuple[str, Explanation, float]]:
+    """Each method's checked explanation of ``x`` (precomputed ones reused) with its seconds.
+
+    Every method after the first explains the class the first one explained; ``composite`` applies to
+    ``lrp`` only.
+    """
+    for method in methods:
+        t0 = time.perf_counter()
+        if explanations is not None and method in explanations:
+            e = explanations[method]
+        else:
+            lrp_composite = composite if method == "lrp" else None
+            e = explain(loaded.model, x, target=target, method=method, composite=lrp_composite)
+        seconds = time.perf_counter() - t0
+        check_finite(e, source, method)
+        target = int(e.target[0])
+        yield method, e, seconds
+
+
 def compute_case(
     loaded: LoadedModel,
     image: Image,
@@ -247,6 +282,13 @@ def compute_case(
         InputError: the image does not fit the model (dimensions, channels, NaN), a bad target or method,
             a non-finite model output or relevance.
     """
+    if is_signal(image):  # ECG and other signals: per-lead maps (medlrp.pipeline_signal)
+        from medlrp.pipeline_signal import compute_signal_case
+
+        return compute_signal_case(
+            loaded, image, methods, composite=composite, target=target, name=name, mask=mask,
+            explanations=explanations, label=label,
+        )  # fmt: skip
     if not methods:
         raise InputError("no method given")
     start = time.perf_counter()
@@ -261,15 +303,10 @@ def compute_case(
     options: dict[str, dict[str, Any]] = {}
     logits: torch.Tensor | None = None
     explain_s: dict[str, float] = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        if explanations is not None and method in explanations:
-            e = explanations[method]
-        else:
-            lrp_composite = composite if method == "lrp" else None
-            e = explain(loaded.model, x, target=wanted, method=method, composite=lrp_composite)
-        explain_s[method] = time.perf_counter() - t0
-        check_finite(e, image.source, method)
+    for method, e, seconds in explain_methods(
+        loaded, x, methods, wanted, composite, explanations, image.source
+    ):
+        explain_s[method] = seconds
         if logits is None:
             logits = e.output[0].detach().float().cpu()
             wanted = int(e.target[0])  # every further method explains the same class
@@ -344,6 +381,10 @@ def write_case(
     Raises:
         OutputError: a file cannot be written (one line naming it).
     """
+    if is_signal(result.image):  # per-lead .npy, CSV and trace overlay (medlrp.pipeline_signal)
+        from medlrp.pipeline_signal import write_signal_case
+
+        return write_signal_case(result, out_dir, keep_identifiers=keep_identifiers)
     out = Path(out_dir)
     image, wanted, class_names = result.image, result.target, result.class_names
     explained = class_names[wanted] if wanted < len(class_names) else str(wanted)

@@ -1,4 +1,4 @@
-"""``medlrp phantom``: write a synthetic dataset (glioma MRI or chest X-ray) with masks."""
+"""``medlrp phantom``: write a synthetic dataset (glioma MRI, chest X-ray or 12-lead ECG) with masks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def run_phantom(
     if not progress:
         return write_phantom(out, spec, overwrite=overwrite)
     with make_progress() as bar:
-        task = bar.add_task(f"phantom {spec.kind} {spec.dims}D", total=spec.n, status="")
+        what = f"{spec.dims}D" if spec.kind != "ecg" else spec.signal_format
+        task = bar.add_task(f"phantom {spec.kind} {what}", total=spec.n, status="")
         return write_phantom(
             out, spec, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done)
         )
@@ -39,25 +40,31 @@ def register(app: typer.Typer) -> None:
     @app.command("phantom")
     def phantom(
         out: Path = typer.Option(..., "--out", help="Dataset folder to write (empty or new)."),
-        kind: str = typer.Option("glioma", "--kind", help="glioma (brain MRI) or chest (X-ray)."),
+        kind: str = typer.Option(
+            "glioma", "--kind", help="glioma (brain MRI), chest (X-ray) or ecg (12 leads)."
+        ),
         dims: int = typer.Option(2, "--dims", help="2 (PNG images) or 3 (NIfTI volumes)."),
         n: int = typer.Option(400, "--n", help="Number of cases in all (60/20/20% train/val/test)."),
         confounded: bool = typer.Option(
             False, "--confounded", help="Add a corner token that agrees with the class in 95% of train/val."
         ),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
-        size: int | None = typer.Option(None, "--size", help="Edge length in pixels (default 64 2D, 32 3D)."),
+        size: int | None = typer.Option(
+            None, "--size", help="Edge length in pixels (default 64 2D, 32 3D); ECG: samples (1000 = 10 s)."
+        ),
+        signal_format: str = typer.Option(
+            "wfdb", "--format", help="ECG only: wfdb (.hea/.dat records) or npy (leads x samples)."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom dataset in --out."),
         progress: opt.Progress = True,
     ) -> None:
         """Write a phantom dataset: DIR/{train,val,test}/<class>/<case> with masks and dataset.json."""
         from medlrp.data.phantom import PhantomSpec
 
-        if kind not in ("glioma", "chest"):
-            raise InputError(f"--kind must be glioma or chest, not {kind!r}")
-        spec = PhantomSpec(kind=kind, dims=dims, n=n, confounded=confounded, seed=seed, size=size)
+        if kind not in ("glioma", "chest", "ecg"):
+            raise InputError(f"--kind must be glioma, chest or ecg, not {kind!r}")
+        spec = PhantomSpec(kind, dims, n, confounded, seed, size, signal_format)
         info = run_phantom(out, spec, overwrite=overwrite, progress=progress)
         counts = ", ".join(f"{k} {v}" for k, v in info["n"].items())
-        typer.echo(
-            f"wrote {info['kind']} {info['dims']}D phantom ({counts}; classes {info['classes']}) to {out}"
-        )
+        what = f"{info['dims']}D" if kind != "ecg" else f"12-lead {info['image_format']}"
+        typer.echo(f"wrote {info['kind']} {what} phantom ({counts}; classes {info['classes']}) to {out}")

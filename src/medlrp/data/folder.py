@@ -6,6 +6,7 @@ The layout is DESIGN.md's; the phantom generator writes it under ``DIR/{train,va
     ds = FolderDataset("data", split="test", preprocessing=loaded.preprocessing)
     ds.classes                      # sorted class-folder names, e.g. ["high_grade", "low_grade"]
     x, label, mask, case_id = ds[0] # x: float32 (C, *size); label: int; mask: float32 (1, *size) or None
+                                    # (signals: a mask (leads, samples) stays per lead)
     loader = DataLoader(ds, batch_size=16, collate_fn=collate_cases)
     batch = next(iter(loader))      # Batch(x, label, mask, has_mask, case_id)
 
@@ -176,7 +177,10 @@ class FolderDataset(Dataset[Case]):
         )
 
     def _read_mask(self, path: Path) -> torch.Tensor:
-        array = torch.as_tensor(read_image(path).array[:1])
+        array = read_image(path).array
+        # a signal's mask may mark segments per lead ((leads, samples)); image masks take one channel
+        per_lead = self.preprocessing.dims == 1 and len(array) == self.preprocessing.channels
+        array = torch.as_tensor(array if per_lead else array[:1])
         size = tuple(self.preprocessing.size)
         if tuple(array.shape[1:]) != size:
             if array.ndim - 1 != len(size):
@@ -189,7 +193,8 @@ def collate_cases(cases: list[Case]) -> Batch:
     """Stack cases into a :class:`Batch`; a missing mask becomes zeros with ``has_mask`` False."""
     x = torch.stack([c.x for c in cases])
     spatial = x.shape[2:]
-    masks = [c.mask if c.mask is not None else torch.zeros((1, *spatial)) for c in cases]
+    channels = next((c.mask.shape[0] for c in cases if c.mask is not None), 1)
+    masks = [c.mask if c.mask is not None else torch.zeros((channels, *spatial)) for c in cases]
     return Batch(
         x=x,
         label=torch.tensor([c.label for c in cases], dtype=torch.long),

@@ -20,6 +20,7 @@ from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.io.nifti import read_nifti, write_nifti
 from medlrp.io.png import read_png, write_png
 from medlrp.io.resample import to_input_grid
+from medlrp.io.signal import SIGNAL_SUFFIXES, is_signal, read_npy, read_wfdb, write_npy, write_wfdb
 from medlrp.io.validate import check_image
 from medlrp.io.windowing import WINDOW_PRESETS, apply_window, display_range, window_preset
 
@@ -31,7 +32,10 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_image(path: str | Path, index: int | None = None, limits: ReadLimits | None = None) -> Image:
-    """Read one input: PNG/JPEG, NIfTI, a DICOM file or a folder holding one DICOM series.
+    """Read one input: PNG/JPEG, NIfTI, a DICOM file, a folder holding one DICOM series, or a signal.
+
+    Signals (``(leads, samples)``, see :mod:`medlrp.io.signal`): a WFDB record's header (``.hea``) or a
+    NumPy ``.npy`` file (their files' bytes count against ``limits``).
 
     Every image is checked once read: sizes against ``limits`` from the header, before decoding; then
     finite values and a finite, invertible affine (:func:`medlrp.io.validate.check_image`).
@@ -55,14 +59,22 @@ def read_image(path: str | Path, index: int | None = None, limits: ReadLimits | 
         return check_image(read_nifti(p, index=index, limits=lim))
     if name.endswith((".png", ".jpg", ".jpeg")):
         return check_image(read_png(p, lim))
+    if name.endswith(".npy"):
+        lim.check_bytes(p)
+        return check_image(read_npy(p))
+    if name.endswith(".hea"):
+        if p.with_suffix(".dat").is_file():
+            lim.check_bytes(p.with_suffix(".dat"))
+        return check_image(read_wfdb(p))
     if name.endswith(".dcm") or is_dicom_file(p):
         return check_image(read_dicom_file(p, lim))
-    raise InputError(f"{p}: unsupported input (expected PNG, JPEG, NIfTI or DICOM)")
+    raise InputError(f"{p}: unsupported input (expected PNG, JPEG, NIfTI, DICOM, WFDB .hea or .npy)")
 
 
 __all__ = [
     "DEFAULT_LIMITS",
     "IMAGE_SUFFIXES",
+    "SIGNAL_SUFFIXES",
     "WINDOW_PRESETS",
     "Deidentifier",
     "DicomFiles",
@@ -80,17 +92,22 @@ __all__ = [
     "is_image_file",
     "is_mask_file",
     "MapDescription",
+    "is_signal",
     "read_dicom_file",
     "read_dicom_series",
     "read_dicom_sources",
     "read_image",
     "read_nifti",
+    "read_npy",
     "read_png",
+    "read_wfdb",
     "stem",
     "to_input_grid",
     "window_preset",
     "write_dicom_explanation",
     "write_atomic",
     "write_nifti",
+    "write_npy",
     "write_png",
+    "write_wfdb",
 ]

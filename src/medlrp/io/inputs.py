@@ -8,7 +8,7 @@ from medlrp.errors import InputError
 from medlrp.io.dicom import is_dicom_file
 
 #: File name endings medlrp reads besides DICOM (DICOM files are recognised by content as well).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy", ".hea", ".dcm")
 MASK_MARK = "_mask"
 
 
@@ -30,7 +30,7 @@ def find_mask(item: Path) -> Path | None:
     """The mask beside an input (``<case>_mask.<ext>`` in the same folder), if there is one."""
     if not item.is_file():
         return None
-    for suffix in (".png", ".nii.gz", ".nii", ".jpg", ".jpeg", ".dcm"):
+    for suffix in (".png", ".nii.gz", ".nii", ".jpg", ".jpeg", ".npy", ".dcm"):
         candidate = item.with_name(stem(item) + MASK_MARK + suffix)
         if candidate.is_file():
             return candidate
@@ -71,5 +71,5 @@ def expand_input(path: str | Path) -> list[Path]:
     if has_dicom:
         items.insert(0, p)
     if not items:
-        raise InputError(f"{p}: no images in this folder (DICOM, NIfTI, PNG or JPEG)")
+        raise InputError(f"{p}: no images in this folder (DICOM, NIfTI, PNG, JPEG, WFDB .hea or .npy)")
     return items

@@ -5,6 +5,7 @@ no hooks), so one ordinary backward yields the relevance as ``input * grad``. Se
 :mod:`medlrp.lrp.engine` for the design, :mod:`medlrp.lrp.handlers` for the extension API.
 """
 
+from medlrp.lrp import recurrent  # noqa: F401  (registers the LSTM/GRU handlers)
 from medlrp.lrp import resample as _resample  # noqa: F401  (interpolation, PReLU)
 from medlrp.lrp.composites import (
     CNN_COMPOSITES,

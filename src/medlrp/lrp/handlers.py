@@ -291,9 +291,11 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
         true, routed_in = _both(engine, f, args, kwargs)
         if not isinstance(true, Tensor) or not true.is_floating_point():
             return true
+        gate = _all_gates(engine, args)
         if engine.dual:
             routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
-            engine.track(true, routed).nonneg = nonneg
+            node = engine.track(true, routed)
+            node.nonneg, node.gate = nonneg, gate
             return true
         value = true.detach()
 
@@ -309,7 +311,8 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             guard=(value,),
             relu=(list, after_relu),
         )
-        engine.track(routed).nonneg = nonneg
+        node = engine.track(routed)
+        node.nonneg, node.gate = nonneg, gate
         return routed
 
     return handler
@@ -318,6 +321,14 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
 #: The proportional split as a handler factory, for any parameter-free linear map with non-negative
 #: weights (``keeps_sign=True``) or any weights (see :mod:`medlrp.lrp.resample`).
 proportional_split = _norm_handler
+
+
+def _all_gates(engine: Engine, args: Any) -> bool:
+    """Whether every tracked tensor among ``args`` is a gate (``1 - sigmoid(z)`` is a gate too: GRU)."""
+    nodes = [engine.node(t) for t in _tensors(list(args))]
+    nodes = [n for n in nodes if n is not None]
+    return bool(nodes) and all(n.gate for n in nodes)
+
 
 _POOLS = "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean"
 for _f in variants(*_POOLS.split()):
@@ -406,6 +417,14 @@ def _mul_handler(out_of_place: Any = None) -> Handler:
         ta = isinstance(a, Tensor) and engine.node(a) is not None
         tb = isinstance(b, Tensor) and engine.node(b) is not None
         if not (ta and tb):
+            gate = a if ta else b
+            other = b if ta else a
+            if isinstance(other, Tensor) and other.is_floating_point() and engine.node(gate).gate:
+                # a gate times a signal that carries no relevance (a recurrent cell's initial state or
+                # bias): the gate takes none either ("signal-take-all"), the product's share is absorbed
+                if engine.dual:
+                    return f(a, b)  # the true value keeps its graph; it is a constant of the routed one
+                return f(a.detach(), b) if ta else f(a, b.detach())
             return transparent(f)(engine, func, args, kwargs)
         gate_b = _is_gate(engine, b, a)
         if gate_b is None:

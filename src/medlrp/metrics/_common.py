@@ -11,11 +11,13 @@ from medlrp.errors import InputError
 
 
 def check_batch(x: torch.Tensor, name: str = "x") -> None:
-    """Refuse anything but a 2D ``(N, C, H, W)`` or 3D ``(N, C, D, H, W)`` batch."""
+    """Refuse anything but a signal ``(N, C, L)``, 2D ``(N, C, H, W)`` or 3D ``(N, C, D, H, W)`` batch."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim not in (4, 5):
-        raise InputError(f"{name} must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}")
+    if x.ndim not in (3, 4, 5):
+        raise InputError(
+            f"{name} must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}"
+        )
 
 
 def broadcast_map(a: torch.Tensor, shape: torch.Size, name: str, against: str = "x") -> torch.Tensor:

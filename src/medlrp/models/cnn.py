@@ -1,4 +1,4 @@
-"""Small residual CNNs for 2D images and 3D volumes (``cnn2d``, ``cnn3d``).
+"""Small residual CNNs for signals, 2D images and 3D volumes (``cnn1d``, ``cnn2d``, ``cnn3d``).
 
 Plain modules and ``+`` only (Conv, BatchNorm, ReLU, adaptive average pooling, Linear), so every LRP
 engine and CAM implementation sees each operation. A stem convolution at full
@@ -14,6 +14,7 @@ from torch import nn
 from medlrp.registry import ARCHITECTURES
 
 _LAYERS: dict[int, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
+    1: (nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d),
     2: (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d),
     3: (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d),
 }
@@ -51,7 +52,7 @@ class ResCNN(nn.Module):
     """Stem, ``len(widths)`` stages (stride-2 conv + residual block), global average pool, linear head.
 
     Args:
-        dims: 2 or 3 spatial dimensions.
+        dims: 1 (signals: leads x samples), 2 or 3 spatial dimensions.
         in_channels: Input channels.
         num_classes: Output classes.
         widths: Channels of each stage; every stage after the first halves the grid.
@@ -80,6 +81,12 @@ class ResCNN(nn.Module):
 
 def _widths(width: int, stages: int) -> tuple[int, ...]:
     return tuple(width * 2**i for i in range(stages))
+
+
+@ARCHITECTURES.register("cnn1d")
+def cnn1d(in_channels: int = 12, num_classes: int = 2, width: int = 16, stages: int = 5) -> ResCNN:
+    """A small residual 1D CNN for signals ``(N, leads, samples)``; five stages take 1000 samples to 32."""
+    return ResCNN(1, in_channels, num_classes, _widths(width, stages))
 
 
 @ARCHITECTURES.register("cnn2d")

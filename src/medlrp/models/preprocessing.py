@@ -17,7 +17,7 @@ class Preprocessing:
     """How an :class:`~medlrp.io.Image` array becomes a model input.
 
     Attributes:
-        dims: 2 or 3 spatial dimensions the model takes.
+        dims: 1 (signals: leads x samples), 2 or 3 spatial dimensions the model takes.
         channels: Input channels the model takes.
         size: Spatial size the model takes (``[H, W]`` or ``[D, H, W]``).
         intensity: ``"zscore"`` (per image: subtract mean, divide by std), ``"minmax"`` (per image to
@@ -58,7 +58,7 @@ class Preprocessing:
             center, width = self.window
             t = t.clamp(center - width / 2, center + width / 2)
         if list(t.shape[1:]) != list(self.size):
-            mode = "bilinear" if self.dims == 2 else "trilinear"
+            mode = {1: "linear", 2: "bilinear"}.get(self.dims, "trilinear")
             t = F.interpolate(t[None], size=tuple(self.size), mode=mode, align_corners=False)[0]
         return normalise(t, self.intensity)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from medlrp.io.image import atomic_path
 from medlrp.io.windowing import to_gray
 from medlrp.viz.colors import CMAP, diverging_rgba, relevance_peak, symmetric_limit
 from medlrp.viz.orient import display_spacing, oriented_mip, oriented_slice, slice_axis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # title, grey uint8, rgba or None, aspect, mask slice (0/1; all zero: no outline)
 _Panel = tuple[str, np.ndarray, np.ndarray | None, float, np.ndarray]
@@ -86,8 +90,6 @@ def overlay_png(
         mask: The region the localisation scores are measured against (``image``'s shape), or None;
             its outline is drawn in green on every panel.
     """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     if image.shape != relevance.shape:
@@ -110,9 +112,24 @@ def overlay_png(
             ax.contour(outline, levels=[0.5], colors=[OUTLINE], linewidths=1.0)
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
+    return finish_png(fig, axes, limit, title)
+
+
+def finish_png(
+    fig: Figure,
+    axes: Any,
+    limit: float,
+    title: str,
+    label: str = "relevance (red: for the class, blue: against)",
+    shrink: float = 0.85,
+) -> bytes:
+    """Add the colour bar on ``[-limit, limit]`` and the title; return the figure as PNG bytes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
-    bar = fig.colorbar(mappable, ax=list(np.atleast_1d(axes)), shrink=0.85, pad=0.02)
-    bar.set_label("relevance (red: for the class, blue: against)", fontsize=8)
+    bar = fig.colorbar(mappable, ax=list(np.atleast_1d(axes)), shrink=shrink, pad=0.02)
+    bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

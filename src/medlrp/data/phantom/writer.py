@@ -22,17 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from medlrp.data.phantom import chest, glioma
+from medlrp.data.phantom import chest, ecg, glioma
 from medlrp.data.phantom.case import PhantomCase
 from medlrp.errors import InputError
-from medlrp.io import write_atomic, write_nifti, write_png
+from medlrp.io import write_atomic, write_nifti, write_npy, write_png, write_wfdb
 
 FORMAT = "medlrp-phantom"
 KINDS: dict[str, tuple[Callable[..., PhantomCase], tuple[str, ...], int]] = {
     # kind -> (case generator, class names, index of the class the token goes with)
     "glioma": (glioma.glioma_case, glioma.CLASSES, glioma.HIGH_GRADE),
     "chest": (chest.chest_case, chest.CLASSES, chest.OPACITY),
+    "ecg": (ecg.ecg_case, ecg.CLASSES, ecg.ST_ELEVATION),
 }
+#: Kinds that are signals (leads x samples, one time axis) rather than images.
+SIGNAL_KINDS = ("ecg",)
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 #: Fraction of train/val cases whose token agrees with the class in a confounded dataset.
 CONFOUND_AGREEMENT = 0.95
@@ -51,11 +54,14 @@ class PhantomSpec:
     confounded: bool = False
     seed: int = 0
     size: int | None = None
+    signal_format: str = "wfdb"
 
     def checked(self) -> PhantomSpec:
-        """Validate and fill the default size (64 for 2D, 32 for 3D)."""
+        """Validate and fill the default size (64 for 2D, 32 for 3D, 1000 samples for signals)."""
         if self.kind not in KINDS:
             raise InputError(f"unknown phantom kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.kind in SIGNAL_KINDS:
+            return self._checked_signal()
         if self.dims not in (2, 3):
             raise InputError(f"--dims must be 2 or 3, not {self.dims}")
         if self.n < 10:
@@ -66,6 +72,18 @@ class PhantomSpec:
         if not 16 <= size <= 512:
             raise InputError(f"--size must be between 16 and 512, not {size}")
         return PhantomSpec(self.kind, self.dims, self.n, self.confounded, self.seed, size)
+
+    def _checked_signal(self) -> PhantomSpec:
+        if self.n < 10:
+            raise InputError(f"--n must be at least 10 (two cases per class in each split), not {self.n}")
+        if self.seed < 0:
+            raise InputError(f"--seed must be non-negative, not {self.seed}")
+        size = self.size if self.size is not None else 1000
+        if not 200 <= size <= 10000:
+            raise InputError(f"--size (samples) must be between 200 and 10000, not {size}")
+        if self.signal_format not in ("wfdb", "npy"):
+            raise InputError(f"--format must be wfdb or npy, not {self.signal_format!r}")
+        return PhantomSpec(self.kind, 1, self.n, self.confounded, self.seed, size, self.signal_format)
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -112,6 +130,11 @@ def iter_cases(spec: PhantomSpec) -> Iterator[tuple[str, str, PhantomCase]]:
 
 def write_case(folder: Path, case_id: str, case: PhantomCase, spec: PhantomSpec) -> Path:
     """Write one case and its mask into ``folder``; return the image path."""
+    if spec.kind in SIGNAL_KINDS:
+        write_npy(folder / f"{case_id}_mask.npy", case.mask)
+        if spec.signal_format == "npy":
+            return write_npy(folder / f"{case_id}.npy", case.image)
+        return write_wfdb(folder / f"{case_id}.hea", case.image, fs=ecg.FS)
     if spec.dims == 2:
         image = np.clip(np.round(case.image.astype(np.float64) * PNG_SCALE), 0, 65535).astype(np.uint16)
         path = write_png(folder / f"{case_id}.png", image, bits=16)
@@ -137,7 +160,7 @@ def dataset_info(spec: PhantomSpec) -> dict[str, Any]:
     """The content of ``dataset.json``."""
     spec = spec.checked()
     _, classes, token_class = KINDS[spec.kind]
-    return {
+    info: dict[str, Any] = {
         "format": FORMAT,
         "version": 1,
         "kind": spec.kind,
@@ -156,6 +179,16 @@ def dataset_info(spec: PhantomSpec) -> dict[str, Any]:
         "image_format": "png16" if spec.dims == 2 else "nifti",
         "mask": "tumour" if spec.kind == "glioma" else "lung fields",
     }
+    if spec.kind in SIGNAL_KINDS:
+        info.update(
+            image_format=spec.signal_format,
+            size=[spec.size],
+            fs=ecg.FS,
+            leads=list(ecg.ECG_LEADS),
+            mask="ST segments of V1-V3 (leads x samples)",
+        )
+        info["token"]["where"] = "pacing-spike-like artefact (every lead) between two beats, outside the mask"
+    return info
 
 
 def write_phantom(
