@@ -40,6 +40,17 @@ from medlrp.io.resample import to_input_grid
 from medlrp.io.signal import is_signal
 from medlrp.io.windowing import display_range
 from medlrp.models import LoadedModel
+from medlrp.region_case import (
+    Region,
+    check_region_shape,
+    explain_region,
+    is_segmentation,
+    model_output,
+    positive_shares,
+    region_on_input,
+    region_record,
+    resolve_region,
+)
 from medlrp.report.html import ReportSection, write_report
 from medlrp.report.views import case_view
 from medlrp.viz.overlay import write_overlay
@@ -185,6 +196,7 @@ class CaseResult:
         preprocess_s: Seconds spent preparing the model input.
         label: The case's true class name, when known (shown beside the prediction in the report).
         started: ``time.perf_counter()`` when the case began (the record's total time).
+        region: Segmentation models: the explained class and region (see :mod:`medlrp.region_case`).
     """
 
     case: str
@@ -204,6 +216,7 @@ class CaseResult:
     preprocess_s: float = 0.0
     label: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    region: Region | None = None
 
 
 def check_finite(e: Explanation, source: Path | str, method: str | None = None) -> None:
@@ -231,11 +244,12 @@ def explain_methods(
     composite: str | None,
     explanations: Mapping[str, Explanation] | None,
     source: Path | str,
+    region: Region | None = None,
 ) -> Iterator[tuple[str, Explanation, float]]:
     """Each method's checked explanation of ``x`` (precomputed ones reused) with its seconds.
 
     Every method after the first explains the class the first one explained; ``composite`` applies to
-    ``lrp`` only.
+    ``lrp`` only. ``region``: a segmentation model's class and region (:mod:`medlrp.region_case`).
     """
     for method in methods:
         t0 = time.perf_counter()
@@ -243,7 +257,11 @@ def explain_methods(
             e = explanations[method]
         else:
             lrp_composite = composite if method == "lrp" else None
-            e = explain(loaded.model, x, target=target, method=method, composite=lrp_composite)
+            if region is not None:
+                e = explain_region(loaded.model, x, region.target, region.given, method, lrp_composite)
+                e.options = {**e.options, "region": region.source}
+            else:
+                e = explain(loaded.model, x, target=target, method=method, composite=lrp_composite)
         seconds = time.perf_counter() - t0
         check_finite(e, source, method)
         target = int(e.target[0])
@@ -262,6 +280,7 @@ def compute_case(
     window: tuple[float, float] | None = None,
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
+    region: str | Image | None = None,
 ) -> CaseResult:
     """Explain one image with each method and check the result; write nothing.
 
@@ -277,10 +296,15 @@ def compute_case(
         explanations: Precomputed explanations (a batch of one, at the model's grid) by method, e.g. from
             a batched run; methods found here are not computed again.
         label: The case's true class name, when known (shown beside the prediction in the report).
+        region: Segmentation models only: ``"predicted"`` (default: where the target class wins the
+            argmax) or a mask :class:`~medlrp.io.Image` on the input's grid; the class's logits summed
+            over it are explained (see :mod:`medlrp.region_case`). The region is outlined in the
+            overlays and recorded (``region``: voxels, logit sum; positive relevance shares per method).
 
     Raises:
         InputError: the image does not fit the model (dimensions, channels, NaN), a bad target or method,
-            a non-finite model output or relevance.
+            a non-finite model output or relevance; a region for a classifier, a region mask of another
+            shape than the image, an empty region.
     """
     if is_signal(image):  # ECG and other signals: per-lead maps (medlrp.pipeline_signal)
         from medlrp.pipeline_signal import compute_signal_case
@@ -299,12 +323,15 @@ def compute_case(
         raise InputError(f"{mask.source}: mask of shape {tuple(mask.array.shape[1:])}, image is {spatial}")
     class_names = list(loaded.class_names)
     wanted = class_index(target, class_names)
+    seg = _segmentation_region(loaded, x, image, wanted, region, methods, explanations)
+    if seg is not None:
+        wanted = seg.target
     maps: dict[str, np.ndarray] = {}
     options: dict[str, dict[str, Any]] = {}
     logits: torch.Tensor | None = None
     explain_s: dict[str, float] = {}
     for method, e, seconds in explain_methods(
-        loaded, x, methods, wanted, composite, explanations, image.source
+        loaded, x, methods, wanted, composite, explanations, image.source, seg
     ):
         explain_s[method] = seconds
         if logits is None:
@@ -343,7 +370,42 @@ def compute_case(
         preprocess_s=prep_s,
         label=label,
         started=start,
+        region=seg,
     )
+
+
+def _segmentation_region(
+    loaded: LoadedModel,
+    x: torch.Tensor,
+    image: Image,
+    wanted: int | None,
+    region: str | Image | None,
+    methods: Sequence[str],
+    explanations: Mapping[str, Explanation] | None,
+) -> Region | None:
+    """The explained class and region of a segmentation model (None for a classifier).
+
+    With precomputed explanations (a batch run) the region follows from their output and target.
+
+    Raises:
+        InputError: a region for a classifier, a mask of another shape than the image, an empty region.
+    """
+    first = explanations.get(methods[0]) if explanations is not None else None
+    if first is not None:
+        segmenting = first.output.dim() > 2
+        wanted = int(first.target[0]) if segmenting else wanted
+    else:
+        segmenting = is_segmentation(loaded, x)
+    if not segmenting:
+        if region is not None:
+            raise InputError(
+                f"{image.source}: --region applies to segmentation models; this model classifies"
+            )
+        return None
+    if isinstance(region, Image):
+        check_region_shape(region, tuple(image.array.shape[1:]))
+    output = first.output if first is not None else model_output(loaded.model, x)
+    return resolve_region(output, wanted, region, list(loaded.class_names), str(image.source))
 
 
 def is_output_name(name: str) -> bool:
@@ -388,7 +450,10 @@ def write_case(
     out = Path(out_dir)
     image, wanted, class_names = result.image, result.target, result.class_names
     explained = class_names[wanted] if wanted < len(class_names) else str(wanted)
-    region = result.mask.array.max(axis=0) if result.mask is not None else None
+    truth = result.mask.array.max(axis=0) if result.mask is not None else None
+    seg = result.region
+    explained_region = region_on_input(seg, tuple(image.array.shape[1:])) if seg is not None else None
+    outline = explained_region if explained_region is not None else truth  # drawn on the pictures
     names = output_names(result.case, result.methods)
     finals = [out / n for method in result.methods for n in names[method]]
     outputs: dict[str, dict[str, Any]] = {}
@@ -403,6 +468,8 @@ def write_case(
             caption = f"{result.case}: {method}, class {explained}"
             if result.label is not None:
                 caption += f" (true: {result.label})"
+            if seg is not None:
+                caption = f"{result.case}: {method}, {explained}, {seg.source} region outlined"
             current[0] = out / overlay_name
             write_overlay(
                 staged[out / overlay_name],
@@ -411,7 +478,7 @@ def write_case(
                 image.affine,
                 result.display_range,
                 caption,
-                mask=region,
+                mask=outline,
             )
             outputs[method] = {
                 "relevance": nifti_name,
@@ -421,14 +488,16 @@ def write_case(
                 "options": result.options[method],
                 "seconds": result.explain_s[method],
             }
-            if region is not None:
-                metrics[method] = _metrics(relevance, region)
+            if explained_region is not None:
+                outputs[method]["region_metrics"] = positive_shares(relevance, explained_region)
+            if truth is not None:
+                metrics[method] = _metrics(relevance, truth)
     record = case_record(result, outputs, keep_identifiers=keep_identifiers)
     if result.mask is not None:
         record["metrics"] = metrics
     if views:
         record["_view"] = case_view(
-            result.display, result.maps, image.affine, result.display_range, mask=region
+            result.display, result.maps, image.affine, result.display_range, mask=outline
         )
     record["timing"]["total_s"] = time.perf_counter() - result.started
     return record
@@ -439,12 +508,15 @@ def case_record(
 ) -> dict[str, Any]:
     """The case's ``results.json`` record (without metrics and report pictures)."""
     image, logits, wanted = result.image, result.logits, result.target
-    probabilities = torch.softmax(logits.double(), dim=-1).tolist()
     class_names = result.class_names
-    names = (
-        class_names if len(class_names) == len(probabilities) else [str(k) for k in range(len(probabilities))]
-    )
-    predicted = int(torch.argmax(logits))
+    count = int(logits.shape[0])
+    names = class_names if len(class_names) == count else [str(k) for k in range(count)]
+    if result.region is None:
+        prediction = _prediction(logits, names)
+    else:
+        prediction = region_record(
+            result.region, region_on_input(result.region, tuple(image.array.shape[1:])), names
+        )
     window = result.window
     record: dict[str, Any] = {
         "case": result.case,
@@ -453,11 +525,7 @@ def case_record(
         "shape": list(image.array.shape[1:]),
         "channels": int(image.array.shape[0]),
         "spacing": [float(s) for s in image.spacing],
-        "prediction": predicted,
-        "prediction_name": names[predicted],
-        "probability": float(probabilities[predicted]),
-        "probabilities": dict(zip(names, (float(p) for p in probabilities), strict=True)),
-        "logits": [float(v) for v in logits.tolist()],
+        **prediction,
         "target": wanted,
         "target_name": names[wanted] if wanted < len(names) else str(wanted),
         "label_name": result.label,
@@ -519,6 +587,7 @@ def explain_case(
     views: bool = True,
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
+    region: str | Image | None = None,
 ) -> dict[str, Any]:
     """Explain one image (:func:`compute_case`) and write its files (:func:`write_case`); return the record.
 
@@ -539,8 +608,22 @@ def explain_case(
         window=window,
         explanations=explanations,
         label=label,
+        region=region,
     )
     return write_case(result, out_dir, keep_identifiers=keep_identifiers, views=views)
+
+
+def _prediction(logits: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """A classifier's record entries: the predicted class, its probability, all probabilities, logits."""
+    probabilities = torch.softmax(logits.double(), dim=-1).tolist()
+    predicted = int(torch.argmax(logits))
+    return {
+        "prediction": predicted,
+        "prediction_name": names[predicted],
+        "probability": float(probabilities[predicted]),
+        "probabilities": dict(zip(names, (float(p) for p in probabilities), strict=True)),
+        "logits": [float(v) for v in logits.tolist()],
+    }
 
 
 def _safe_meta(image: Image) -> dict[str, Any]:

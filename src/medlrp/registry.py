@@ -104,5 +104,7 @@ COMPOSITES: Registry[Callable[..., object]] = Registry(
 )  # fmt: skip
 #: ``name -> model factory(in_channels, num_classes, **kw)`` (see :mod:`medlrp.models`)
 ARCHITECTURES: Registry[Callable[..., object]] = Registry(
-    "architecture", loader="medlrp.models", builtin=("cnn1d", "cnn2d", "cnn3d", "vit2d", "vit3d", "lstm1d")
+    "architecture",
+    loader="medlrp.models",
+    builtin=("cnn1d", "cnn2d", "cnn3d", "vit2d", "vit3d", "lstm1d", "unet2d", "unet3d"),
 )

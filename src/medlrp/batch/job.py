@@ -26,8 +26,20 @@ from medlrp.batch.progress import CaseProgress
 from medlrp.batch.writers import CaseWriter, WriteJob, Written
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
+from medlrp.io import Image
 from medlrp.models import LoadedModel
 from medlrp.pipeline import check_finite
+from medlrp.region_case import (
+    PREDICTED,
+    Region,
+    check_region_shape,
+    explain_region,
+    is_segmentation,
+    model_output,
+    region_on_input,
+    region_record,
+    resolve_region,
+)
 
 
 @dataclass
@@ -42,6 +54,8 @@ class JobSettings:
     rank: int
     device: torch.device
     keep_identifiers: bool = False
+    #: Segmentation models: ``"predicted"`` (None: the same) or ``"mask"`` (each case's mask file).
+    region: str | None = None
 
 
 @dataclass
@@ -90,18 +104,23 @@ class BatchJob:
         if not ready:
             return
         x = torch.stack([rc.x for rc, _ in ready]).to(self.settings.device, non_blocking=True)
-        targets = [t for _, t in ready]
+        regions: list[Region] | None = None
+        if is_segmentation(self.loaded, x):
+            ready, x, regions = self._regions(ready, x)
+            if not ready:
+                return
+        targets: list[int | None] = [t for _, t in ready] if regions is None else [r.target for r in regions]
         tic = time.perf_counter()
         try:
-            per_method = self._explain(x, targets)
+            per_method = self._explain(x, targets, regions)
             explained = [({m: _one(e, i) for m, e in per_method.items()}, None) for i in range(len(ready))]
         except Exception:  # one bad case must not sink its batch: explain each case alone
             explained = [
-                self._explain_alone(x[i : i + 1], targets[i : i + 1], rc.case)
+                self._explain_alone(x[i : i + 1], targets[i : i + 1], rc.case, regions and regions[i : i + 1])
                 for i, (rc, _) in enumerate(ready)
             ]
         explain_s = (time.perf_counter() - tic) / len(ready)
-        for (rc, _), (explanations, error) in zip(ready, explained, strict=True):
+        for i, ((rc, _), (explanations, error)) in enumerate(zip(ready, explained, strict=True)):
             if rc.case.case_id in self.done_before:
                 continue  # explained again only to keep its batch-mates' batch identical
             if error is None:
@@ -109,7 +128,7 @@ class BatchJob:
             if error is not None:
                 self.fail(rc.case, error)
                 continue
-            self._submit(rc, explanations, explain_s)
+            self._submit(rc, explanations, explain_s, regions[i] if regions is not None else None)
         self._drain(self._max_pending)
 
     def finish(self) -> None:
@@ -137,31 +156,73 @@ class BatchJob:
             return label
         return int(target)
 
-    def _explain(self, x: torch.Tensor, targets: list[int | None]) -> dict[str, Explanation]:
+    def _regions(
+        self, ready: list[tuple[ReadCase, int | None]], x: torch.Tensor
+    ) -> tuple[list[tuple[ReadCase, int | None]], torch.Tensor, list[Region]]:
+        """Each case's region of a segmentation model; a case without one fails alone."""
+        output = model_output(self.loaded.model, x)
+        kept, regions = [], []
+        for i, (rc, target) in enumerate(ready):
+            try:
+                given = self._region_of(rc)
+                if isinstance(given, Image):
+                    check_region_shape(given, tuple(rc.image.array.shape[1:]))
+                names = self.loaded.class_names
+                regions.append(resolve_region(output[i : i + 1], target, given, names, str(rc.case.image)))
+            except InputError as exc:
+                if rc.case.case_id not in self.done_before:
+                    self.fail(rc.case, failure_reason(rc.case, exc))
+                continue
+            kept.append(i)
+        return [ready[i] for i in kept], x[kept], regions
+
+    def _region_of(self, rc: ReadCase) -> str | Image:
+        if self.settings.region != "mask":
+            return PREDICTED
+        if rc.mask is None:
+            raise InputError(f"{rc.case.image}: --region mask, but the case has no <case>_mask file")
+        return rc.mask
+
+    def _explain(
+        self, x: torch.Tensor, targets: list[int | None], regions: list[Region] | None = None
+    ) -> dict[str, Explanation]:
         target = None if all(t is None for t in targets) else targets
         result = {}
         for method in self.settings.methods:
             composite = self.settings.composite if method == "lrp" else None
-            e = explain(self.loaded.model, x, target=target, method=method, composite=composite)
+            if regions is not None:
+                masks = torch.cat([r.mask for r in regions])
+                e = explain_region(
+                    self.loaded.model, x, [r.target for r in regions], masks, method, composite
+                )
+            else:
+                e = explain(self.loaded.model, x, target=target, method=method, composite=composite)
             result[method] = e.to("cpu")
         return result
 
     def _explain_alone(
-        self, x: torch.Tensor, targets: list[int | None], case: BatchCase
+        self,
+        x: torch.Tensor,
+        targets: list[int | None],
+        case: BatchCase,
+        regions: list[Region] | None = None,
     ) -> tuple[dict[str, Explanation], str | None]:
         try:
-            return {m: _one(e, 0) for m, e in self._explain(x, targets).items()}, None
+            return {m: _one(e, 0) for m, e in self._explain(x, targets, regions).items()}, None
         except InputError as exc:
             return {}, " ".join(f"{case.image}: {exc}".split())
         except Exception as exc:
             return {}, " ".join(f"{case.image}: explaining failed: {type(exc).__name__}: {exc}".split())
 
-    def _submit(self, rc: ReadCase, explanations: dict[str, Explanation], explain_s: float) -> None:
+    def _submit(
+        self, rc: ReadCase, explanations: dict[str, Explanation], explain_s: float, region: Region | None
+    ) -> None:
         case_path = Path(rc.case.case_id)
         # Plain-JSON options: a module given as layer= must not travel to a writer process.
         plain = {m: replace(e, options=_jsonable(e.options)) for m, e in explanations.items()}
-        job = WriteJob(rc.image, plain, self.settings.out / case_path.parent, case_path.name, rc.mask)
-        record = self._record(rc, explanations)
+        given = None if region is None else (rc.mask if region.source != PREDICTED else PREDICTED)
+        job = WriteJob(rc.image, plain, self.settings.out / case_path.parent, case_path.name, rc.mask, given)
+        record = self._record(rc, explanations, region)
         record["timing"] = {"read_s": round(rc.read_s, 6), "explain_s": round(explain_s, 6)}
         self._pending.append(_Pending(rc.case, self.writer.submit(job), record))
 
@@ -182,15 +243,17 @@ class BatchJob:
                     entry["scores"] = files.scores
                 if files.dicom:
                     entry["dicom"] = [relative(p, self.settings.out) for p in files.dicom]
+                if files.region_metrics is not None:
+                    entry["region_metrics"] = files.region_metrics
             record["timing"]["write_s"] = round(written.write_s, 6)
             self.index.append(record)  # the case is done from here on
             self.done += 1
             self.progress.advance()
 
-    def _record(self, rc: ReadCase, explanations: dict[str, Explanation]) -> dict[str, Any]:
+    def _record(
+        self, rc: ReadCase, explanations: dict[str, Explanation], region: Region | None = None
+    ) -> dict[str, Any]:
         first = next(iter(explanations.values()))
-        probabilities = torch.softmax(first.output[0].detach().to(torch.float64), dim=0)
-        prediction = int(probabilities.argmax())
         names = self.loaded.class_names
         label = self._label(rc.case)
         data = self.settings.data
@@ -200,17 +263,27 @@ class BatchJob:
             "mask": relative(rc.case.mask, data) if rc.case.mask is not None else None,
             "class_name": rc.case.class_name,
             "label": label,
-            "prediction": prediction,
-            "predicted_class": names[prediction] if prediction < len(names) else None,
-            "probabilities": [float(p) for p in probabilities],
-            "correct": None if label is None else prediction == label,
-            "target": int(first.target[0]),
-            "methods": {
+        }
+        if region is None:
+            probabilities = torch.softmax(first.output[0].detach().to(torch.float64), dim=0)
+            prediction = int(probabilities.argmax())
+            record.update(
+                prediction=prediction,
+                predicted_class=names[prediction] if prediction < len(names) else None,
+                probabilities=[float(p) for p in probabilities],
+                correct=None if label is None else prediction == label,
+            )
+        else:  # a segmentation: the explained region takes the place of the class prediction
+            spatial = tuple(rc.image.array.shape[1:])
+            record.update(region_record(region, region_on_input(region, spatial), names))
+        record.update(
+            target=int(first.target[0]),
+            methods={
                 m: {"target": int(e.target[0]), "options": _jsonable(e.options)}
                 for m, e in explanations.items()
             },
-            "rank": self.settings.rank,
-        }
+            rank=self.settings.rank,
+        )
         if self.settings.keep_identifiers and rc.image.identifiers:  # only when the user asks, as explain
             record["identifiers"] = dict(rc.image.identifiers)
         return record

@@ -32,6 +32,8 @@ class MethodFiles:
     overlay: Path
     scores: dict[str, Any] | None = None
     dicom: list[Path] = field(default_factory=list)  # --dicom: the Parametric Map, then the overlay series
+    #: Segmentation: the positive relevance shares in the region (and its margin).
+    region_metrics: dict[str, Any] | None = None
 
 
 def write_case(
@@ -43,6 +45,7 @@ def write_case(
     mask: Image | None = None,
     keep_identifiers: bool = False,
     dicom: DicomWriter | None = None,
+    region: str | Image | None = None,
 ) -> dict[str, MethodFiles]:
     """Write the case's relevance maps and overlays; return them per method (scores when ``mask``).
 
@@ -56,9 +59,12 @@ def write_case(
         keep_identifiers: Passed on to the pipeline.
         dicom: Also write the DICOM outputs of a DICOM input with this run's writer (``--dicom``); a
             series off a regular grid fails before any file is written.
+        region: Segmentation models: the region the explanations explain (outlined, recorded).
     """
     sources = dicom.sources(image) if dicom is not None else None
-    result = compute_case(loaded, image, list(explanations), name=name, mask=mask, explanations=explanations)
+    result = compute_case(
+        loaded, image, list(explanations), name=name, mask=mask, explanations=explanations, region=region
+    )
     record = write_case_files(result, case_dir, keep_identifiers=keep_identifiers, views=False)
     written = {}
     if dicom is not None and sources is not None:
@@ -70,6 +76,7 @@ def write_case(
             case_dir / out["overlay"],
             metrics.get(method) if mask is not None else None,
             written[method].files if method in written else [],
+            out.get("region_metrics"),
         )
         for method, out in record["outputs"].items()
     }

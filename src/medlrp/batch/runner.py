@@ -32,6 +32,7 @@ from medlrp.io import DicomWriter
 from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.models import LoadedModel, load_model
 from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
+from medlrp.region_case import check_region_option
 
 
 @dataclass
@@ -59,6 +60,9 @@ class BatchOptions:
         dicom: Also write DICOM outputs (Parametric Map, Secondary Capture) for DICOM cases,
             de-identified unless ``keep_identifiers``; other cases get none.
         limits: Size limits for reading inputs (``--max-pixels``, ``--max-voxels``, ``--max-bytes``).
+        region: Segmentation models: ``"predicted"`` (default: where the target class wins) or
+            ``"mask"`` (each case's ``<case>_mask`` file); the target class's logits summed over it
+            are explained. Refused for classifiers.
     """
 
     model: Path
@@ -76,6 +80,7 @@ class BatchOptions:
     progress: bool = True
     dicom: bool = False
     limits: ReadLimits = DEFAULT_LIMITS
+    region: str | None = None
 
 
 @dataclass
@@ -141,6 +146,8 @@ def _validate(options: BatchOptions) -> None:
         raise InputError(f"--writers must be 0 or more, not {options.writers}")
     if options.target not in (None, "label") and not str(options.target).isdigit():
         raise InputError(f"--target must be a class index or 'label', not {options.target!r}")
+    if options.region not in (None, "predicted", "mask"):
+        raise InputError(f"--region must be 'predicted' or 'mask', not {options.region!r}")
 
 
 def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
@@ -151,6 +158,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
     check_output_folder(out)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
     check_target(options.target, loaded, probe_model(loaded, options.model))
+    check_region_option(loaded, options.region, str(options.model))
     cases = list_cases(options.data)
     listing = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()
     if not ctx.agree(listing):  # shards are cut from the list: every rank must see the same one
@@ -162,6 +170,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
         "target": options.target,
         "keep_identifiers": options.keep_identifiers,
         "dicom": options.dicom,  # recorded, not compared: a resumed run may add or drop DICOM outputs
+        "region": options.region,
     }
     check_manifest(out, settings)
     with RunLock(out, enabled=ctx.rank == 0) as lock:
@@ -198,6 +207,7 @@ def _run_locked(
         ctx.rank,
         ctx.device,
         options.keep_identifiers,
+        options.region,
     )
     label = f"batch rank {ctx.rank}/{ctx.world_size}" if ctx.world_size > 1 else "batch"
     tic = time.perf_counter()

@@ -35,6 +35,8 @@ class WriteJob:
     case_dir: Path
     name: str
     mask: Image | None
+    #: Segmentation models: the explained region (``"predicted"`` or the mask image), else ``None``.
+    region: str | Image | None = None
 
 
 @dataclass
@@ -51,7 +53,15 @@ def write_job(
     """Write one case's files and flush them to the disk."""
     tic = time.perf_counter()
     files = write_case(
-        loaded, job.image, job.explanations, job.case_dir, job.name, job.mask, keep_identifiers, dicom
+        loaded,
+        job.image,
+        job.explanations,
+        job.case_dir,
+        job.name,
+        job.mask,
+        keep_identifiers,
+        dicom,
+        region=job.region,
     )
     fsync_files([p for f in files.values() for p in (f.relevance, f.overlay, *f.dicom)])
     return Written(files, time.perf_counter() - tic)

@@ -50,6 +50,12 @@ def register(app: typer.Typer) -> None:
         max_pixels: opt.MaxPixels = None,
         max_voxels: opt.MaxVoxels = None,
         max_bytes: opt.MaxBytes = None,
+        region: str | None = typer.Option(
+            None,
+            "--region",
+            help="Segmentation models: explain the target class's logits summed over 'predicted' (where "
+            "the class wins; the default) or 'mask' (each case's <case>_mask file).",
+        ),
     ) -> None:
         """Explain every case of a dataset folder; resumable; scales out under torchrun."""
         from medlrp.batch import BatchOptions, run_batch
@@ -72,6 +78,7 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 dicom=dicom,
                 limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
+                region=region,
             )
         )
         where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""

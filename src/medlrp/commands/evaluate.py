@@ -61,6 +61,11 @@ def run_evaluate(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     device = opt.resolve_device(device)
     loaded = load_model(model, trust_model=trust_model, device=device)
+    if loaded.task == "segmentation":
+        raise InputError(
+            f"{model}: evaluate measures classifiers; for a segmentation model use medlrp batch --region "
+            "(per-case region shares) or the region metrics of medlrp.metrics"
+        )
     known = len(loaded.class_names) or None
     fixed = None if target in ("label", "predicted") else class_index(target, loaded.class_names, known)
     dataset = FolderDataset(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -89,6 +89,7 @@ def run_explain(
     progress: bool = True,
     dicom: bool = False,
     limits: ReadLimits | None = None,
+    region: str | None = None,
 ) -> int:
     """The command's work; returns the exit code (0, or 2 when some input failed).
 
@@ -102,6 +103,7 @@ def run_explain(
     from medlrp.models import load_model
     from medlrp.pipeline import compute_case, unique_name, write_case, write_run_outputs
     from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
+    from medlrp.region_case import PREDICTED, check_region_option
 
     methods = opt.method_list(",".join(methods))
     opt.check_composite(composite)
@@ -112,6 +114,10 @@ def run_explain(
     loaded = load_model(model, trust_model=trust_model, device=opt.resolve_device(device))
     check_target(target, loaded, probe_model(loaded, model))
     check_output_folder(out)
+    check_region_option(loaded, region, str(model))
+    region_file = Path(region) if region is not None and region != PREDICTED else None
+    if region_file is not None:
+        opt.check_paths([region_file])
     items: list[Path] = []
     failures: list[dict[str, str]] = []
     for path in inputs:
@@ -123,6 +129,8 @@ def run_explain(
         items.extend(item for item in found if not _earlier_output(item, path, out))
     if mask is not None and len(items) != 1:
         raise InputError(f"--mask {mask} needs exactly one input, got {len(items)}")
+    if region_file is not None and len(items) != 1:
+        raise InputError(f"--region {region_file} needs exactly one input, got {len(items)}")
     records, taken = [], set()
     dicom_writer = DicomWriter(keep_identifiers) if dicom else None  # one per run: consistent UIDs
     for item in items:
@@ -131,6 +139,7 @@ def run_explain(
             sources = dicom_writer.sources(image) if dicom_writer else None  # grid checked before work
             mask_path = mask or find_mask(item)
             mask_image = read_image(mask_path, limits=limits) if mask_path is not None else None
+            region_image = read_image(region_file, limits=limits) if region_file is not None else None
             result = compute_case(
                 loaded,
                 image,
@@ -141,6 +150,7 @@ def run_explain(
                 mask=mask_image,
                 window=preset,
                 label=folder_label(item, loaded.class_names),
+                region=region_image if region_file is not None else region,
             )
             record = write_case(result, out, keep_identifiers=keep_identifiers)
             if dicom_writer is not None:
@@ -155,10 +165,8 @@ def run_explain(
         taken.add(record["case"])
         records.append(record)
         if progress:  # one line per case as it is done: the command's progress
-            print(
-                f"{record['case']}: {record['prediction_name']} (p={record['probability']:.3f}), "
-                f"{', '.join(methods)} in {record['timing']['total_s']:.2f} s"
-            )
+            took = record["timing"]["total_s"]
+            print(f"{record['case']}: {_summary(record)}, {', '.join(methods)} in {took:.2f} s")
     run = {
         "model": model.name,
         "arch": loaded.arch,
@@ -171,6 +179,14 @@ def run_explain(
     results, report = write_run_outputs(records, out, failures=failures, run=run)
     print(f"wrote {results} and {report}")
     return 2 if failures else 0
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """The prediction in a few words: the class and its probability, or the explained region."""
+    if "region" in record:
+        r = record["region"]
+        return f"{r['class']}, {r['source']} region of {r['voxels']} voxels (logit sum {r['logit_sum']:.4g})"
+    return f"{record['prediction_name']} (p={record['probability']:.3f})"
 
 
 def register(app: typer.Typer) -> None:
@@ -214,6 +230,13 @@ def register(app: typer.Typer) -> None:
         max_pixels: opt.MaxPixels = None,
         max_voxels: opt.MaxVoxels = None,
         max_bytes: opt.MaxBytes = None,
+        region: Annotated[
+            str | None,
+            typer.Option(
+                help="Segmentation models: explain the --target class's logits summed over a region: "
+                "'predicted' (where the class wins; the default) or a mask file on the scan's grid.",
+            ),
+        ] = None,
     ) -> None:
         code = run_explain(
             model,
@@ -231,6 +254,7 @@ def register(app: typer.Typer) -> None:
             dicom=dicom,
             progress=progress,
             limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
+            region=region,
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported when the command runs: --help must not import torc
     from medlrp.train.folder import FolderSplits, TrainedModel
     from medlrp.train.loop import TrainConfig
     from medlrp.train.losses import LossFn
+    from medlrp.train.segmentation import SegmentationTask
 
 
 def run_train(
@@ -28,11 +29,13 @@ def run_train(
     arch_options: dict[str, Any] | None = None,
     splits: FolderSplits | None = None,
     init: LoadedModel | None = None,
+    segmentation: SegmentationTask | None = None,
 ) -> TrainedModel:
     """Training with a progress bar (see :func:`medlrp.train.train_on_folder`).
 
     ``splits``: ``data`` already loaded (:func:`medlrp.train.folder.load_splits`), or ``None``;
-    ``loss_fn`` None: cross-entropy.
+    ``loss_fn`` None: cross-entropy. ``segmentation``: train a segmentation model (see
+    :func:`medlrp.train.folder.train_on_splits`).
     """
     from medlrp.train.folder import load_splits, train_on_splits
     from medlrp.train.losses import cross_entropy_loss
@@ -53,6 +56,7 @@ def run_train(
             extra={"data": str(data), **(extra or {})},
             arch_options=arch_options,
             init=init,
+            segmentation=segmentation,
         )
 
 
@@ -79,13 +83,14 @@ def parse_arch_options(items: list[str]) -> dict[str, Any]:
 
 
 def summary_lines(result: TrainedModel) -> list[str]:
-    """One line per split with its accuracy, then where the checkpoint is."""
-    lines = [f"{split} accuracy: {acc:.3f}" for split, acc in result.accuracy.items()]
+    """One line per split with its accuracy (segmentation: Dice), then where the checkpoint is."""
+    lines = [f"{split} {result.metric}: {acc:.3f}" for split, acc in result.accuracy.items()]
     if result.history.epochs:
         last = result.history.epochs[-1].parts
         lines.append("last epoch: " + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
     if result.checkpoint is not None:
-        lines.append(f"checkpoint ({result.arch}, classes {result.class_names}): {result.checkpoint}")
+        task = "" if result.task == "classification" else f"{result.task}, "
+        lines.append(f"checkpoint ({task}{result.arch}, classes {result.class_names}): {result.checkpoint}")
     return lines
 
 
@@ -96,7 +101,24 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Path = typer.Option(..., "--data", help="Dataset folder ({train,val,test}/<class>/<case>)."),
         out: Path = typer.Option(..., "--out", help="Checkpoint file to write."),
-        arch: str | None = typer.Option(None, "--arch", help=opt.ARCH_HELP),
+        arch: str | None = typer.Option(
+            None, "--arch", help=opt.ARCH_HELP + " With --task segmentation: unet2d or unet3d."
+        ),
+        task: str = typer.Option(
+            "classification",
+            "--task",
+            help="classification (one class per case) or segmentation (per voxel, from the "
+            "<case>_mask files).",
+        ),
+        seg_labels: str = typer.Option(
+            "mask",
+            "--seg-labels",
+            help="--task segmentation: 'mask' (background + the mask, e.g. tumour) or 'class' "
+            "(background + one class per class folder).",
+        ),
+        dice_weight: float = typer.Option(
+            1.0, "--dice-weight", help="--task segmentation: soft Dice loss weight beside cross-entropy."
+        ),
         arch_option: list[str] = typer.Option(
             [],
             "--arch-option",
@@ -135,6 +157,7 @@ def register(app: typer.Typer) -> None:
         from medlrp.models.checkpoint import load_model
         from medlrp.train.folder import load_splits
         from medlrp.train.loop import TrainConfig
+        from medlrp.train.segmentation import TASKS, segmentation_task
         from medlrp.train.tensors import batches_per_epoch
 
         opt.check_architecture(arch)
@@ -143,12 +166,20 @@ def register(app: typer.Typer) -> None:
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
         config.check()
         options = parse_arch_options(arch_option)
+        if task not in TASKS:
+            raise InputError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
+        segment = task == "segmentation"
+        if segment and guided:
+            raise InputError("--guided trains classifiers; it does not apply to --task segmentation")
         if explain_start < 0:
             raise InputError(f"--explain-start must be >= 0 epochs, not {explain_start}")
         start = load_model(init) if init is not None else None
-        splits = load_splits(data, start.preprocessing if start is not None else None)
+        splits = load_splits(data, start.preprocessing if start is not None else None, 1 if segment else 2)
+        seg = segmentation_task(data, splits.classes, seg_labels, dice_weight) if segment else None
         steps = explain_start * batches_per_epoch(len(splits.train.label), batch_size)
         loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, steps)
+        if segment and "world_size" in extra:
+            raise InputError("--task segmentation runs in one process; torchrun is not supported for it")
         if guided:
             extra["explain_start_epochs"] = explain_start
         if init is not None:
@@ -164,6 +195,7 @@ def register(app: typer.Typer) -> None:
             arch_options=options,
             splits=splits,
             init=start,
+            segmentation=seg,
         )
         if main:
             for line in summary_lines(result):

@@ -3,7 +3,11 @@
 A checkpoint is a plain dict saved with :func:`torch.save` and read with ``weights_only=True``::
 
     {"format": "medlrp-checkpoint", "version": 1, "arch": str, "arch_kwargs": dict,
-     "state_dict": dict[str, Tensor], "preprocessing": dict, "class_names": list[str], "extra": dict}
+     "state_dict": dict[str, Tensor], "preprocessing": dict, "class_names": list[str], "extra": dict,
+     "task": "classification" | "segmentation"}
+
+A checkpoint without ``task`` (written before segmentation existed) is a classifier. A segmentation
+model's ``class_names`` are its output channels (``background`` first).
 
 TorchScript archives are accepted too; arbitrary pickles only with ``trust_model=True``.
 """
@@ -37,6 +41,9 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The architecture factory's keyword arguments (medlrp checkpoints only).
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: ``"classification"`` (logits ``(N, classes)``), ``"segmentation"`` (``(N, classes, *spatial)``),
+    #: or ``"unknown"`` (TorchScript and pickled models: the output's shape tells).
+    task: str = "classification"
 
 
 def save_checkpoint(
@@ -47,8 +54,9 @@ def save_checkpoint(
     preprocessing: Preprocessing,
     class_names: list[str],
     extra: dict[str, Any] | None = None,
+    task: str = "classification",
 ) -> Path:
-    """Write a medlrp checkpoint atomically."""
+    """Write a medlrp checkpoint atomically (``task``: ``classification`` or ``segmentation``)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
@@ -59,6 +67,7 @@ def save_checkpoint(
         "preprocessing": preprocessing.to_dict(),
         "class_names": list(class_names),
         "extra": dict(extra or {}),
+        "task": task,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -84,7 +93,9 @@ def load_model(
         except Exception as exc:
             raise InputError(f"{p}: cannot load TorchScript model ({exc})") from None
         model.eval()
-        return LoadedModel(model=model, preprocessing=Preprocessing(), class_names=[], arch="torchscript")
+        return LoadedModel(
+            model=model, preprocessing=Preprocessing(), class_names=[], arch="torchscript", task="unknown"
+        )
     if not _is_torch_file(p):
         raise InputError(f"{p}: not a model file (neither a PyTorch checkpoint nor a TorchScript archive)")
     try:
@@ -99,7 +110,9 @@ def load_model(
         payload = torch.load(p, map_location=device, weights_only=False)
     if isinstance(payload, torch.nn.Module):
         payload.eval()
-        return LoadedModel(model=payload, preprocessing=Preprocessing(), class_names=[], arch="pickle")
+        return LoadedModel(
+            model=payload, preprocessing=Preprocessing(), class_names=[], arch="pickle", task="unknown"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{p}: not a medlrp checkpoint (no 'format: {FORMAT}' entry)")
     factory = ARCHITECTURES.get(str(payload["arch"]))
@@ -116,6 +129,7 @@ def load_model(
         arch=str(payload["arch"]),
         extra=dict(payload.get("extra", {})),
         arch_kwargs=dict(payload["arch_kwargs"]),
+        task=str(payload.get("task", "classification")),
     )
 
 

@@ -271,6 +271,19 @@ def _truth(record: dict[str, Any]) -> str:
     return f'true label: <span class="label">{_e(label)}</span> ({verdict})'
 
 
+def _region(record: dict[str, Any]) -> str:
+    """A segmentation case's explained region (class, where, size, logit sum), or ``""``."""
+    region = record.get("region")
+    if not isinstance(region, dict):
+        return ""
+    voxels = ", ".join(f"{_e(k)} {v}" for k, v in (record.get("predicted_voxels") or {}).items())
+    return (
+        f'<p>explained: the logits of <span class="pred">{_e(region.get("class"))}</span> summed over the '
+        f"{_e(region.get('source'))} region ({region.get('voxels')} voxels, outlined in the overlays): "
+        f"{float(region.get('logit_sum', 0.0)):.4g}</p><p>predicted voxels per class: {voxels}</p>"
+    )
+
+
 def _case(record: dict[str, Any], number: int, out_dir: Path | None) -> str:
     case_id = f"case-{number}"
     facts = [
@@ -281,7 +294,7 @@ def _case(record: dict[str, Any], number: int, out_dir: Path | None) -> str:
     timing = record.get("timing", {})
     if "total_s" in timing:
         facts.append(f"{timing['total_s']:.2f} s")
-    pred = (
+    pred = _region(record) or (
         '<p>prediction: <span class="pred">'
         f"{_e(record.get('prediction_name', record.get('prediction')))}</span>"
         f" (p = {record.get('probability', 0.0):.3f}) &middot; {_truth(record)}</p>"

@@ -17,6 +17,7 @@ from medlrp.models.preprocessing import Preprocessing
 from medlrp.registry import ARCHITECTURES
 from medlrp.train.loop import History, StepCallback, TrainConfig, accuracy, fit
 from medlrp.train.losses import LossFn, cross_entropy_loss
+from medlrp.train.segmentation import SegmentationTask, check_masks
 from medlrp.train.tensors import load_all
 
 
@@ -30,8 +31,11 @@ class TrainedModel:
     preprocessing: Preprocessing
     class_names: list[str]
     history: History
+    #: The score per split: accuracy, or for segmentation the mean foreground Dice (see ``metric``).
     accuracy: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    task: str = "classification"
+    metric: str = "accuracy"
 
 
 @dataclass
@@ -45,10 +49,13 @@ class FolderSplits:
     test: Batch | None
 
 
-def load_splits(data: str | Path, preprocessing: Preprocessing | None = None) -> FolderSplits:
+def load_splits(
+    data: str | Path, preprocessing: Preprocessing | None = None, min_classes: int = 2
+) -> FolderSplits:
     """Read ``data/{train,val,test}`` (val and test optional); a folder without splits is all train.
 
-    The class list is the training split's; val/test use the same labels.
+    The class list is the training split's; val/test use the same labels. ``min_classes``: class
+    folders with cases the training split needs (1 for segmentation, where the masks are the labels).
     """
     root = Path(data)
     if not (root / "train").is_dir() and any((root / s).is_dir() for s in ("val", "test")):
@@ -62,16 +69,17 @@ def load_splits(data: str | Path, preprocessing: Preprocessing | None = None) ->
                 root, split=split, preprocessing=train_ds.preprocessing, classes=train_ds.classes
             )
             sets[split] = load_all(ds)
-    if len(set(train_ds.labels)) < 2:
+    if len(set(train_ds.labels)) < min_classes:
         raise InputError(f"{train_ds.root}: training needs at least two classes with cases")
     return FolderSplits(
         train_ds.classes, train_ds.preprocessing, load_all(train_ds), sets["val"], sets["test"]
     )
 
 
-def default_arch(dims: int) -> str:
-    """``cnn2d`` for images, ``cnn3d`` for volumes."""
-    return "cnn2d" if dims == 2 else "cnn3d"
+def default_arch(dims: int, task: str = "classification") -> str:
+    """``cnn2d`` for images, ``cnn3d`` for volumes (``unet2d`` / ``unet3d`` for segmentation)."""
+    family = "unet" if task == "segmentation" else "cnn"
+    return f"{family}{2 if dims == 2 else 3}d"
 
 
 def build_model(
@@ -116,7 +124,12 @@ def build_model(
 
 
 def _initial(
-    init: LoadedModel, splits: FolderSplits, arch: str | None, options: Mapping[str, Any] | None
+    init: LoadedModel,
+    splits: FolderSplits,
+    arch: str | None,
+    options: Mapping[str, Any] | None,
+    classes: list[str],
+    task: str,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """The model, architecture and factory kwargs of ``init``, checked against the data and options.
 
@@ -131,10 +144,10 @@ def _initial(
         raise InputError(f"--arch {arch} differs from the --init checkpoint's architecture {init.arch}")
     if options:
         raise InputError("--arch-option cannot change an --init checkpoint's architecture")
-    if list(init.class_names) != list(splits.classes):
-        raise InputError(
-            f"--init checkpoint's classes {init.class_names} differ from the data's {splits.classes}"
-        )
+    if init.task != task:
+        raise InputError(f"--init checkpoint is a {init.task} model, not a {task} model")
+    if list(init.class_names) != list(classes):
+        raise InputError(f"--init checkpoint's classes {init.class_names} differ from the data's {classes}")
     if init.preprocessing != splits.preprocessing:
         raise InputError("--init: load the data with the checkpoint's preprocessing")
     return init.model, init.arch, dict(init.arch_kwargs)
@@ -179,42 +192,60 @@ def train_on_splits(
     extra: dict[str, Any] | None = None,
     arch_options: Mapping[str, Any] | None = None,
     init: LoadedModel | None = None,
+    segmentation: SegmentationTask | None = None,
 ) -> TrainedModel:
     """:func:`train_on_folder` on splits already in memory (see :func:`load_splits`).
 
     ``init``: a loaded medlrp checkpoint to go on training (fine-tuning) instead of fresh weights; its
     architecture, classes and preprocessing must be the data's (load the splits with its preprocessing).
     Its model is trained in place.
+
+    ``segmentation``: train a segmentation model instead (every case needs a mask; the loss is the
+    task's unless ``loss_fn`` is given otherwise; scores are the mean foreground Dice; default
+    architecture ``unet2d`` / ``unet3d``). The checkpoint records ``task: segmentation``.
     """
     config = config or TrainConfig()
     config.check()
+    task = "classification" if segmentation is None else "segmentation"
+    classes = list(splits.classes if segmentation is None else segmentation.class_names)
+    score = accuracy if segmentation is None else segmentation.score
+    if segmentation is not None:
+        for split, batch in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+            check_masks(batch, f"{split} split")
+        if loss_fn is cross_entropy_loss:
+            loss_fn = segmentation.loss_fn()
     if init is not None:
-        model, arch, kwargs = _initial(init, splits, arch, arch_options)
+        model, arch, kwargs = _initial(init, splits, arch, arch_options, classes, task)
     else:
-        arch = arch or default_arch(splits.preprocessing.dims)
+        arch = arch or default_arch(splits.preprocessing.dims, task)
         # The seed fixes the initial weights; the global random state is restored afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model, kwargs = build_model(arch, splits.preprocessing, len(splits.classes), arch_options)
-    history = fit(model, splits.train, config, val=splits.val, loss_fn=loss_fn, on_step=on_step)
-    scores = {"train": accuracy(model, splits.train)}
+            model, kwargs = build_model(arch, splits.preprocessing, len(classes), arch_options)
+    history = fit(model, splits.train, config, splits.val, loss_fn, on_step, score)
+    scores = {"train": score(model, splits.train, 64)}
     for name, batch in (("val", splits.val), ("test", splits.test)):
         if batch is not None:
-            scores[name] = accuracy(model, batch)
-    result = TrainedModel(model, arch, kwargs, splits.preprocessing, splits.classes, history, scores)
+            scores[name] = score(model, batch, 64)
+    metric = "accuracy" if segmentation is None else "dice"
+    result = TrainedModel(
+        model, arch, kwargs, splits.preprocessing, classes, history, scores, task=task, metric=metric
+    )
     if out is not None:
-        info = {
-            "accuracy": scores,
+        info: dict[str, Any] = {
+            metric: scores,
             "epochs": config.epochs,
             "seed": config.seed,
             "batch_size": config.batch_size,
             "lr": config.lr,
             "history": [
-                {"epoch": e.epoch, **e.parts, "val_accuracy": e.val_accuracy} for e in history.epochs
+                {"epoch": e.epoch, **e.parts, f"val_{metric}": e.val_accuracy} for e in history.epochs
             ],
         }
+        if segmentation is not None:
+            info.update(seg_labels=segmentation.labels, dice_weight=segmentation.dice_weight)
         info.update(extra or {})
         result.checkpoint = save_checkpoint(
-            out, model, arch, kwargs, splits.preprocessing, splits.classes, info
+            out, model, arch, kwargs, splits.preprocessing, classes, info, task=task
         )
     return result

@@ -77,6 +77,7 @@ def fit(
     val: Batch | None = None,
     loss_fn: LossFn = cross_entropy_loss,
     on_step: StepCallback | None = None,
+    score: Callable[[nn.Module, Batch, int], float] | None = None,
 ) -> History:
     """Train ``model`` in place on ``train``; return the per-epoch history.
 
@@ -87,6 +88,8 @@ def fit(
         val: Validation cases; accuracy is measured after every epoch.
         loss_fn: ``loss_fn(model, batch) -> (loss, parts)``; cross-entropy by default.
         on_step: Progress callback.
+        score: ``score(model, val, batch_size)`` measured after every epoch (default :func:`accuracy`;
+            a segmentation run's Dice), logged as the epoch's ``val_accuracy``.
     """
     config.check()
     generator = torch.Generator().manual_seed(config.seed)
@@ -116,7 +119,7 @@ def fit(
                 on_step(epoch, step, len(batches), parts)
         log = EpochLog(epoch + 1, {k: v / max(count, 1) for k, v in totals.items()})
         if val is not None:
-            log.val_accuracy = accuracy(model, val, config.batch_size)
+            log.val_accuracy = (score or accuracy)(model, val, config.batch_size)
         history.epochs.append(log)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, train, config.batch_size)
