@@ -113,11 +113,11 @@ def run_explain(
     target = opt.target_value(target)
     loaded = load_model(model, trust_model=trust_model, device=opt.resolve_device(device))
     check_target(target, loaded, probe_model(loaded, model))
-    check_output_folder(out)
     check_region_option(loaded, region, str(model))
     region_file = Path(region) if region is not None and region != PREDICTED else None
     if region_file is not None:
         opt.check_paths([region_file])
+    check_output_folder(out)
     items: list[Path] = []
     failures: list[dict[str, str]] = []
     for path in inputs:
