@@ -191,14 +191,16 @@ _TRANSFORMER_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Tr
 def looks_like_transformer(model: nn.Module) -> bool:
     """Whether ``model`` computes attention, judged from its modules, not from a list of classes.
 
-    True for an attention module, or a module named ``*attn*`` / ``*attention*`` beside a LayerNorm.
+    True for an attention module, or a module named ``*attn*`` / ``*attention*`` beside a layer norm
+    (``nn.LayerNorm``, ``nn.RMSNorm`` or a module normalising a ``normalized_shape``, as timm's
+    ``RmsNorm``).
     """
     has_norm = False
     has_attention = False
     for name, module in model.named_modules():
         if isinstance(module, _TRANSFORMER_MODULES):
             return True
-        has_norm |= isinstance(module, nn.LayerNorm)
+        has_norm |= isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or hasattr(module, "normalized_shape")
         leaf = name.rsplit(".", 1)[-1].lower()
         has_attention |= "attn" in leaf or "attention" in leaf
     return has_norm and has_attention

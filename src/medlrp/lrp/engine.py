@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from medlrp.errors import InputError, UnsupportedLayerError
+from medlrp.errors import InputError, MedlrpError, UnsupportedLayerError
 from medlrp.lrp.route import settle
 
 _ATTR = "_medlrp_node"
@@ -107,6 +107,8 @@ class Engine(TorchFunctionMode):
         #: The explainer's store of derived weights kept between passes (the ViT fast path's ``k |W|``).
         self.weights = None if dual else weights
         self._tracked: list[weakref.ref[torch.Tensor]] = []
+        #: The first error a rule raised in this pass (see :meth:`__exit__`).
+        self.failure: MedlrpError | None = None
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
         self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
         for name, module in model.named_modules():
@@ -126,8 +128,41 @@ class Engine(TorchFunctionMode):
             if not self.dual and func not in DEFERRING:
                 self._settle(args)
                 self._settle(kwargs.values())
-            return handler(self, func, args, kwargs)
-        return self._unhandled(func, args, kwargs)
+            try:
+                return handler(self, func, args, kwargs)
+            except Exception as err:
+                raise self._failed(func, args, kwargs, err) from None
+        try:
+            return self._unhandled(func, args, kwargs)
+        except MedlrpError as err:
+            self.failure = self.failure or err
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:  # noqa: D105
+        super().__exit__(exc_type, exc, tb)
+        # torch turns a TypeError raised inside ``Tensor.__mul__`` and the other operators into
+        # ``NotImplemented``, and Python then raises its own "unsupported operand" TypeError (an
+        # UnsupportedLayerError is a TypeError): the rule's own error is the one to report
+        if exc is not None and self.failure is not None and exc is not self.failure:
+            raise self.failure from None
+
+    def _failed(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], err: Exception) -> Exception:
+        """The error to raise for a handler of ``func`` that raised ``err``, recorded as the pass's failure.
+
+        medlrp's own errors stay as they are; any other error is the model's own when the plain
+        operation fails too (a wrong input shape), else a rule's failure, reported as an
+        :class:`~medlrp.errors.UnsupportedLayerError` naming the module, its type and the operation.
+        """
+        if not isinstance(err, MedlrpError):
+            name = _func_name(func)
+            if not name.endswith("_"):  # never re-run an in-place operation
+                try:
+                    func(*args, **kwargs)
+                except Exception:
+                    return err
+            err = self.unsupported(f"the relevance rule of {name!r} failed ({type(err).__name__}: {err})")
+        self.failure = self.failure or err
+        return err
 
     def _settle(self, values: Any) -> None:
         for v in values:
@@ -193,6 +228,7 @@ class Engine(TorchFunctionMode):
             if t is not None:
                 t.__dict__.pop(_ATTR, None)
         self._tracked.clear()
+        self.failure = None
         self.references = []
         self.routed_input = None
         self.cache.clear()

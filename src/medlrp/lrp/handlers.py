@@ -102,12 +102,15 @@ def _both(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
     return true, routed
 
 
-def _track_all(engine: Engine, true: Any, routed: Any, is_input: bool = False, nonneg: bool = False) -> None:
+def _track_all(
+    engine: Engine, true: Any, routed: Any, is_input: bool = False, nonneg: bool = False, gate: bool = False
+) -> None:
     for t, r in zip(_tensors(true), _tensors(routed), strict=True):
         if t.is_floating_point():
             node = engine.track(t, r)
             node.is_input = is_input
             node.nonneg = nonneg
+            node.gate = gate
 
 
 def _all_nonneg(engine: Engine, args: Any) -> bool:
@@ -117,6 +120,18 @@ def _all_nonneg(engine: Engine, args: Any) -> bool:
         node = engine.node(t)
         if node is not None:
             if not node.nonneg:
+                return False
+            found = True
+    return found
+
+
+def _all_gates(engine: Engine, args: Any) -> bool:
+    """Whether every tracked tensor among ``args`` is a gate (a view or copy of a sigmoid's output)."""
+    found = False
+    for t in _tensors(list(args)):
+        node = engine.node(t)
+        if node is not None:
+            if not node.gate:
                 return False
             found = True
     return found
@@ -145,8 +160,9 @@ def transparent(out_of_place: Any = None, keeps_input: bool = False, sign: str =
         f = out_of_place or func
         args, kwargs = _strip_inplace(func, args, kwargs)
         nonneg = sign == "nonneg" or (sign == "keep" and _all_nonneg(engine, args))
+        gate = sign == "keep" and _all_gates(engine, args)  # a gate reshaped or scaled is still one
         true, routed = _both(engine, f, args, kwargs)
-        _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true), nonneg)
+        _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true), nonneg, gate)
         return true
 
     return handler
@@ -406,69 +422,6 @@ for _name, _oop in (
 register_handler(*variants("sigmoid", "hardsigmoid"))(_pass_handler(gate=True))
 register_handler(*variants("sigmoid_"))(_pass_handler(torch.sigmoid, gate=True))
 register_handler(*variants("hardsigmoid_"))(_pass_handler(F.hardsigmoid, gate=True))
-
-
-# -- multiplicative gates (squeeze-excitation): the gate is a constant weight, relevance passes to the
-#    gated tensor; a constant factor is a plain linear scaling
-def _mul_handler(out_of_place: Any = None) -> Handler:
-    def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        f = out_of_place or func
-        a, b = args[0], args[1]
-        ta = isinstance(a, Tensor) and engine.node(a) is not None
-        tb = isinstance(b, Tensor) and engine.node(b) is not None
-        if not (ta and tb):
-            gate = a if ta else b
-            other = b if ta else a
-            if isinstance(other, Tensor) and other.is_floating_point() and engine.node(gate).gate:
-                # a gate times a signal that carries no relevance (a recurrent cell's initial state or
-                # bias): the gate takes none either ("signal-take-all"), the product's share is absorbed
-                if engine.dual:
-                    return f(a, b)  # the true value keeps its graph; it is a constant of the routed one
-                return f(a.detach(), b) if ta else f(a, b.detach())
-            return transparent(f)(engine, func, args, kwargs)
-        gate_b = _is_gate(engine, b, a)
-        if gate_b is None:
-            raise engine.unsupported(
-                "multiplication of two relevance-carrying tensors with no gate (sigmoid-like or broadcast "
-                "factor) among them"
-            )
-        x, gate = (a, b) if gate_b else (b, a)
-        true = f(a, b)
-        if engine.dual:
-            routed = engine.routed(x) * gate
-            engine.track(true, routed)
-            return true
-        out = x * gate.detach()
-        engine.track(out)
-        return out
-
-    return handler
-
-
-def _is_gate(engine: Engine, b: Tensor, a: Tensor) -> bool | None:
-    """Whether ``b`` (True) or ``a`` (False) is the gate; ``None`` if neither is recognisable."""
-    gb, ga = engine.node(b).gate, engine.node(a).gate
-    if gb != ga:
-        return gb
-    if b.numel() != a.numel():
-        return b.numel() < a.numel()
-    return None
-
-
-register_handler(*variants("mul", "multiply"), torch.Tensor.__mul__, torch.Tensor.__rmul__)(_mul_handler())
-register_handler(*variants("mul_", "__imul__"))(_mul_handler(torch.mul))
-
-
-@register_handler(*variants("div", "divide", "true_divide"), torch.Tensor.__truediv__)
-def _div(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if len(args) > 1 and isinstance(args[1], Tensor) and engine.node(args[1]) is not None:
-        raise engine.unsupported("division by a relevance-carrying tensor")
-    return transparent()(engine, func, args, kwargs)
-
-
-register_handler(*variants("div_", "__itruediv__"))(
-    lambda engine, func, args, kwargs: _div(engine, torch.div, args, kwargs)
-)
 
 
 # -- BatchNorm: merged into the linear layer feeding it, otherwise the pass rule (zennit's composites)

@@ -48,7 +48,7 @@ from medlrp.errors import InputError
 from medlrp.lrp import attention as rules
 from medlrp.lrp.composites import DEFAULT_COMPOSITES, Composite, looks_like_transformer
 from medlrp.lrp.engine import Engine, Handler
-from medlrp.lrp.handlers import HANDLERS, transparent, variants
+from medlrp.lrp.handlers import transparent, variants
 from medlrp.lrp.rules import Epsilon, Flat, Gamma, LinearRule, WSquare, ZBox, Zero
 from medlrp.lrp.transformer_fast import fast_handlers
 from medlrp.registry import COMPOSITES
@@ -130,7 +130,7 @@ def _flatten_args(args: tuple[Any, ...]) -> tuple[list[Any], Callable[[list[Any]
     return flat, rebuild
 
 
-def _scaled_op(
+def scaled_op(
     engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], scales: dict[int, float | None]
 ) -> Tensor:
     """Run ``func`` with the gradient to flat argument ``i`` multiplied by ``scales[i]`` (None: stopped).
@@ -166,21 +166,7 @@ def _multilinear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[
     flat, _ = _flatten_args(args)
     tracked = [i for i, a in enumerate(flat) if _is_tracked(engine, a)]
     share = 1.0 / len(tracked)
-    return _scaled_op(engine, func, args, kwargs, dict.fromkeys(tracked, share))
-
-
-def _mul(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Elementwise product: two relevance-carrying factors of one size -> uniform rule; else the engine's."""
-    if len(args) >= 2 and _is_tracked(engine, args[0]) and _is_tracked(engine, args[1]):
-        a, b = args[0], args[1]
-        na, nb = engine.node(a), engine.node(b)
-        if not (na.gate or nb.gate) and a.numel() == b.numel():
-            out_of_place = torch.mul if func in _INPLACE_MUL else func
-            return _scaled_op(engine, out_of_place, args[:2], kwargs, {0: 0.5, 1: 0.5})
-    return HANDLERS[func](engine, func, args, kwargs)
-
-
-_INPLACE_MUL = tuple(variants("mul_", "__imul__"))
+    return scaled_op(engine, func, args, kwargs, dict.fromkeys(tracked, share))
 
 
 def _softmax(conservative: bool) -> Handler:
@@ -191,55 +177,9 @@ def _softmax(conservative: bool) -> Handler:
             with torch.no_grad():
                 return func(*args, **kwargs)
         # AttnLRP: the softmax's own gradient is its rule
-        return _scaled_op(engine, func, args, kwargs, {0: 1.0})
+        return scaled_op(engine, func, args, kwargs, {0: 1.0})
 
     return handler
-
-
-_LN_NAMES = ("input", "normalized_shape", "weight", "bias", "eps")
-
-
-def _layer_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = dict(zip(_LN_NAMES, args, strict=False))
-    bound.update(kwargs)
-    x, shape = bound["input"], tuple(bound["normalized_shape"])
-    weight, bias, eps = bound.get("weight"), bound.get("bias"), bound.get("eps", 1e-5)
-    if _is_tracked(engine, weight) or _is_tracked(engine, bias):
-        raise engine.unsupported("layer norm whose weight carries relevance")
-    if not engine.dual:
-        out = rules.layer_norm_rule(x, shape, weight, bias, eps)
-        engine.track(out)
-        return out
-    true = F.layer_norm(x, shape, weight, bias, eps)
-    rstd = rules.layer_norm_rstd(x, shape, eps)  # with the true graph: exact second order
-    routed = rules.linearised(
-        true, lambda g: [rules.vjp_layer_norm(g, rstd, weight, shape)], [engine.routed(x)]
-    )
-    engine.track(true, routed)
-    return true
-
-
-_RMS_NAMES = ("input", "normalized_shape", "weight", "eps")
-
-
-def _rms_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = dict(zip(_RMS_NAMES, args, strict=False))
-    bound.update(kwargs)
-    x, shape = bound["input"], tuple(bound["normalized_shape"])
-    weight, eps = bound.get("weight"), bound.get("eps")
-    if _is_tracked(engine, weight):
-        raise engine.unsupported("RMS norm whose weight carries relevance")
-    if not engine.dual:
-        out = rules.rms_norm_rule(x, shape, weight, eps)
-        engine.track(out)
-        return out
-    true = F.rms_norm(x, shape, weight, eps)
-    rstd = rules.rms_norm_rstd(x, shape, eps)
-    routed = rules.linearised(
-        true, lambda g: [rules.vjp_layer_norm(g, rstd, weight, shape, centre=False)], [engine.routed(x)]
-    )
-    engine.track(true, routed)
-    return true
 
 
 _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -259,7 +199,7 @@ def _sdpa(conservative: bool) -> Handler:
         else:
             scales = {0: 0.25, 1: 0.25, 2: 0.5}
         scales = {i: s for i, s in scales.items() if _is_tracked(engine, (q, k, v)[i])}
-        return _scaled_op(engine, func, (q, k, v), bound, scales)
+        return scaled_op(engine, func, (q, k, v), bound, scales)
 
     return handler
 
@@ -344,19 +284,8 @@ def transformer_handlers(conservative: bool, residual: str = "norm") -> dict[Any
         raise InputError(f"residual rule {residual!r} unknown; known: norm, plain")
     for f in variants("matmul", "bmm", "einsum") + [torch.Tensor.__matmul__, torch.Tensor.__rmatmul__]:
         table[f] = _multilinear
-    for f in variants("mul", "multiply", "mul_") + [
-        torch.Tensor.__mul__,
-        torch.Tensor.__rmul__,
-        torch.Tensor.__imul__,
-    ]:
-        if f in HANDLERS:
-            table[f] = _mul
     for f in variants("softmax"):
         table[f] = _softmax(conservative)
-    for f in variants("layer_norm"):
-        table[f] = _layer_norm
-    for f in variants("rms_norm"):
-        table[f] = _rms_norm
     table[F.scaled_dot_product_attention] = _sdpa(conservative)
     table[F.multi_head_attention_forward] = _multi_head_attention
     return table
