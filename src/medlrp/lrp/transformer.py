@@ -73,20 +73,22 @@ def _vjp(
 ) -> Callable[[Tensor], list[Tensor | None]]:
     """Vector-Jacobian product of ``func`` at its true inputs (positions in ``args``), times ``scales``.
 
-    Uses the true forward's own graph where the inputs have one; otherwise it recomputes the op on
-    fresh leaves in the backward (the result still carries the graph of everything else it reads).
+    The op is recomputed in the backward on fresh aliases of its inputs (leaves where an input has no
+    graph), so the result is the op's local product and carries the graph of everything it reads.
     """
 
     def vjp(grad: Tensor) -> list[Tensor | None]:
-        ins = [args[p] for p in positions]
-        out = true
-        if not (true.requires_grad and all(t.requires_grad for t in ins)):
-            ins = [t if t.requires_grad else t.detach().requires_grad_() for t in ins]
-            local = list(args)
-            for p, t in zip(positions, ins, strict=True):
-                local[p] = t
-            with torch.enable_grad():
-                out = func(*local, **kwargs)
+        # recomputed on fresh aliases: the gradient to each factor is the op's own, also when one
+        # factor is computed from another (a gated unit ``act(W x) * x``), and it keeps their graph
+        ins = [
+            t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+            for t in (args[p] for p in positions)
+        ]
+        local = list(args)
+        for p, t in zip(positions, ins, strict=True):
+            local[p] = t
+        with torch.enable_grad():
+            out = func(*local, **kwargs)
         wanted = [t for t, s in zip(ins, scales, strict=True) if s is not None]
         grads = iter(
             torch.autograd.grad(out, wanted, grad, create_graph=True, retain_graph=True, allow_unused=True)
