@@ -19,6 +19,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,6 +44,19 @@ def _torchvision(name: str, **kw: object) -> Factory:
         return getattr(torchvision.models, name)(weights=None, num_classes=CLASSES, **kw)
 
     return build
+
+
+def _efficientnet_gn() -> nn.Module:
+    """timm's EfficientNet-B0 with GroupNorm (8 groups: its narrowest stage has 16 channels)."""
+    import timm
+    from timm.layers import GroupNormAct
+
+    return timm.create_model(
+        "efficientnet_b0",
+        pretrained=False,
+        num_classes=CLASSES,
+        norm_layer=partial(GroupNormAct, num_groups=8),
+    )
 
 
 def _timm(name: str, **kw: object) -> Factory:
@@ -157,7 +171,7 @@ ZOO: dict[str, tuple[Factory, tuple[int, ...]]] = {
     "timm/ghostnet_100": (_timm("ghostnet_100"), RGB64),
     "timm/regnety_002": (_timm("regnety_002"), RGB64),
     "timm/lcnet_050": (_timm("lcnet_050"), RGB64),
-    "timm/efficientnet_b0_gn": (_timm("efficientnet_b0", norm_layer="groupnorm"), RGB64),
+    "timm/efficientnet_b0_gn": (_efficientnet_gn, RGB64),
     "timm/deit_tiny_patch16_224": (_timm("deit_tiny_patch16_224", img_size=64), RGB64),
     "timm/swinv2_cr_tiny_ns_224": (_timm("swinv2_cr_tiny_ns_224", img_size=64, window_size=4), RGB64),
     "monai/DenseNet121-2d": (_monai("DenseNet121", 2, **MONAI_CLS), MONAI_2D),
@@ -177,6 +191,16 @@ ZOO: dict[str, tuple[Factory, tuple[int, ...]]] = {
 }
 
 
+def _random_zero_weights(model: nn.Module) -> nn.Module:
+    """Random weights where the library initialises a weight to zero (torchvision's ViT head)."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
 def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:150]}"
 
@@ -188,7 +212,7 @@ def check(name: str, factory: Factory, shape: tuple[int, ...]) -> dict[str, obje
     row: dict[str, object] = {"model": name, "input": list(shape)}
     start = time.perf_counter()
     try:
-        model = conservation_copy(factory(), x)
+        model = conservation_copy(_random_zero_weights(factory()), x)
     except Exception as err:  # a model that cannot be built here is reported, not hidden
         row.update(composite="-", lrp=f"not built: {_short(err)}", gradcam="-")
         return row
