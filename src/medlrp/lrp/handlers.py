@@ -113,25 +113,16 @@ def _track_all(
             node.gate = gate
 
 
-def _all_nonneg(engine: Engine, args: Any) -> bool:
-    """Whether every tracked tensor among ``args`` (lists included) is known to be >= 0."""
+def _all_nonneg(engine: Engine, args: Any, flag: str = "nonneg") -> bool:
+    """Whether every tracked tensor among ``args`` (lists included) is known to be >= 0.
+
+    ``flag="gate"``: whether every one is a gate (a view or copy of a sigmoid's output).
+    """
     found = False
     for t in _tensors(list(args)):
         node = engine.node(t)
         if node is not None:
-            if not node.nonneg:
-                return False
-            found = True
-    return found
-
-
-def _all_gates(engine: Engine, args: Any) -> bool:
-    """Whether every tracked tensor among ``args`` is a gate (a view or copy of a sigmoid's output)."""
-    found = False
-    for t in _tensors(list(args)):
-        node = engine.node(t)
-        if node is not None:
-            if not node.gate:
+            if not getattr(node, flag):
                 return False
             found = True
     return found
@@ -160,7 +151,7 @@ def transparent(out_of_place: Any = None, keeps_input: bool = False, sign: str =
         f = out_of_place or func
         args, kwargs = _strip_inplace(func, args, kwargs)
         nonneg = sign == "nonneg" or (sign == "keep" and _all_nonneg(engine, args))
-        gate = sign == "keep" and _all_gates(engine, args)  # a gate reshaped or scaled is still one
+        gate = sign == "keep" and _all_nonneg(engine, args, "gate")  # a gate reshaped or scaled is still one
         true, routed = _both(engine, f, args, kwargs)
         _track_all(engine, true, routed, keeps_input and _input_like(engine, args, true), nonneg, gate)
         return true
