@@ -8,7 +8,8 @@ of :func:`medlrp.metrics.conservation.conservation_copy` (float64, biases, norma
 tokens and position embeddings zeroed, BatchNorm variances calibrated on the input). On it ``epsilon``
 (CNNs) or ``cp-lrp`` (transformers, as ``looks_like_transformer`` decides) must sum to the target
 logit: the table gives the largest relative conservation error of the batch (``ok`` within 1e-3) or the
-error message, and whether Grad-CAM (default layer) runs. Writes benchmarks/results/zoo_coverage.json.
+error message, whether ``attnlrp`` runs on the transformers (it is not conservative by design) and
+whether Grad-CAM (default layer) runs. Writes benchmarks/results/zoo_coverage.json.
 """
 
 from __future__ import annotations
@@ -225,6 +226,13 @@ def check(name: str, factory: Factory, shape: tuple[int, ...]) -> dict[str, obje
     except Exception as err:
         row["lrp"] = _short(err)
     row["lrp_s"] = round(time.perf_counter() - start, 2)
+    row["attnlrp"] = "-"
+    if composite == "cp-lrp":  # AttnLRP is not conservative by design: it must run, finite
+        try:
+            r = medlrp.LRP(model, "attnlrp").relevance(x)
+            row["attnlrp"] = "ok" if torch.isfinite(r).all() else "non-finite map"
+        except Exception as err:
+            row["attnlrp"] = _short(err)
     try:
         cam = medlrp.explain(model, x, method="gradcam")
         row["gradcam"] = "ok" if torch.isfinite(cam.relevance).all() else "non-finite map"
@@ -239,14 +247,15 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rows = []
-    print(f"{'model':34} {'composite':9} {'conservation':>12}  {'LRP':8} Grad-CAM")
+    print(f"{'model':34} {'composite':9} {'conservation':>12}  {'LRP':8} {'attnlrp':8} Grad-CAM")
     for name, (factory, shape) in ZOO.items():
         if args.k not in name:
             continue
         row = check(name, factory, shape)
         rows.append(row)
         error = f"{row['error']:.1e}" if "error" in row else "-"
-        print(f"{name:34} {row['composite']:9} {error:>12}  {row['lrp']:8} {row['gradcam']}", flush=True)
+        line = f"{name:34} {row['composite']:9} {error:>12}  {row['lrp']:8} {row.get('attnlrp', '-'):8}"
+        print(f"{line} {row['gradcam']}", flush=True)
     lrp_ok = sum(r["lrp"] == "ok" for r in rows)
     cam_ok = sum(r["gradcam"] == "ok" for r in rows)
     print(f"LRP conservative within {TOLERANCE:g}: {lrp_ok}/{len(rows)}; Grad-CAM ran: {cam_ok}/{len(rows)}")
