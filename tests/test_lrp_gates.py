@@ -44,6 +44,10 @@ class SE(nn.Module):
             return torch.mul(s, x)
         if self.form == "mul_":
             return x.clone().mul_(s)
+        if self.form == "mul_ in place":  # the model reads x, not the result
+            x = x.clone()
+            x.mul_(s)
+            return x
         return x * s
 
 
@@ -53,7 +57,7 @@ def _head_gradient(head: nn.Linear, y: torch.Tensor, t: int) -> torch.Tensor:
     return head.weight[t] * z[t] / stab(z[t])
 
 
-FORMS = ["star", "torch.mul", "mul_", "hardsigmoid", "monai"]
+FORMS = ["star", "torch.mul", "mul_", "mul_ in place", "hardsigmoid", "monai"]
 
 
 @pytest.mark.parametrize("size", [1, 3])

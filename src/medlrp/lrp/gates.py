@@ -63,13 +63,37 @@ def gate_of(engine: Engine, a: Tensor, b: Tensor) -> int | None:
     return None
 
 
+def _in_place(engine: Engine, a: Tensor, b: Any) -> bool:
+    """``a *= b`` done in place, as the model asked: ``a`` carries relevance, ``b`` is a gate or constant.
+
+    A model may read ``a`` after ``a.mul_(b)`` instead of the result, so the fast path changes ``a``
+    too; autograd guards it (a tensor some backward node saved cannot change silently) and where it
+    refuses (a leaf, a view made by a rule's own autograd function) the product is made out of place.
+    The exact pass (``create_graph=True``) always makes it out of place: its rules keep the true
+    tensors for their derivatives.
+    """
+    if engine.dual:
+        return False
+    node = engine.node(a)
+    try:
+        a.mul_(b.detach() if isinstance(b, Tensor) else b)
+    except RuntimeError:
+        return False
+    nonneg = node.nonneg and (engine.node(b).gate if _tracked(engine, b) else _nonneg_constant(b))
+    node.linear, node.gate, node.is_input, node.nonneg = None, False, False, nonneg
+    return True
+
+
 def _multiply(out_of_place: Any = None) -> Any:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         f = out_of_place or func
         a, b = args[0], args[1]
+        gate = gate_of(engine, a, b) if _tracked(engine, a) and _tracked(engine, b) else None
+        in_place = out_of_place is not None and _tracked(engine, a) and (gate == 1 or not _tracked(engine, b))
+        if in_place and _in_place(engine, a, b):
+            return a
         if not (_tracked(engine, a) and _tracked(engine, b)):
             return scale(engine, f, (a, b), kwargs)
-        gate = gate_of(engine, a, b)
         if gate is None:  # the uniform rule: half of the gradient to each factor
             return scaled_op(engine, f, (a, b), kwargs, {0: 0.5, 1: 0.5})
         x, g = (b, a) if gate == 0 else (a, b)
