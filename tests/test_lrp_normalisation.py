@@ -243,3 +243,24 @@ def test_evonorm_holds_its_group_std_and_gates_the_signal() -> None:
         grad = head.weight[1] * z[1] / (z[1] + EPS * torch.sign(z[1]))
         grad = grad * y / (y + EPS * torch.sign(y))  # the affine bias: a sum split proportionally
         torch.testing.assert_close(r, xi * (s * grad).reshape(xi.shape), rtol=1e-9, atol=1e-12)
+
+
+EVONORMS = ["EvoNorm2dB0", "EvoNorm2dS0", "EvoNorm2dS0a", "EvoNorm2dS1", "EvoNorm2dS1a"]
+
+
+@pytest.mark.parametrize("name", [*EVONORMS, "EvoNorm2dS2"])
+def test_evonorm_variants_conserve_or_are_named(name: str) -> None:
+    """timm's EvoNorms: B0 and S0/S1 conserve; S2 (an in-place ``sqrt_`` of its group RMS) is refused
+    with an error naming the module, its type and the operation."""
+    torch.manual_seed(0)
+    norm = (
+        getattr(timm.layers, name)(8) if name.endswith("B0") else getattr(timm.layers, name)(8, group_size=4)
+    )
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    x = torch.randn(2, 3, 8, 8, dtype=DT)
+    model = medlrp.metrics.conservation.conservation_copy(model, x)
+    if name not in EVONORMS:
+        with pytest.raises(medlrp.UnsupportedLayerError, match=rf"'1' \({name}\).*sqrt_"):
+            medlrp.LRP(model, "epsilon")(x)
+        return
+    assert medlrp.metrics.conservation_error(medlrp.LRP(model, "epsilon")(x)).max() < 1e-3
