@@ -149,10 +149,13 @@ class Engine(TorchFunctionMode):
     def _failed(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], err: Exception) -> Exception:
         """The error to raise for a handler of ``func`` that raised ``err``, recorded as the pass's failure.
 
-        medlrp's own errors stay as they are; any other error is the model's own when the plain
-        operation fails too (a wrong input shape), else a rule's failure, reported as an
-        :class:`~medlrp.errors.UnsupportedLayerError` naming the module, its type and the operation.
+        medlrp's own errors stay as they are (also its ``RuntimeError`` on a tensor changed in place);
+        any other error is the model's own when the plain operation fails too (a wrong input shape),
+        else a rule's failure, reported as an :class:`~medlrp.errors.UnsupportedLayerError` naming the
+        module, its type and the operation.
         """
+        if str(err).startswith("medlrp:"):
+            return err
         if not isinstance(err, MedlrpError):
             name = _func_name(func)
             if not name.endswith("_"):  # never re-run an in-place operation

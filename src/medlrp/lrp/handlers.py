@@ -19,8 +19,9 @@ module owning a parameter (``engine.layer_of(weight)``), the composite's rule fo
 (``engine.select_rule(kind, name, module)``) and raise ``engine.unsupported(...)`` (an
 :class:`~medlrp.errors.UnsupportedLayerError` naming the module). Register with
 :func:`register_handler`; a composite may also carry its own table (``Composite.handlers``), which
-takes precedence, so transformer rules (softmax, matmul, layer norm, attention) live in their own
-module.
+takes precedence, so transformer rules (softmax, matmul, attention) live in their own module. Rules
+for every composite registered from other modules: :mod:`medlrp.lrp.gates` (products),
+:mod:`medlrp.lrp.normalisation` (layer, group, instance, RMS norm, statistics, divisions).
 """
 
 from __future__ import annotations

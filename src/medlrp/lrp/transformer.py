@@ -1,9 +1,11 @@
 """Transformer composites ``attnlrp`` and ``cp-lrp``: the engine's handlers for attention operations.
 
 The rules themselves are in :mod:`medlrp.lrp.attention`; this module binds them to the torch functions
-a Vision Transformer calls (softmax, matmul / bmm / einsum, elementwise products, layer / RMS norm,
-``scaled_dot_product_attention``, ``multi_head_attention_forward``) through the engine's extension API
-(``Composite.handlers``), so they apply to one LRP call of one model only.
+a Vision Transformer calls (softmax, matmul / bmm / einsum, ``scaled_dot_product_attention``,
+``multi_head_attention_forward``) through the engine's extension API (``Composite.handlers``), so they
+apply to one LRP call of one model only. Elementwise products (:mod:`medlrp.lrp.gates`) and
+normalisation (:mod:`medlrp.lrp.normalisation`) have one rule for every composite, CNN and
+transformer.
 
 What each part of a ViT gets (both composites unless said):
 
@@ -23,7 +25,8 @@ What each part of a ViT gets (both composites unless said):
 * **softmax**: AttnLRP's rule (the plain gradient); CP-LRP holds it constant.
 * **products of two relevance-carrying tensors** (attention scores, ``A @ v``, gated units): the uniform
   rule, 1/n of the gradient to each of the n factors.
-* **layer norm / RMS norm**: standard deviation held constant (identity rule on the centring).
+* **layer norm / RMS norm** (and Swin V2's ``F.normalize``): the normaliser held constant (identity
+  rule on the centring; :mod:`medlrp.lrp.normalisation`).
 
 With ``linear="epsilon"`` and the position embedding's and biases' shares set aside, CP-LRP is
 conservative; AttnLRP gives part of the relevance to the softmax's implicit bias by design.
