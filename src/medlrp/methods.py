@@ -3,6 +3,4 @@
 from medlrp import cam as _cam  # noqa: F401
 from medlrp import gradients as _gradients  # noqa: F401
 from medlrp import lrp as _lrp  # noqa: F401
-from medlrp.lrp import gates as _gates  # noqa: F401  (products and gates)
-from medlrp.lrp import normalisation as _normalisation  # noqa: F401  (normalisation layers)
 from medlrp.lrp import transformer as _transformer  # noqa: F401  (attnlrp, cp-lrp)

@@ -5,6 +5,8 @@ no hooks), so one ordinary backward yields the relevance as ``input * grad``. Se
 :mod:`medlrp.lrp.engine` for the design, :mod:`medlrp.lrp.handlers` for the extension API.
 """
 
+from medlrp.lrp import gates as _gates  # noqa: F401  (products: gates, gated units)
+from medlrp.lrp import normalisation as _normalisation  # noqa: F401  (layer/group/instance/RMS norm)
 from medlrp.lrp import recurrent  # noqa: F401  (registers the LSTM/GRU handlers)
 from medlrp.lrp import resample as _resample  # noqa: F401  (interpolation, PReLU)
 from medlrp.lrp.composites import (
