@@ -88,11 +88,20 @@ def _multiply(out_of_place: Any = None) -> Any:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         f = out_of_place or func
         a, b = args[0], args[1]
-        gate = gate_of(engine, a, b) if _tracked(engine, a) and _tracked(engine, b) else None
-        in_place = out_of_place is not None and _tracked(engine, a) and (gate == 1 or not _tracked(engine, b))
+        ta, tb = _tracked(engine, a), _tracked(engine, b)
+        if ta != tb:
+            g, other = (a, b) if ta else (b, a)
+            if isinstance(other, Tensor) and other.is_floating_point() and engine.node(g).gate:
+                # a gate times a signal that carries no relevance (a recurrent cell's initial state or
+                # bias): the gate takes none either ("signal-take-all"), the product's share is absorbed
+                if engine.dual:
+                    return f(a, b)  # the true value keeps its graph; it is a constant of the routed one
+                return f(a.detach(), b) if ta else f(a, b.detach())
+        gate = gate_of(engine, a, b) if ta and tb else None
+        in_place = out_of_place is not None and ta and (gate == 1 or not tb)
         if in_place and _in_place(engine, a, b):
             return a
-        if not (_tracked(engine, a) and _tracked(engine, b)):
+        if not (ta and tb):
             return scale(engine, f, (a, b), kwargs)
         if gate is None:  # the uniform rule: half of the gradient to each factor
             return scaled_op(engine, f, (a, b), kwargs, {0: 0.5, 1: 0.5})
