@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import medlrp
-from medlrp.lrp.engine import clamped_product
+from medlrp.lrp.products import clamped_product
 from medlrp.lrp.pooling import compact_max_pool, pool_arguments
 
 POOLS = [
@@ -74,7 +74,7 @@ def test_clamped_product_recomputes_its_weight() -> None:
     torch.manual_seed(0)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    for part, ref in (("+", w.clamp(min=0)), ("-", w.clamp(max=0)), ("|", w.abs())):
+    for part, ref in (("W+", w.clamp(min=0)), ("W-", w.clamp(max=0)), ("|W|", w.abs())):
         y = clamped_product(lambda a, b, c: F.conv2d(a, b, c, padding=1), x, w, part)
         g = torch.randn_like(y)
         torch.testing.assert_close(y, F.conv2d(x, ref, padding=1))
@@ -83,7 +83,7 @@ def test_clamped_product_recomputes_its_weight() -> None:
         torch.testing.assert_close(got, expected)
     lin = torch.randn(5, 6, dtype=torch.float64)
     v = torch.rand(3, 6, dtype=torch.float64, requires_grad=True)
-    y = clamped_product(F.linear, v, lin, "+")  # F.linear saves a transposed view of the weight
+    y = clamped_product(F.linear, v, lin, "W+")  # F.linear saves a transposed view of the weight
     (got,) = torch.autograd.grad(y.sum(), v)
     torch.testing.assert_close(got, lin.clamp(min=0).sum(0).expand(3, 6))
 
@@ -91,7 +91,7 @@ def test_clamped_product_recomputes_its_weight() -> None:
 def test_clamped_product_refuses_a_weight_changed_before_the_backward() -> None:
     w = torch.randn(4, 3, 3, 3)
     x = torch.rand(1, 3, 6, 6, requires_grad=True)
-    y = clamped_product(F.conv2d, x, w, "+")
+    y = clamped_product(F.conv2d, x, w, "W+")
     w.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         y.sum().backward()

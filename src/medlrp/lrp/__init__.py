@@ -2,16 +2,17 @@
 
 Rules are written into the model's forward pass by a per-call ``TorchFunctionMode`` (nothing global,
 no hooks), so one ordinary backward yields the relevance as ``input * grad``. See
-:mod:`medlrp.lrp.engine` for the design, :mod:`medlrp.lrp.handlers` for the extension API.
+:mod:`medlrp.lrp.rules` for the rules (and how to add one), :mod:`medlrp.lrp.engine` for the design,
+:mod:`medlrp.lrp.handlers` for the extension API.
 """
 
 from medlrp.lrp import gates as _gates  # noqa: F401  (products: gates, gated units)
 from medlrp.lrp import normalisation as _normalisation  # noqa: F401  (layer/group/instance/RMS norm)
 from medlrp.lrp import recurrent  # noqa: F401  (registers the LSTM/GRU handlers)
 from medlrp.lrp import resample as _resample  # noqa: F401  (interpolation, PReLU)
+from medlrp.lrp import transformer as _transformer  # noqa: F401  (registers attnlrp and cp-lrp)
 from medlrp.lrp.composites import (
     CNN_COMPOSITES,
-    DEFAULT_COMPOSITES,
     Composite,
     default_composite_name,
     looks_like_transformer,
@@ -20,25 +21,28 @@ from medlrp.lrp.composites import (
 from medlrp.lrp.explainer import LRP, STARTS
 from medlrp.lrp.handlers import HANDLERS, register_handler
 from medlrp.lrp.rules import (
+    RULES,
     AlphaBeta,
     Epsilon,
     Flat,
     Gamma,
     LinearRule,
-    Norm,
-    Pass,
+    Product,
+    Quantities,
     Rule,
     WSquare,
     ZBox,
     Zero,
     ZPlus,
+    register_rule,
+    stabilize,
 )
 
 __all__ = [
     "CNN_COMPOSITES",
-    "DEFAULT_COMPOSITES",
     "HANDLERS",
     "LRP",
+    "RULES",
     "STARTS",
     "AlphaBeta",
     "Composite",
@@ -46,8 +50,8 @@ __all__ = [
     "Flat",
     "Gamma",
     "LinearRule",
-    "Norm",
-    "Pass",
+    "Product",
+    "Quantities",
     "Rule",
     "WSquare",
     "ZBox",
@@ -56,5 +60,7 @@ __all__ = [
     "default_composite_name",
     "looks_like_transformer",
     "register_handler",
+    "register_rule",
     "resolve_composite",
+    "stabilize",
 ]

@@ -18,8 +18,8 @@ and CP-LRP (Ali et al., ICML 2022) become:
   gradient, ``q`` and ``k`` a quarter (AttnLRP); CP-LRP stops ``q`` and ``k``.
 * **layer norm / RMS norm**: the standard deviation is held constant; the centring ``x - mean(x)`` is a
   linear map whose gradient gives the paper's identity rule on it (and CP-LRP's constant scale).
-* **element-wise activations** (GELU, SiLU, tanh, ...): the identity rule, relevance passes unchanged:
-  gradient ``g * f(x) / x`` (``x`` stabilised as ``x + eps * sign(x)``, ``sign(0) = +1``).
+* **element-wise activations** (GELU, SiLU, tanh, ...): the identity rule, relevance passes unchanged
+  (:func:`medlrp.lrp.rules.identity_ratio`, the engine's pass rule).
 
 For ``create_graph=True`` the engine builds the true forward (with its graph) beside the routed one; a
 rule op's routed output is then :class:`Linearised`, whose backward evaluates the rule's
@@ -33,10 +33,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-
-#: Stabiliser of the identity rule's ``f(x) / x`` (tiny: it only guards against ``x == 0``).
-IDENTITY_EPSILON = 1e-12
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -61,36 +57,6 @@ def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     if factor == 1.0 or not x.requires_grad:
         return x
     return _ScaleGrad.apply(x, factor)
-
-
-def stabilize(x: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``x + epsilon * sign(x)`` with ``sign(0) = +1`` (zennit's convention)."""
-    return x + epsilon * torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
-class _IdentityRule(torch.autograd.Function):
-    """``y = fn(x)``; backward ``g * y / stab(x)``: relevance ``x * grad`` passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        y = fn(x)
-        ctx.save_for_backward(y / stabilize(x, IDENTITY_EPSILON))
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        (ratio,) = ctx.saved_tensors
-        return None, grad * ratio
-
-
-def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Apply the element-wise ``fn`` with the identity rule (relevance passes unchanged)."""
-    return _IdentityRule.apply(fn, x)
-
-
-def identity_ratio(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The identity rule's gradient factor ``y / stab(x)`` (differentiable, for the exact pass)."""
-    return y / stabilize(x, IDENTITY_EPSILON)
 
 
 def _norm_dims(x: torch.Tensor, normalized_shape: Sequence[int]) -> tuple[int, ...]:
@@ -177,33 +143,6 @@ def rms_norm_rule(
     return y if weight is None else y * weight
 
 
-def bilinear_rule(
-    fn: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any
-) -> torch.Tensor:
-    """``fn(a, b, ...)`` (a product, both factors on the relevance path) with the uniform 50/50 rule."""
-    return fn(scale_grad(a, 0.5), scale_grad(b, 0.5), *args, **kwargs)
-
-
-def sdpa_rule(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    *args: Any,
-    conservative: bool = False,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` under AttnLRP (or CP-LRP with ``conservative=True``).
-
-    AttnLRP: ``softmax(q k^T) v`` holds two products: ``v`` gets half the gradient, ``q`` and ``k`` a
-    quarter (the softmax in between needs nothing, its gradient is its rule). CP-LRP holds the attention
-    weights constant: ``q`` and ``k`` get no gradient; ``v`` keeps its plain gradient (``A v`` is linear).
-    """
-    if conservative:
-        return F.scaled_dot_product_attention(query.detach(), key.detach(), value, *args, **kwargs)
-    q, k, v = scale_grad(query, 0.25), scale_grad(key, 0.25), scale_grad(value, 0.5)
-    return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
-
-
 class _Held:
     """Non-tensor holder, so that the output is never an input of the autograd function (no view)."""
 
@@ -243,30 +182,3 @@ def linearised(
 ) -> torch.Tensor:
     """Output ``value`` whose gradient to ``inputs`` is ``vjp(grad)`` (see :class:`Linearised`)."""
     return Linearised.apply(_Held(value, vjp), *inputs)
-
-
-def vjp_of(
-    output: torch.Tensor, inputs: Sequence[torch.Tensor], scales: Sequence[float | None]
-) -> Callable[[torch.Tensor], list[torch.Tensor | None]]:
-    """The vector-Jacobian product of a recorded op, each input's gradient times its scale.
-
-    ``output`` was computed from ``inputs`` with their graph (first pass); a scale of ``None`` means the
-    input gets no gradient (held constant). The product is built with ``create_graph=True`` so it stays
-    differentiable with respect to everything ``output`` depends on.
-    """
-
-    def vjp(grad: torch.Tensor) -> list[torch.Tensor | None]:
-        wanted = [t for t, s in zip(inputs, scales, strict=True) if s is not None]
-        grads = iter(
-            torch.autograd.grad(output, wanted, grad, create_graph=True, retain_graph=True, allow_unused=True)
-        )
-        result: list[torch.Tensor | None] = []
-        for t, s in zip(inputs, scales, strict=True):
-            if s is None:
-                result.append(None)
-                continue
-            g = next(grads)
-            result.append(torch.zeros_like(t) if g is None else (g if s == 1.0 else g * s))
-        return result
-
-    return vjp

@@ -179,11 +179,12 @@ for _name, _factory in CNN_COMPOSITES.items():
         COMPOSITES.add(_name, _factory)
 
 
-# -- default composite by model family. The ViT helper registers its detector in front:
-#    DEFAULT_COMPOSITES.insert(0, (is_transformer, "attnlrp")).
-DEFAULT_COMPOSITES: list[tuple[Callable[[nn.Module], bool], str]] = []
-#: Name used when no detector matches.
+#: Names ``composite=None`` picks: for CNNs, for transformers (registered by :mod:`medlrp.lrp.transformer`)
+#: and for recurrent models (epsilon everywhere, the paper's rules: a flat first-layer rule would land on
+#: the first ``nn.Linear``, the classifier head behind the recurrent layer).
 CNN_DEFAULT = "epsilon-plus-flat"
+TRANSFORMER_DEFAULT = "attnlrp"
+RECURRENT_DEFAULT = "epsilon"
 
 _TRANSFORMER_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
@@ -208,15 +209,10 @@ def looks_like_transformer(model: nn.Module) -> bool:
 
 def default_composite_name(model: nn.Module) -> str:
     """The composite ``composite=None`` picks for ``model``."""
-    import medlrp.lrp.transformer  # noqa: F401  (registers its detector; medlrp's imports are lazy)
-
-    for detect, name in DEFAULT_COMPOSITES:
-        if detect(model):
-            return name
     if looks_like_transformer(model):
-        raise InputError(
-            "this model looks like a transformer and no transformer composite (attnlrp) is registered"
-        )
+        return TRANSFORMER_DEFAULT
+    if any(isinstance(m, (nn.LSTM, nn.GRU)) for m in model.modules()):
+        return RECURRENT_DEFAULT
     return CNN_DEFAULT
 
 

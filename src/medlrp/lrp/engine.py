@@ -23,8 +23,8 @@ Two modes:
 
 from __future__ import annotations
 
-import inspect
 import re
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +33,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from medlrp.errors import InputError, MedlrpError, UnsupportedLayerError
+from medlrp.lrp.products import WEIGHTS
 from medlrp.lrp.route import settle
 
 _ATTR = "_medlrp_node"
@@ -41,12 +42,17 @@ _INPLACE = re.compile(r"^__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lsh
 #: Handler signature: ``handler(engine, func, args, kwargs) -> result``. See :mod:`medlrp.lrp.handlers`.
 Handler = Callable[["Engine", Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
-#: Torch functions whose handlers take a route's output without needing that route's coefficients
-#: (a BatchNorm merged into the linear layer before it routes the merged output instead). Before any
-#: other handler runs, the fast path computes the pending coefficients of its inputs' routes, so the
-#: values they need (layer outputs, products) are freed during the forward pass instead of being kept
-#: for the backward pass.
-DEFERRING: set[Any] = set()
+
+def deferring(handler: Handler) -> Handler:
+    """Mark a handler that takes a route's output without needing that route's coefficients.
+
+    A BatchNorm merged into the linear layer before it routes the merged output instead; shapes and
+    constants read no values. Before any other handler runs, the fast path computes the pending
+    coefficients of its inputs' routes, so the values they need (layer outputs, products) are freed
+    during the forward pass instead of being kept for the backward pass.
+    """
+    handler.defers = True  # type: ignore[attr-defined]
+    return handler
 
 
 class Node:
@@ -109,6 +115,7 @@ class Engine(TorchFunctionMode):
         self._tracked: list[weakref.ref[torch.Tensor]] = []
         #: The first error a rule raised in this pass (see :meth:`__exit__`).
         self.failure: MedlrpError | None = None
+        self._stack: list[tuple[str, torch.nn.Module]] = []
         self._params: dict[int, tuple[torch.Tensor, str, torch.nn.Module]] = {}
         self._modules: dict[int, tuple[str, torch.nn.Module]] = {}
         for name, module in model.named_modules():
@@ -125,7 +132,7 @@ class Engine(TorchFunctionMode):
             return func(*args, **kwargs)
         handler = self.handlers.get(func)
         if handler is not None:
-            if not self.dual and func not in DEFERRING:
+            if not self.dual and not getattr(handler, "defers", False):
                 self._settle(args)
                 self._settle(kwargs.values())
             try:
@@ -245,15 +252,16 @@ class Engine(TorchFunctionMode):
         return self.current_module()
 
     def current_module(self) -> tuple[str, torch.nn.Module | None]:
-        """The innermost module of the model whose ``forward`` is on the Python stack."""
-        frame = inspect.currentframe()
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            entry = self._modules.get(id(owner)) if owner is not None else None
-            if entry is not None and entry[1] is owner:
-                return entry
-            frame = frame.f_back
-        return "", None
+        """The innermost module of the model being called (see :meth:`running`)."""
+        return self._stack[-1] if self._stack else ("", None)
+
+    def running(self) -> _Running:
+        """A context that tracks which module of the model runs, for :meth:`current_module`.
+
+        Global module hooks, registered for the call only and acting only on this thread and on the
+        model's own modules: the model itself is not touched.
+        """
+        return _Running(self)
 
     def unsupported(self, what: str) -> UnsupportedLayerError:
         """An :class:`UnsupportedLayerError` naming the running module (dotted name) and its type."""
@@ -282,80 +290,80 @@ class Engine(TorchFunctionMode):
         self.references.append((value, leaf))
         return leaf
 
-    def weight_part(self, weight: torch.Tensor, part: str) -> torch.Tensor:
-        """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (``"|"``).
+    def weight_part(self, weight: torch.Tensor, kind: str) -> torch.Tensor:
+        """The weight modified by ``kind`` (see :data:`~medlrp.lrp.products.WEIGHTS`: ``"W+"``, ``"|W|"``...).
 
-        Dual mode: computed once per pass, with its graph. Fast path: detached and computed per call,
-        never kept (see :func:`clamped_product`: the backward pass recomputes it instead of saving it).
+        Dual mode: computed once per pass, with its graph. Fast path: detached, never kept.
         """
         if not self.dual:
-            return clamp_weight(weight.detach(), part)
-        key = (id(weight), part)
+            return WEIGHTS[kind](weight.detach())
+        key = (id(weight), kind)
         hit = self.cache.get(key)
         if hit is None:
-            hit = self.cache[key] = clamp_weight(weight, part)
+            hit = self.cache[key] = WEIGHTS[kind](weight)
         return hit
 
-
-def clamped_product(
-    call: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    part: str,
-) -> torch.Tensor:
-    """``call(x, W_part)`` whose autograd node recomputes ``W_part`` in the backward pass.
-
-    Autograd would keep the clamped weight of every layer from the forward to the backward pass (one
-    copy of the model's weights for z+, gamma and alpha-beta); clamping again costs a fraction of one
-    product. An in-place change of ``weight`` in between is an error, as autograd's own check would be.
-    """
-    wp = clamp_weight(weight.detach(), part)
-    version = weight._version
-    storage = wp.untyped_storage().data_ptr()
-
-    def pack(t: torch.Tensor) -> Any:
-        # the clamped weight itself or a view of it (``F.linear`` saves its transpose)
-        if t.untyped_storage().data_ptr() == storage:
-            return _Recipe(t.size(), t.stride(), t.storage_offset())
-        return t
-
-    def unpack(saved: Any) -> torch.Tensor:
-        if not isinstance(saved, _Recipe):
-            return saved
-        if weight._version != version:
-            raise RuntimeError(
-                "medlrp: a weight was modified in place between the forward and the backward pass of LRP"
-            )
-        return clamp_weight(weight.detach(), part).as_strided(saved.size, saved.stride, saved.offset)
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return call(x, wp, None)
+    def derived_weight(self, weight: torch.Tensor, k: float) -> torch.Tensor:
+        """``k |W|``, kept between the explainer's passes where it has a :class:`WeightCache`."""
+        if self.weights is None:
+            return weight.detach().abs().mul_(k)
+        return self.weights.get(weight, k)
 
 
-class _Recipe:
-    """A saved clamped weight (or a view of it) that the backward pass recomputes."""
+class _Running:
+    """Global forward (pre-)hooks keeping :attr:`Engine._stack`, removed on exit."""
 
-    __slots__ = ("size", "stride", "offset")
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.handles: list[Any] = []
 
-    def __init__(self, size: torch.Size, stride: tuple[int, ...], offset: int) -> None:
-        self.size, self.stride, self.offset = size, stride, offset
+    def __enter__(self) -> None:
+        engine, thread = self.engine, threading.get_ident()
+        modules, stack = engine._modules, engine._stack
+        hooks = torch.nn.modules.module
 
+        def pre(module: torch.nn.Module, args: Any) -> None:
+            entry = modules.get(id(module))
+            if entry is not None and entry[1] is module and threading.get_ident() == thread:
+                stack.append(entry)
 
-def clamp_weight(w: torch.Tensor, part: str) -> torch.Tensor:
-    """``W+`` (``part="+"``), ``W-`` (``"-"``) or ``|W|`` (any other part, e.g. ``"|"``)."""
-    if part == "+":
-        return w.clamp(min=0)
-    if part == "-":
-        return w.clamp(max=0)
-    return w.abs()
+        def post(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if stack and stack[-1][1] is module and threading.get_ident() == thread:
+                stack.pop()
+
+        self.handles = [
+            hooks.register_module_forward_pre_hook(pre),
+            hooks.register_module_forward_hook(post, always_call=True),
+        ]
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.engine._stack.clear()
 
 
 class WeightCache:
     """The per-explainer store of derived weights (the ViT fast path's ``k |W|``), kept between calls.
 
-    An owner token: stores keyed by it live and die with the explainer (see
-    :mod:`medlrp.lrp.transformer_fast`).
+    An entry is valid while the weight object, its version counter and its storage address are unchanged.
     """
+
+    def __init__(self) -> None:
+        self.entries: dict[
+            tuple[int, float], tuple[weakref.ref[torch.Tensor], tuple[int, int], torch.Tensor]
+        ] = {}
+
+    def get(self, weight: torch.Tensor, k: float) -> torch.Tensor:
+        """``k |W|`` for ``weight``, computed once per weight version."""
+        key = (id(weight), k)
+        entry = self.entries.get(key)
+        version = (weight._version, weight.data_ptr())
+        if entry is not None and entry[0]() is weight and entry[1] == version:
+            return entry[2]
+        value = weight.detach().abs().mul_(k)
+        self.entries[key] = (weakref.ref(weight), version, value)
+        return value
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:

@@ -138,7 +138,7 @@ class LRP:
             true = leaf
         engine.routed_input = leaf
         engine.track(true, leaf).is_input = True
-        with engine:
+        with engine.running(), engine:
             output = _logits(self.model(true))
         if not isinstance(output, Tensor) or output.dim() < 2:
             raise InputError(

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medlrp.lrp.engine import DEFERRING, Engine, Handler, _tensors
+from medlrp.lrp.engine import Engine, Handler, _tensors, deferring
 from medlrp.lrp.linear import LinearCall, bind_linear, make_call
 from medlrp.lrp.pooling import compact_max_pool, pool_arguments
 from medlrp.lrp.route import route, settle
-from medlrp.lrp.rules import LinearRule, stabilize, stabilized_ratio
+from medlrp.lrp.rules import LinearRule, identity_ratio, stabilized_ratio
 
 Tensor = torch.Tensor
 
@@ -217,8 +217,7 @@ def _relu(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, An
 
 _RELU_OUT_OF_PLACE = transparent(torch.relu, sign="nonneg")
 _RELU_INPLACE = set(variants("relu_"))
-register_handler(*variants("relu", "relu_"))(_relu)
-DEFERRING.update(variants("relu", "relu_"))  # settles its input itself (a ReLU variant when in place)
+register_handler(*variants("relu", "relu_"))(deferring(_relu))  # settles its input itself
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 
@@ -260,12 +259,9 @@ def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str,
         "numel",
     )
 )
+@deferring
 def _constant(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return func(*args, **kwargs)
-
-
-# shapes and constants read no values: no reason to settle a route's coefficients before them
-DEFERRING.update(f for f, h in HANDLERS.items() if h is _constant)
 
 
 # -- linear layers
@@ -278,7 +274,7 @@ def _linear_layer(kind: str, channel_dim: int) -> Handler:
         rule = engine.select_rule(kind, name, module)
         if not isinstance(rule, LinearRule):
             raise engine.unsupported(f"rule {rule!r} does not apply to a {kind} layer")
-        call = LinearCall(engine, make_call(func, rest, kw), x, w, b, rule, name, channel_dim)
+        call = LinearCall(engine, make_call(func, rest, kw), x, w, b, rule, channel_dim)
         return call.output()
 
     return handler
@@ -301,7 +297,7 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
             return true
         gate = _all_gates(engine, args)
         if engine.dual:
-            routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
+            routed = route(true, [routed_in], [stabilized_ratio(true, NORM_STABILIZER)])
             node = engine.track(true, routed)
             node.nonneg, node.gate = nonneg, gate
             return true
@@ -349,19 +345,18 @@ register_handler(*variants("sub_", "__isub__"))(_norm_handler(torch.sub))
 
 
 # -- pass rule: elementwise activations (and BatchNorm not preceded by a linear layer)
-def _ratio_route(engine: Engine, x: Tensor, y: Tensor) -> Tensor:
-    """``y`` whose gradient reaches ``x`` times ``y / x``, so relevance passes unchanged (R_in = R_out)."""
+def identity_route(engine: Engine, x: Tensor, y: Tensor) -> Tensor:
+    """``y = f(x)`` under the identity rule: relevance passes unchanged (``R_x = R_y``).
 
-    def ratio(x: Tensor, y: Tensor) -> Tensor:
-        zero = x == 0
-        return torch.where(zero, 0.0, y / torch.where(zero, 1.0, x))
-
+    See :func:`~medlrp.lrp.rules.identity_ratio`; ``y`` is computed by the caller (with its graph in
+    dual mode, without one in the fast path).
+    """
     if engine.dual:
-        routed = route(y, [engine.routed(x)], [ratio(x, y)])
+        routed = route(y, [engine.routed(x)], [identity_ratio(x, y)])
         engine.track(y, routed)
         return y
     xv, yv = x.detach(), y.detach()
-    routed = route(yv, [x], compute=lambda: [ratio(xv, yv)], owned=True, guard=(xv, yv))
+    routed = route(yv, [x], compute=lambda: [identity_ratio(xv, yv)], owned=True, guard=(xv, yv))
     engine.track(routed)
     return routed
 
@@ -376,7 +371,7 @@ def _pass_handler(out_of_place: Any = None, gate: bool = False) -> Handler:
         else:
             with torch.no_grad():
                 y = f(*args, **kwargs)
-        out = _ratio_route(engine, x, y)
+        out = identity_route(engine, x, y)
         engine.node(out).gate = gate
         return out
 
@@ -417,10 +412,8 @@ register_handler(*variants("hardsigmoid_"))(_pass_handler(F.hardsigmoid, gate=Tr
 
 
 # -- BatchNorm: merged into the linear layer feeding it, otherwise the pass rule (zennit's composites)
-DEFERRING.update(variants("batch_norm"))
-
-
 @register_handler(*variants("batch_norm"))
+@deferring
 def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
     bound = dict(zip(names, args, strict=False))
@@ -441,22 +434,18 @@ def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
         t = t + bias
     if not engine.dual:
         s, t = s.detach(), t.detach()
-    if mean.requires_grad or var.requires_grad:
-        # statistics with a graph (guided training explains with a training batch's own mean and
-        # variance, rebound into the buffers): torch's batch_norm refuses them, the affine map does not
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        y = x * s.reshape(shape) + t.reshape(shape)
-        if not engine.dual:
-            y = y.detach()
-    elif engine.dual:
-        y = func(*args, **kwargs)
+    # the affine map with the statistics given: also where they carry a graph (guided training explains
+    # with a training batch's own statistics), which torch's batch_norm refuses
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if engine.dual:
+        y = torch.addcmul(t.reshape(shape), x, s.reshape(shape))
     else:
         with torch.no_grad():
-            y = func(*args, **kwargs)
+            y = torch.addcmul(t.reshape(shape), x, s.reshape(shape))
     node = engine.node(x)
     linear: LinearCall | None = node.linear if node is not None else None
     if linear is None:
-        return _ratio_route(engine, x, y)
+        return identity_route(engine, x, y)
     return linear.merged_output(y, s, t)
 
 

@@ -33,9 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from medlrp.lrp.composites import DEFAULT_COMPOSITES
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import register_handler
 from medlrp.lrp.recurrent_fast import GRUDirection, LSTMDirection
@@ -228,13 +226,3 @@ def _handler(kind: str, step: Step, joint: bool) -> Handler:
 
 register_handler(torch.lstm)(_handler("lstm", _lstm_step, joint=True))
 register_handler(torch.gru)(_handler("gru", _gru_step, joint=False))
-
-
-def _is_recurrent(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.LSTM, nn.GRU)) for m in model.modules())
-
-
-# recurrent models: epsilon everywhere (the paper's rules); a flat first-layer rule would land on the
-# first nn.Linear, which is the classifier head behind the recurrent layer
-if not any(name == "epsilon" and detect is _is_recurrent for detect, name in DEFAULT_COMPOSITES):
-    DEFAULT_COMPOSITES.append((_is_recurrent, "epsilon"))

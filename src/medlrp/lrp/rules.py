@@ -1,34 +1,77 @@
-"""LRP rules for linear layers (Linear, Conv1d/2d/3d, ConvTranspose), written as gradient coefficients.
+"""LRP rules for linear layers (Linear, Conv1d/2d/3d, ConvTranspose): each rule is its equation, once.
 
-A linear layer computes ``z = V x + beta``. Every rule here is the rule of zennit 0.5.1 of the same name
-and is expressed on *sign-split products* of that layer, so one formula serves Linear and every
-convolution, merged with a following BatchNorm or not:
+A linear layer computes ``z = V x + beta``. Every rule here is the rule of zennit 0.5.1 of the same name,
+written on *products* of that layer: the same call with a modified input and a modified weight
+(:class:`Product`), so one formula serves Linear and every convolution, merged with a following
+BatchNorm or not. A rule names the products it reads (``reads``) and those the gradient flows to
+(``carries``), and :meth:`LinearRule.coefficients` returns, for each carrying product, a coefficient
+tensor ``c`` (output-shaped): in the backward pass the gradient ``g`` arriving at ``z`` becomes ``g * c``
+at that product. Relevance is carried as ``R = z * g`` (the gradient-times-input identity), so ``c`` is the
+LRP message divided by the upper relevance, times ``z``; the lower relevance is ``input * grad`` (plus
+``low * grad_low`` etc. for products on reference inputs).
 
-=====  ====================  =====  ======================
-key    product               key    product
-=====  ====================  =====  ======================
-``A``  ``V+ x+``             ``LP`` ``V+ low``
-``B``  ``V- x+``             ``HN`` ``V- high``
-``C``  ``V+ x-``             ``F``  ``ones-weights * ones``
-``D``  ``V- x-``             ``Q``  ``V**2 * ones``
-``Z``  ``V x + beta`` (= z)
-=====  ====================  =====  ======================
-
-A rule returns, for each product it uses, a coefficient tensor ``c`` (output-shaped): in the backward
-pass the gradient ``g`` arriving at ``z`` becomes ``g * c`` at that product. Relevance is carried as
-``R = z * g`` (the gradient-times-input identity), so ``c`` is the LRP message divided by the upper
-relevance, times ``z``. The engine then obtains the lower relevance as ``input * grad`` (plus
-``low * grad_low`` etc. for rules whose reference is not the input).
+That is all a new rule needs (see docs/lrp.md, "Adding a rule"). Fused fast forms of the built-in rules
+live in :mod:`medlrp.lrp.kernels`, keyed by rule class and tested against :meth:`coefficients`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
+from medlrp.registry import Registry
+
 Tensor = torch.Tensor
+
+#: ``name -> rule class`` (constructible with defaults): the rules composites and tests draw from.
+RULES: Registry[type[LinearRule]] = Registry("linear rule")
+
+
+def register_rule(cls: type[LinearRule]) -> type[LinearRule]:
+    """Class decorator: register a rule under its ``name`` (tests then cover it on every composite)."""
+    RULES.add(cls.name, cls)
+    return cls
+
+
+class Product(Enum):
+    """A product of a linear layer: its call on a modified input with a modified weight.
+
+    Inputs: ``x`` (as is), ``x+``/``x-`` (clamped), ``|x|``, and the references ``low``, ``high``
+    (a rule's input bounds) and ``ones``. Weights: ``W``, ``W+``, ``W-``, ``|W|``, ``1`` (ones where the
+    layer connects) and ``W2`` (squared). ``Z`` is the layer's own output, bias included.
+    """
+
+    Z = ("x", "W")
+    A = ("x+", "W+")
+    B = ("x+", "W-")
+    C = ("x-", "W+")
+    D = ("x-", "W-")
+    M = ("|x|", "|W|")
+    LP = ("low", "W+")
+    LN = ("low", "W-")
+    HP = ("high", "W+")
+    HN = ("high", "W-")
+    F = ("ones", "1")
+    Q = ("ones", "W2")
+
+    @property
+    def input(self) -> str:
+        """The input modifier."""
+        return self.value[0]
+
+    @property
+    def weight(self) -> str:
+        """The weight modifier."""
+        return self.value[1]
+
+
+#: Inputs standing for something other than the layer input (on leaves of their own).
+REFERENCES = ("low", "high", "ones")
+#: Products on ``x-``: they vanish for inputs known to be >= 0.
+NEGATIVE_INPUT = (Product.C, Product.D)
 
 
 def stabilize(x: Tensor, eps: float) -> Tensor:
@@ -39,7 +82,7 @@ def stabilize(x: Tensor, eps: float) -> Tensor:
 
 
 def stabilized_ratio(z: Tensor, eps: float) -> Tensor:
-    """Return ``z / stabilize(z, eps)`` with a single new tensor.
+    """Return ``z / stabilize(z, eps)`` with a single new tensor (the proportional split's factor).
 
     For ``z > 0`` it is ``z / (z + eps)``, for ``z < 0`` ``z / (z - eps) = |z| / (|z| + eps)``, and ``0``
     at ``z == 0``. Without a graph it is computed in place as ``1 / (1 + |eps / z|)`` (equal up to
@@ -52,6 +95,19 @@ def stabilized_ratio(z: Tensor, eps: float) -> Tensor:
     return torch.div(torch.full((), eps, dtype=z.dtype, device=z.device), z).abs_().add_(1.0).reciprocal_()
 
 
+def identity_ratio(x: Tensor, y: Tensor, grad: Tensor | None = None) -> Tensor:
+    """The identity rule ``y = f(x)``, ``R_x = R_y``: the gradient factor ``y / x`` (0 where ``x == 0``).
+
+    With ``grad``: ``grad * y / x``, computed in place on one new tensor (no graph).
+    """
+    if grad is None and (x.requires_grad or y.requires_grad):
+        zero = x == 0
+        return torch.where(zero, 0.0, y / torch.where(zero, 1.0, x))
+    t = y.mul(1.0) if grad is None else grad * y
+    # 0 / 0 -> nan and y / 0 -> inf both become 0 (where x == 0, f(x) carries no relevance of x)
+    return t.div_(x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 @dataclass(frozen=True)
 class Quantities:
     """What a rule sees of one layer call: product values (of the merged layer) and the output.
@@ -59,47 +115,25 @@ class Quantities:
     Attributes:
         z: The layer's output value (after a merged BatchNorm, if any).
         bias: The layer's bias, broadcastable to ``z`` (``0.0`` when the layer has none).
-        products: Product values by key (see the module docstring); only the keys the rule asked for.
+        products: Product values, those the rule reads (zeros for :data:`NEGATIVE_INPUT` on inputs >= 0).
     """
 
     z: Tensor
     bias: Tensor | float
-    products: Mapping[str, Tensor]
+    products: Mapping[Product, Tensor]
 
-    def __getitem__(self, key: str) -> Tensor:
+    def __getitem__(self, key: Product) -> Tensor:
         return self.products[key]
 
 
-def _pos(b: Tensor | float) -> Tensor | float:
+def positive(b: Tensor | float) -> Tensor | float:
+    """``max(b, 0)`` for a tensor or a number."""
     return b.clamp(min=0) if isinstance(b, Tensor) else max(b, 0.0)
 
 
-def _neg(b: Tensor | float) -> Tensor | float:
+def negative(b: Tensor | float) -> Tensor | float:
+    """``min(b, 0)`` for a tensor or a number."""
     return b.clamp(max=0) if isinstance(b, Tensor) else min(b, 0.0)
-
-
-def _positive(
-    z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float, extra: float
-) -> Tensor:
-    """``P + extra`` as a new tensor, ``P = V+ x+ + V- x- + beta+`` (the positive products and bias).
-
-    Inputs >= 0: ``P = s A + beta+``; inputs of both signs: ``V+ x+ + V- x- = (V x + |V| |x|) / 2``, so
-    ``P = (z - beta + s M) / 2 + beta+`` with ``M = |W| |x|`` (one product instead of three).
-    """
-    scale = 1.0 if s is None else s
-    if "A" in p:
-        return affine(p["A"], scale, _pos(bias) + extra)
-    t = affine(p["M"], scale, -bias)
-    return t.add_(z).mul_(0.5).add_(_pos(bias) + extra)
-
-
-def affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
-    """``shift + scale * a`` as one new tensor (``scale``/``shift``: per channel or scalars)."""
-    if isinstance(scale, Tensor) or isinstance(shift, Tensor):
-        scale_t = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
-        shift_t = torch.as_tensor(shift, dtype=a.dtype, device=a.device)
-        return torch.addcmul(shift_t, a, scale_t)
-    return torch.mul(a, scale).add_(shift)
 
 
 class Rule:
@@ -108,211 +142,99 @@ class Rule:
     name = "rule"
 
     def params(self) -> dict[str, float]:
-        """The rule's parameters (for ``Explanation.options`` and ``repr``)."""
-        return {}
+        """The rule's parameters (for ``Explanation.options`` and ``repr``): its float attributes."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, float)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
 
-class Stabilized:
-    """Mixin of the rules whose only parameter is the stabiliser of their denominator."""
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"stabilizer": self.stabilizer}
-
-
 class LinearRule(Rule):
-    """A rule for linear layers.
+    """A rule for linear layers: the products it reads and carries, and :meth:`coefficients`.
 
-    Subclasses set ``needs_input_signs`` (uses ``A``..``D``), ``references`` (reference inputs other
-    than the layer input: ``"low"``, ``"high"``, ``"ones"``) and implement :meth:`coefficients`.
+    Attributes:
+        reads: Products whose values :meth:`coefficients` reads.
+        carries: Products the gradient flows to (the keys :meth:`coefficients` returns). Products on
+            ``x-`` are dropped by the engine for inputs known to be >= 0.
     """
 
-    #: Uses the sign-split products A, B, C, D.
-    needs_input_signs = False
-    #: Keys of reference products (LP, HN, F, Q) this rule uses; non-empty only for input-layer rules.
-    references: tuple[str, ...] = ()
+    reads: tuple[Product, ...] = ()
+    carries: tuple[Product, ...] = (Product.Z,)
 
-    def needed(self, nonneg: bool) -> tuple[str, ...]:
-        """Product keys whose values :meth:`coefficients` reads (``nonneg``: the input is >= 0)."""
-        if self.needs_input_signs:
-            return ("A", "B") if nonneg else ("A", "B", "C", "D")
-        return self.references
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
+        """Return ``{product: coefficient}`` for the products that carry the gradient.
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
-        """Return ``{product key: coefficient}`` for the products that carry the gradient."""
+        ``nonneg``: the input is known to be >= 0 (products on ``x-`` are zero and need no coefficient).
+        """
         raise NotImplementedError
 
-    # -- fused fast path (no graph): few elementwise passes, a compact state kept for the backward pass.
-    #    ``z``: the (merged) layer output; ``p``: the unmerged product values by key (``A = W+ x``,
-    #    ``LP = W+ low`` ...); ``s``: the merged BatchNorm scale
-    #    (per channel, ``None`` without one); ``bias``: the merged bias. Equal to :meth:`coefficients`
-    #    up to rounding.
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """Sorted physical product keys of the fused path, or ``None`` (no fused path here).
+    def reference(self, kind: str, x: Tensor) -> Tensor | float:
+        """The value of reference input ``kind`` (``"low"``, ``"high"``) for layer input ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no reference input {kind!r}")
 
-        Args:
-            nonneg: The input is known to be >= 0.
-            mixed: The merged scale has entries of both signs.
-        """
-        return None
+    def uses(self, nonneg: bool) -> tuple[Product, ...]:
+        """Every product the rule touches (read or carried), those on ``x-`` dropped when ``nonneg``."""
+        keys = dict.fromkeys(self.reads + self.carries)
+        return tuple(k for k in keys if not (nonneg and k in NEGATIVE_INPUT))
 
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """The state kept for the backward pass (fresh tensors; ``z`` intact)."""
-        raise NotImplementedError
+    @property
+    def needs_signs(self) -> bool:
+        """Whether a product is on a clamped input (the engine then checks the input's sign)."""
+        return any(k.input in ("x+", "x-") for k in self.reads + self.carries)
 
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """The products' gradients (in :meth:`fast_keys` order; consumes ``state``).
-
-        Default: the state holds one coefficient per product, scaled in place by the gradient.
-        """
-        return tuple(c.mul_(grad) for c in state)
-
-    #: Has :meth:`relu_state` / :meth:`relu_grads`.
-    relu_variant = False
-
-    def relu_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor] | None:
-        """A smaller state for an output consumed only by an in-place ReLU (if :attr:`relu_variant`).
-
-        The backward pass then reads ``z`` itself (:meth:`relu_grads`) after the ReLU zeroed its
-        negative part: the gradient there is zero, so only the values where ``z > 0`` matter.
-        """
-        return None
-
-    def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """The products' gradients from :meth:`relu_state` and the ReLU's output ``z``."""
-        raise NotImplementedError
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a product is on a reference input: then only valid on a layer reading the model input."""
+        return any(k.input in REFERENCES for k in self.reads + self.carries)
 
 
+@register_rule
 class Epsilon(LinearRule):
     """LRP-epsilon: ``R_in = x * W^T (R / stab(z))``, with ``stab(z) = z + epsilon * sign(z)``."""
 
     name = "epsilon"
-    relu_variant = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
 
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"epsilon": self.epsilon}
-
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        return {"Z": stabilized_ratio(q.z, self.epsilon)}
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: every input and scale."""
-        return ("Z",)
-
-    def _scaled_ratio(self, z: Tensor, s: Tensor | None) -> Tensor:
-        if s is None:
-            return stabilized_ratio(z, self.epsilon)
-        # s / (1 + |eps / z|) = s |z| / (|z| + eps): the scale divides instead of a reciprocal and a product
-        t = torch.div(torch.full((), self.epsilon, dtype=z.dtype, device=z.device), z).abs_().add_(1.0)
-        return torch.div(s, t, out=t)
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[s z / stab(z)]``."""
-        return [self._scaled_ratio(z, s)]
-
-    def relu_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor] | None:
-        """Nothing: the ratio is computed from the ReLU's output in the backward pass."""
-        return []
-
-    def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.relu_grads`."""
-        return (self._scaled_ratio(z, s).mul_(grad),)
+        return {Product.Z: stabilized_ratio(q.z, self.epsilon)}
 
 
+@register_rule
 class Zero(LinearRule):
     """LRP-0: ``R_in = x * W^T (R / z)``, i.e. gradient times input (no division, so no 0/0 at z = 0)."""
 
     name = "zero"
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        return {"Z": torch.ones_like(q.z)}
+        return {Product.Z: torch.ones_like(q.z)}
 
 
-class ZPlus(Stabilized, LinearRule):
+@register_rule
+class ZPlus(LinearRule):
     """LRP-z+ (zennit's ``ZPlus``: alpha=1, beta=0 with negative inputs allowed).
 
     ``R_in = x+ * (V+)^T (R / s) + x- * (V-)^T (R / s)``, ``s = stab(V+ x+ + V- x- + beta+)``.
     """
 
     name = "zplus"
-    needs_input_signs = True
-    relu_variant = True
+    reads = carries = (Product.A, Product.D)
 
-    def needed(self, nonneg: bool) -> tuple[str, ...]:
-        """See :meth:`LinearRule.needed`."""
-        return ("A",) if nonneg else ("A", "D")
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        bias = _pos(q.bias)
-        den = q["A"] if isinstance(bias, float) and bias == 0.0 else q["A"] + bias
-        if not nonneg:
-            den = den + q["D"]
+        den = q[Product.A] + positive(q.bias) + q[Product.D]
         c = q.z / stabilize(den, self.stabilizer)
-        return {"A": c} if nonneg else {"A": c, "D": c}
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: a scale >= 0."""
-        if mixed:
-            return None
-        return ("A",) if nonneg else ("M", "Z")
-
-    def relu_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor] | None:
-        """``[P + eps]``, ``P = V+ x+ + V- x- + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
-        return [_positive(z, p, s, bias, self.stabilizer)]
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[s z / (P + eps)]``."""
-        (dp,) = self.relu_state(z, p, s, bias) or []
-        c = torch.div(z, dp, out=dp)
-        return [c if s is None else c.mul_(s)]
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """``A``: ``s c g``; inputs of both signs: ``M`` and ``Z``: ``s c g / 2`` each (one tensor)."""
-        g = state[0].mul_(grad)
-        return (g,) if nonneg else (g.mul_(0.5), g)
-
-    def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.relu_grads`."""
-        c = torch.div(z, state[0], out=state[0])
-        return self.fast_grads([c if s is None else c.mul_(s)], s, grad, nonneg)
+        return {Product.A: c, Product.D: c}
 
 
+@register_rule
 class AlphaBeta(LinearRule):
     """LRP-alpha-beta: positive and negative contributions normalised separately.
 
@@ -321,85 +243,22 @@ class AlphaBeta(LinearRule):
     """
 
     name = "alpha-beta"
-    needs_input_signs = True
-    relu_variant = True
+    reads = carries = (Product.A, Product.B, Product.C, Product.D)
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
             raise ValueError("alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
         self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
 
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"alpha": self.alpha, "beta": self.beta, "stabilizer": self.stabilizer}
-
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        dp = q["A"] + _pos(q.bias)
-        dn = q["B"] + _neg(q.bias)
-        if not nonneg:
-            dp, dn = dp + q["D"], dn + q["C"]
-        if nonneg:
-            # dp = V+ x+ + beta+ is a sum of terms >= 0, so stab(dp) = dp + eps exactly (dp is a new tensor)
-            cp = q.z * (self.alpha / dp.add_(self.stabilizer))
-        else:
-            cp = q.z * (self.alpha / stabilize(dp, self.stabilizer))
-        cn = q.z * (-self.beta / stabilize(dn, self.stabilizer))
-        return {"A": cp, "B": cn} if nonneg else {"A": cp, "B": cn, "C": cn, "D": cp}
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: a scale >= 0 (``B = Z - b - A`` is virtual)."""
-        if mixed:
-            return None
-        return ("A", "Z") if nonneg else ("M", "Z")
-
-    def relu_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor] | None:
-        """``[P + eps]``, ``P = V+ x+ + V- x- + beta+``."""
-        return [_positive(z, p, s, bias, self.stabilizer)]
-
-    def _split(self, dp: Tensor, z: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(s (cp - cn), s cn)`` from ``dp = P + eps``.
-
-        ``cp = alpha z / (P + eps)``, ``cn = beta z / (eps + (P - z))``; ``z - P = V- x + beta- <= 0``,
-        so ``stab(z - P) = (z - P) - eps`` (the clamp only absorbs
-        rounding where ``V- x + beta-`` is 0, whose products vanish anyway).
-        """
-        q = torch.sub(dp, z).clamp_(min=self.stabilizer)  # eps + (P - z)
-        # the merged scale s is applied here: the products are the unmerged layer's
-        cn = torch.div(z, q, out=q).mul_(self.beta if s is None else self.beta * s)
-        cpn = torch.div(z, dp, out=dp).mul_(self.alpha if s is None else self.alpha * s).sub_(cn)
-        return cpn, cn
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[s (cp - cn), s cn]``."""
-        (dp,) = self.relu_state(z, p, s, bias) or []
-        return list(self._split(dp, z, s))
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """``A``: ``s (cp - cn) g``; ``Z`` (standing for ``B = Z - b - A``): ``s cn g``.
-
-        Inputs of both signs (``cp`` on ``V+x+ + V-x-``, ``cn`` on the rest): ``M``: ``s (cp - cn) g / 2``,
-        ``Z``: ``s (cp + cn) g / 2``.
-        """
-        cpn, cn = state
-        if not nonneg:
-            cn.add_(cpn, alpha=0.5)
-            cpn.mul_(0.5)
-        return cpn.mul_(grad), cn.mul_(grad)
-
-    def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.relu_grads`."""
-        return self.fast_grads(list(self._split(state[0], z, s)), s, grad, nonneg)
+        p = Product
+        cp = q.z * (self.alpha / stabilize(q[p.A] + q[p.D] + positive(q.bias), self.stabilizer))
+        cn = q.z * (-self.beta / stabilize(q[p.B] + q[p.C] + negative(q.bias), self.stabilizer))
+        return {p.A: cp, p.B: cn, p.C: cn, p.D: cp}
 
 
+@register_rule
 class Gamma(LinearRule):
     """Generalised LRP-gamma (zennit's ``Gamma``), four products split by the sign of the true output.
 
@@ -410,90 +269,26 @@ class Gamma(LinearRule):
     """
 
     name = "gamma"
-    needs_input_signs = True
+    reads = carries = (Product.A, Product.B, Product.C, Product.D)
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         self.gamma, self.stabilizer = float(gamma), float(stabilizer)
 
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        return {"gamma": self.gamma, "stabilizer": self.stabilizer}
-
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        g = self.gamma
-        g1 = 1.0 + g
-        a, b, bias = q["A"], q["B"], q.bias
-        # the bias terms are per channel: combine them before touching output-sized tensors
-        bias_p = bias + g * _pos(bias)
-        bias_n = bias + g * _neg(bias)
-        sp = torch.add(b, a, alpha=g1)
-        sn = torch.add(a, b, alpha=g1)
-        if not nonneg:
-            c, d = q["C"], q["D"]
-            sp = sp.add_(c).add_(d, alpha=g1)
-            sn = sn.add_(d).add_(c, alpha=g1)
-        if not isinstance(bias_p, float) or bias_p != 0.0:
-            sp = sp.add_(bias_p)
-        if not isinstance(bias_n, float) or bias_n != 0.0:
-            sn = sn.add_(bias_n)
-        z = q.z
+        g1, z, eps, p = 1.0 + self.gamma, q.z, self.stabilizer, Product
+        # the bias terms are per channel: combined before touching output-sized tensors
+        sp = q[p.B] + g1 * q[p.A] + (q[p.C] + g1 * q[p.D]) + (q.bias + self.gamma * positive(q.bias))
+        sn = q[p.A] + g1 * q[p.B] + (q[p.D] + g1 * q[p.C]) + (q.bias + self.gamma * negative(q.bias))
         # sp - z = gamma * (V+ x+ + V- x- + beta+) >= 0, so sp > 0 wherever z > 0 and stab(sp) = sp + eps
         # there (likewise sn < 0 where z < 0): clamping keeps the denominators away from 0 elsewhere
-        eps = self.stabilizer
-        if z.requires_grad or sp.requires_grad or sn.requires_grad:  # create_graph: no in-place on the graph
-            u = z.clamp(min=0) / (sp.clamp(min=0) + eps)
-            v = z.clamp(max=0) / (sn.clamp(max=0) - eps)
-        else:
-            u = z.clamp(min=0).div_(sp.clamp_(min=0).add_(eps))
-            v = z.clamp(max=0).div_(sn.clamp_(max=0).sub_(eps))
-        ca, cb = torch.add(v, u, alpha=g1), torch.add(u, v, alpha=g1)
-        return {"A": ca, "B": cb} if nonneg else {"A": ca, "B": cb, "C": cb, "D": ca}
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: a scale >= 0 (``B = Z - b - A`` is virtual)."""
-        if mixed:
-            return None
-        return ("A", "Z") if nonneg else ("M", "Z")
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[w]``, ``w = u - v`` (``u``, ``v`` as in :meth:`coefficients`, never both non-zero).
-
-        With ``P = V+ x+ + V- x- + beta+`` (see :func:`_positive`): ``sp = z + gamma P`` and
-        ``sn = (1 + gamma) z - gamma P``, so
-        ``w = z / (gamma P + eps + max(z, -(1 + gamma) z))`` for either sign of ``z``.
-        """
-        g = self.gamma
-        d = _positive(z, p, s, bias, 0.0).mul_(g).add_(self.stabilizer)
-        m = z.mul(-(1.0 + g))
-        d.add_(torch.maximum(m, z, out=m))
-        del m
-        return [torch.div(z, d, out=d)]
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """``A``: ``s gamma w g``; ``Z``: ``s (u + (1 + gamma) v) g = s max(w, -(1 + gamma) w) g``.
-
-        Inputs of both signs (``ca`` on ``V+x+ + V-x-``, ``cb`` on the rest; ``ca - cb = gamma w``,
-        ``ca + cb = (2 + gamma) |w|``): ``M``: ``s gamma w g / 2``, ``Z``: ``s (2 + gamma) |w| g / 2``.
-        """
-        (w,) = state
-        g = self.gamma
-        if nonneg:
-            t = w.mul(-(1.0 + g))
-            torch.maximum(t, w, out=t)
-        else:
-            t = w.abs().mul_(1.0 + 0.5 * g)
-            w.mul_(0.5)
-        if s is not None:
-            t.mul_(s)
-            w.mul_(s)
-        return w.mul_(g).mul_(grad), t.mul_(grad)
+        u = z.clamp(min=0) / (sp.clamp(min=0) + eps)
+        v = z.clamp(max=0) / (sn.clamp(max=0) - eps)
+        ca, cb = v + g1 * u, u + g1 * v
+        return {p.A: ca, p.B: cb, p.C: cb, p.D: ca}
 
 
+@register_rule
 class ZBox(LinearRule):
     """LRP-z^B (bounded input): ``R_in = x W^T m - low V+^T m - high V-^T m``.
 
@@ -504,120 +299,57 @@ class ZBox(LinearRule):
     """
 
     name = "zbox"
-    references = ("LP", "HN")
+    reads = (Product.LP, Product.HN)
+    carries = (Product.Z, Product.LP, Product.HN)
 
     def __init__(
         self, low: float | Tensor | None = None, high: float | Tensor | None = None, stabilizer: float = 1e-6
     ) -> None:
-        self.low, self.high, self.stabilizer = low, high, float(stabilizer)
+        number = (int, float)
+        self.low = float(low) if isinstance(low, number) else low
+        self.high = float(high) if isinstance(high, number) else high
+        self.stabilizer = float(stabilizer)
 
-    def params(self) -> dict[str, float]:
-        """See :meth:`Rule.params`."""
-        out: dict[str, float] = {"stabilizer": self.stabilizer}
-        for key in ("low", "high"):
-            val = getattr(self, key)
-            if isinstance(val, (int, float)):
-                out[key] = float(val)
-        return out
+    def reference(self, kind: str, x: Tensor) -> Tensor | float:
+        """``low``/``high`` as given, or each sample's own minimum / maximum."""
+        bound = self.low if kind == "low" else self.high
+        if bound is not None:
+            return bound
+        flat = x.reshape(x.shape[0], -1)
+        return (flat.amin(1) if kind == "low" else flat.amax(1)).reshape([-1] + [1] * (x.dim() - 1))
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
         # zennit: out1 = V+ low + beta+, out2 = V- high + beta-, so the biases cancel: z - out1 - out2
-        den = q.z - q["LP"] - q["HN"] - q.bias
-        c = q.z / stabilize(den, self.stabilizer)
-        return {"Z": c, "LP": -c, "HN": -c}
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: a scale >= 0."""
-        return None if mixed else ("HN", "LP", "Z")
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[s z / stab(z - s LP - s HN - beta)]``."""
-        d = torch.add(p["LP"], p["HN"])
-        if s is not None:
-            d.mul_(s)
-        d = torch.sub(z, d, out=d)
-        if not isinstance(bias, float) or bias != 0.0:
-            d.sub_(bias)
-        # stab(d) = d + eps sign(d), sign(0) = +1; copysign differs only at d = -0.0, which needs z = -0.0
-        # and gives the same c = 0
-        d.add_(torch.copysign(torch.full((), self.stabilizer, dtype=d.dtype, device=d.device), d))
-        c = torch.div(z, d, out=d)
-        return [c if s is None else c.mul_(s)]
-
-    def fast_grads(
-        self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """``HN`` and ``LP``: ``-c g`` (one tensor for both); ``Z``: ``c g``."""
-        gz = state[0].mul_(grad)
-        gn = torch.neg(gz)
-        return gn, gn, gz
+        c = q.z / stabilize(q.z - q[Product.LP] - q[Product.HN] - q.bias, self.stabilizer)
+        return {Product.Z: c, Product.LP: -c, Product.HN: -c}
 
 
-class Flat(Stabilized, LinearRule):
+@register_rule
+class Flat(LinearRule):
     """LRP-flat: every input in the receptive field gets an equal share, ``R_in = 1^T (R / stab(1^T 1))``."""
 
     name = "flat"
-    references = ("F",)
+    reads = carries = (Product.F,)
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        return {"F": q.z / stabilize(q["F"], self.stabilizer)}
-
-    relu_variant = True
-
-    def fast_keys(self, nonneg: bool, mixed: bool) -> tuple[str, ...] | None:
-        """See :meth:`LinearRule.fast_keys`: every input and scale (flat ignores the weights)."""
-        return ("F",)
-
-    def relu_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor] | None:
-        """``[F + eps]`` (``F >= 0`` counts inputs, so ``stab(F) = F + eps``; one channel, expanded)."""
-        f = p["F"]
-        if f.dim() > 1 and f.stride(1) == 0:  # one channel expanded over the others: keep one
-            f = f.narrow(1, 0, 1)
-        return [f + self.stabilizer]
-
-    def fast_state(
-        self, z: Tensor, p: Mapping[str, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
-        """``[z / (F + eps)]``."""
-        (den,) = self.relu_state(z, p, s, bias) or []
-        return [torch.div(z, den)]
-
-    def relu_grads(
-        self, state: list[Tensor], z: Tensor, s: Tensor | None, grad: Tensor, nonneg: bool
-    ) -> tuple[Tensor, ...]:
-        """See :meth:`LinearRule.relu_grads`."""
-        return (torch.div(z, state[0]).mul_(grad),)
+        return {Product.F: q.z / stabilize(q[Product.F], self.stabilizer)}
 
 
-class WSquare(Stabilized, LinearRule):
+@register_rule
+class WSquare(LinearRule):
     """LRP-w^2: ``R_in = (V**2)^T (R / stab(V**2 1 + beta**2))`` (zennit squares the bias too)."""
 
     name = "wsquare"
-    references = ("Q",)
+    reads = carries = (Product.Q,)
 
-    def coefficients(self, q: Quantities, nonneg: bool) -> dict[str, Tensor]:
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
-        bias = q.bias
-        return {"Q": q.z / stabilize(q["Q"] + bias * bias, self.stabilizer)}
-
-
-class Pass(Rule):
-    """Relevance passes unchanged through an elementwise operation (activations, standalone BatchNorm)."""
-
-    name = "pass"
-
-
-class Norm(Stabilized, Rule):
-    """Proportional split for sums, averages and pooling: ``R_i = x_i * R / stab(sum)`` (no weights)."""
-
-    name = "norm"
-
-
-#: Rules that read a reference instead of (or besides) the layer input; only on input layers.
-REFERENCE_RULES = (ZBox, Flat, WSquare)
+        return {Product.Q: q.z / stabilize(q[Product.Q] + q.bias * q.bias, self.stabilizer)}

@@ -12,10 +12,11 @@ What each part of a ViT gets (both composites unless said):
 * **patch embedding** (the first linear layer in ``named_modules()`` order, a convolution or a
   linear map of flattened patches): the first-layer rule ``first=`` (default: the linear rule).
 * **linear layers** (qkv / out projections, MLP, head): ``linear="epsilon"`` (default, with
-  ``epsilon=``), ``"gamma"`` (with ``gamma=``) or ``"zero"`` (LRP-0, gradient times input). The gamma
+  ``epsilon=``), ``"gamma"`` (with ``gamma=``), ``"zero"`` (LRP-0, gradient times input) or any
+  registered rule (the CNN composites' rules, the same registry). The gamma
   rule is zennit's generalised one (four sign-split products), the rule LXT 2.1 uses for ViTs (its
   ``examples/vit_torch.py`` puts ``zennit.rules.Gamma`` on every linear layer); its fast form needs
-  one extra matrix product each way (see :class:`medlrp.lrp.transformer_fast._GammaLinear`).
+  one extra matrix product each way (see :class:`medlrp.lrp.kernels._GammaLinear`).
 * **class token and position embedding**: constants added to (or concatenated with) the tokens.
   Relevance flows only into tensors computed from the image, so the share of the class token and of the
   position embedding is absorbed like a bias's: ``sum(relevance) < logit`` by that share. The class
@@ -49,10 +50,10 @@ from torch import nn
 
 from medlrp.errors import InputError
 from medlrp.lrp import attention as rules
-from medlrp.lrp.composites import DEFAULT_COMPOSITES, Composite, looks_like_transformer
+from medlrp.lrp.composites import Composite
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import transparent, variants
-from medlrp.lrp.rules import Epsilon, Flat, Gamma, LinearRule, WSquare, ZBox, Zero
+from medlrp.lrp.rules import RULES, LinearRule
 from medlrp.lrp.transformer_fast import fast_handlers
 from medlrp.registry import COMPOSITES
 
@@ -299,47 +300,32 @@ def transformer_handlers(conservative: bool, residual: str = "norm") -> dict[Any
 # ---------------------------------------------------------------------------------------------------
 # composites
 
-_FIRST_RULES: dict[str, Callable[..., LinearRule]] = {
-    "zbox": lambda o: ZBox(o["low"], o["high"], o["stabilizer"]),
-    "flat": lambda o: Flat(o["stabilizer"]),
-    "wsquare": lambda o: WSquare(o["stabilizer"]),
-}
 
+def linear_rule(rule: str | LinearRule, **options: Any) -> LinearRule:
+    """``rule`` itself, or the registered rule of that name made with the ``options`` it takes.
 
-def _linear_rule(kind: str, epsilon: float, gamma: float, stabilizer: float) -> LinearRule:
-    if kind == "epsilon":
-        return Epsilon(epsilon)
-    if kind == "gamma":
-        return Gamma(gamma, stabilizer)
-    if kind == "zero":
-        return Zero()
-    raise InputError(f"linear rule {kind!r} unknown for transformer composites; known: epsilon, gamma, zero")
+    Names: :data:`medlrp.lrp.rules.RULES` (the same rules the CNN composites use).
+    """
+    if isinstance(rule, LinearRule):
+        return rule
+    cls = RULES.get(rule)
+    accepted = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in options.items() if k in accepted})
 
 
 def _composite(
     name: str,
     conservative: bool,
-    linear: str,
-    epsilon: float,
-    gamma: float,
-    first: str | None,
-    stabilizer: float,
-    low: float | Tensor | None,
-    high: float | Tensor | None,
+    linear: str | LinearRule,
+    first: str | LinearRule | None,
     residual: str,
+    options: dict[str, Any],
 ) -> Composite:
-    rule = _linear_rule(linear, epsilon, gamma, stabilizer)
-    first_rule: LinearRule | None = None
-    if first is not None:
-        opts = {"low": low, "high": high, "stabilizer": stabilizer}
-        if first in _FIRST_RULES:
-            first_rule = _FIRST_RULES[first](opts)
-        else:
-            first_rule = _linear_rule(first, epsilon, gamma, stabilizer)
+    rule = linear_rule(linear, **options)
     return Composite(
         dense=rule,
         conv=rule,
-        first=first_rule,
+        first=None if first is None else linear_rule(first, **options),
         handlers=transformer_handlers(conservative, residual),
         name=name,
         kind="transformer",
@@ -348,10 +334,10 @@ def _composite(
 
 @COMPOSITES.register("attnlrp")
 def attnlrp(
-    linear: str = "epsilon",
+    linear: str | LinearRule = "epsilon",
     epsilon: float = 1e-6,
     gamma: float = 0.25,
-    first: str | None = None,
+    first: str | LinearRule | None = None,
     stabilizer: float = 1e-6,
     low: float | Tensor | None = None,
     high: float | Tensor | None = None,
@@ -360,28 +346,29 @@ def attnlrp(
     """``attnlrp`` (Achtibat et al., ICML 2024) for Vision Transformers.
 
     Args:
-        linear: Rule on linear layers (projections, MLP, head, patch embedding): ``"epsilon"``,
-            ``"gamma"`` or ``"zero"``.
+        linear: Rule on linear layers (projections, MLP, head, patch embedding): a registered rule name
+            (``medlrp.lrp.RULES``: ``"epsilon"``, ``"gamma"``, ``"zero"``, ``"zplus"``, ...) or a rule.
         epsilon: Epsilon of the epsilon rule.
         gamma: Gamma of the gamma rule.
-        first: Rule on the first layer (the patch embedding): ``None`` (same as ``linear``),
-            ``"epsilon"``, ``"gamma"``, ``"zero"``, ``"zbox"`` (with ``low``/``high``; default each
-            sample's own min/max), ``"flat"`` or ``"wsquare"``.
+        first: Rule on the first layer (the patch embedding): ``None`` (same as ``linear``), a rule
+            name (``"zbox"`` with ``low``/``high``, default each sample's own min/max; ``"flat"``,
+            ``"wsquare"``, ...) or a rule.
         stabilizer: Stabiliser of gamma and the first-layer rules.
         low: Lower input bound for ``first="zbox"``.
         high: Upper input bound for ``first="zbox"``.
         residual: Rule on sums (residual connections, position embedding): ``"norm"`` (the engine's
             proportional split stabilised with 1e-6, as zennit) or ``"plain"`` (unstabilised, as LXT).
     """
-    return _composite("attnlrp", False, linear, epsilon, gamma, first, stabilizer, low, high, residual)
+    options = {"epsilon": epsilon, "gamma": gamma, "stabilizer": stabilizer, "low": low, "high": high}
+    return _composite("attnlrp", False, linear, first, residual, options)
 
 
 @COMPOSITES.register("cp-lrp")
 def cp_lrp(
-    linear: str = "epsilon",
+    linear: str | LinearRule = "epsilon",
     epsilon: float = 1e-6,
     gamma: float = 0.25,
-    first: str | None = None,
+    first: str | LinearRule | None = None,
     stabilizer: float = 1e-6,
     low: float | Tensor | None = None,
     high: float | Tensor | None = None,
@@ -391,10 +378,8 @@ def cp_lrp(
 
     Options as for :func:`attnlrp`.
     """
-    return _composite("cp-lrp", True, linear, epsilon, gamma, first, stabilizer, low, high, residual)
-
-
-DEFAULT_COMPOSITES.insert(0, (looks_like_transformer, "attnlrp"))
+    options = {"epsilon": epsilon, "gamma": gamma, "stabilizer": stabilizer, "low": low, "high": high}
+    return _composite("cp-lrp", True, linear, first, residual, options)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,16 +1,14 @@
-"""Fast-path forms of the rules a ViT calls most: epsilon on ``F.linear``, stabilised sums, activations.
+"""Fast-path handlers of the operations a ViT calls most: linear layers, stabilised sums, activations.
 
 In a transformer the elementwise work of the generic engine (coefficient tensors routed to products)
-weighs as much as the matrix products, because every token passes every linear layer. Here the three
-hottest rules are single autograd functions with the same values as the engine's:
+weighs as much as the matrix products, because every token passes every linear layer. Here the hottest
+operations are single autograd functions with the same values as the engine's:
 
-* epsilon rule on ``F.linear``: backward ``(g * z / stab(z)) @ W``, computed as
-  ``g - eps * g / (|z| + eps)`` (equal: ``z / stab(z) == |z| / (|z| + eps)``, 0 at ``z == 0``);
+* ``F.linear`` under a rule with a token form (:data:`medlrp.lrp.kernels.KERNELS`: epsilon, gamma);
 * proportional split of a sum (zennit's ``Norm``, stabiliser 1e-6): the same factor on the sum;
-* zennit's gamma rule on ``F.linear`` with two matrix products each way (see :class:`_GammaLinear`);
 * identity rule of GELU / SiLU / tanh (``f(0) = 0``): ``g * f(x) / x``, 0 where ``x == 0``;
-* a patch embedding (convolution with stride == kernel, no padding) under epsilon or gamma: the same
-  linear fast forms on the patches laid out as tokens.
+* a patch embedding (convolution with stride == kernel, no padding) under such a rule: the same
+  token forms on the patches laid out as tokens.
 
 They apply in the fast path (``create_graph=False``) only; the exact second-order path and every
 other case (other rules, BatchNorm merges, broadcasting sums, ``alpha=``) go to the engine's handlers.
@@ -18,41 +16,16 @@ other case (other rules, BatchNorm merges, broadcasting sums, ``alpha=``) go to 
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from medlrp.lrp.engine import Engine, Handler
 from medlrp.lrp.handlers import HANDLERS, NORM_STABILIZER, variants
-from medlrp.lrp.rules import Epsilon, Gamma
+from medlrp.lrp.kernels import epsilon_factor, kernel
+from medlrp.lrp.rules import identity_ratio
 
 Tensor = torch.Tensor
-
-
-def _mm(a: Tensor, w: Tensor) -> Tensor:
-    """``a @ w`` over the last dim as one 2D product (a strided ``a`` would make ``matmul`` batch it)."""
-    return a.reshape(-1, a.shape[-1]).mm(w).reshape(*a.shape[:-1], w.shape[-1])
-
-
-def _epsilon_factor(grad: Tensor, z: Tensor, eps: float) -> Tensor:
-    """``grad * z / stab(z)`` in two passes: ``grad - eps * grad / (|z| + eps)``."""
-    return torch.addcdiv(grad, grad, z.abs().add_(eps), value=-eps)
-
-
-class _EpsilonLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
-        z = F.linear(x, weight, bias)
-        ctx.eps = eps
-        ctx.save_for_backward(z, weight)
-        return z
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        z, weight = ctx.saved_tensors
-        return _mm(_epsilon_factor(grad, z, ctx.eps), weight), None, None, None
 
 
 class _NormSum(torch.autograd.Function):
@@ -66,7 +39,7 @@ class _NormSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (s,) = ctx.saved_tensors
-        g = _epsilon_factor(grad, s, NORM_STABILIZER)
+        g = epsilon_factor(grad, s, NORM_STABILIZER)
         return (g if ctx.grads[0] else None), (g if ctx.grads[1] else None), None
 
 
@@ -80,113 +53,7 @@ class _Identity(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, y = ctx.saved_tensors
-        # y / x with 0 where x == 0 (there y == 0 too: 0 / 0 -> nan -> 0)
-        return None, (grad * y).div_(x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), None
-
-
-class _GammaLinear(torch.autograd.Function):
-    """zennit's generalised gamma rule on ``F.linear`` with two matrix products each way.
-
-    The rule (zennit 0.5.1 ``Gamma``, which LXT 2.1 puts on a ViT's linear layers): outputs ``z > 0``
-    share their relevance in proportion to ``(W + g W+) x+ + (W + g W-) x- + b + g b+`` (denominator
-    ``sp``), outputs ``z < 0`` to ``(W + g W-) x+ + (W + g W+) x- + b + g b-`` (``sn``). Written with
-    ``|W|`` (``W+ = (W + |W|) / 2``, ``W- = (W - |W|) / 2``) everything reduces to ``z`` and one extra
-    product ``q = |W| |x|``: ``sp, sn = (1 + g/2) z +- (g/2) (q + |b|)``, so both stabilised
-    denominators are ``sign(z) * D`` with ``D = (1 + g/2) |z| + (g/2) (q + |b|) + eps > 0``. With
-    ``c = grad * |z| / D`` and ``d = grad * z / D``, the gradient at an input ``x > 0`` is
-    ``W^T (1 + g/2) c + |W|^T (g/2) d``, at ``x < 0`` the same with ``-|W|^T``, and at ``x == 0`` the
-    sum of both branches (as the engine's clamped inputs); an input known to be ``>= 0`` takes the
-    ``x > 0`` form everywhere. That is 2 matrix products forward and 2 backward where the four-product
-    form takes 3 and 3 (a plain forward+backward: 3). Both scale factors sit in the cached weight
-    ``k |W|`` (``k = (g/2) / (1 + g/2)``) and in ``D`` divided by ``1 + g/2``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        w_abs: Tensor,
-        gamma: float,
-        stabilizer: float,
-    ) -> Tensor:
-        z = F.linear(x, weight, bias)
-        nonneg = bool((x.min() >= 0).item()) if x.numel() else True
-        with torch.no_grad():
-            grow = 1.0 + 0.5 * gamma
-            if nonneg:
-                den = _mm(x, w_abs.t())
-                zeros = False
-            else:
-                x_abs = x.abs()
-                zeros = bool((x_abs.min() == 0).item()) if x.numel() else False
-                den = _mm(x_abs, w_abs.t())
-                del x_abs
-            # den = D / (1 + g/2) = |z| + k (q + |b|) + eps / (1 + g/2); w_abs is already k |W|
-            shift = stabilizer / grow
-            if bias is None:
-                den.add_(shift)
-            else:
-                den.add_(bias.detach().abs().mul(gamma * 0.5 / grow).add_(shift))
-            a = z.detach().abs()
-            den.add_(a)
-            c = a.div_(den)  # (1 + g/2) |z| / D
-            d = torch.div(z.detach(), den)  # (1 + g/2) z / D; times k |W| below gives (g/2) z / D
-            del den
-        ctx.nonneg, ctx.zeros = nonneg, zeros
-        ctx.save_for_backward(x if not nonneg else None, c, d, weight, w_abs)
-        return z
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, c, d, weight, w_abs = ctx.saved_tensors
-        # c and d are this node's own buffers and the backward runs once: scaled in place (a second
-        # backward would fail the saved tensors' version check instead of reading changed values)
-        t = _mm(c.mul_(grad), weight)
-        m = _mm(d.mul_(grad), w_abs)
-        if ctx.nonneg:
-            return t.add_(m), None, None, None, None, None
-        if ctx.zeros:  # x == 0 takes both branches: 2 t (m cancels)
-            sign = x.sign()
-            m.mul_(sign)
-            t.mul_(sign.abs_().neg_().add_(2.0))
-            return t.add_(m), None, None, None, None, None
-        return t.addcmul_(m, x.sign()), None, None, None, None, None
-
-
-class _AbsWeights:
-    """``k |W|`` per weight and ``k``, kept between the passes of one explainer (as the engine's cache).
-
-    Valid while the weight object, its version counter and its storage address are unchanged.
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[int, float], tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] = {}
-
-    def get(self, weight: Tensor, k: float) -> Tensor:
-        key = (id(weight), k)
-        entry = self.entries.get(key)
-        version = (weight._version, weight.data_ptr())
-        if entry is not None and entry[0]() is weight and entry[1] == version:
-            return entry[2]
-        value = weight.detach().abs().mul_(k)
-        self.entries[key] = (weakref.ref(weight), version, value)
-        return value
-
-
-# one store per explainer (its WeightCache token): it lives and dies with the explainer
-_ABS_WEIGHTS: weakref.WeakKeyDictionary[Any, _AbsWeights] = weakref.WeakKeyDictionary()
-
-
-def _scaled_abs_weight(engine: Engine, weight: Tensor, k: float) -> Tensor:
-    owner = engine.weights
-    if owner is None:
-        return weight.detach().abs().mul_(k)
-    store = _ABS_WEIGHTS.get(owner)
-    if store is None:
-        store = _ABS_WEIGHTS[owner] = _AbsWeights()
-    return store.get(weight, k)
+        return None, identity_ratio(x, y, grad), None
 
 
 def _tracked(engine: Engine, t: Any) -> bool:
@@ -194,15 +61,12 @@ def _tracked(engine: Engine, t: Any) -> bool:
 
 
 def _fast_linear(engine: Engine, x: Tensor, weight: Tensor, bias: Tensor | None, rule: Any) -> Tensor | None:
-    """``x @ W^T + b`` under the epsilon or gamma rule as one node (``None``: another rule)."""
+    """``x @ W^T + b`` under the rule's token form as one node (``None``: the rule has none)."""
+    tokens = kernel(rule).tokens
+    if tokens is None:
+        return None
     flat = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], -1)  # a patch embedding's kernel
-    if type(rule) is Epsilon:
-        return _EpsilonLinear.apply(x, flat, bias, rule.epsilon)
-    if type(rule) is Gamma:
-        k = 0.5 * rule.gamma / (1.0 + 0.5 * rule.gamma)
-        w_abs = _scaled_abs_weight(engine, weight, k).reshape(flat.shape)  # cached per parameter object
-        return _GammaLinear.apply(x, flat, bias, w_abs, rule.gamma, rule.stabilizer)
-    return None
+    return tokens(rule, x, flat, bias, lambda k: engine.derived_weight(weight, k))
 
 
 def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -243,12 +107,12 @@ def _patch_conv(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
         and set(bound) <= set(_CONV_NAMES)
     ):
         dims = weight.dim() - 2
-        kernel = tuple(weight.shape[2:])
+        size = tuple(weight.shape[2:])
         padding = bound.get("padding", 0)
         plain = (
             x.dim() == dims + 2
             and bound.get("groups", 1) == 1
-            and _as_tuple(bound.get("stride", 1), dims) == kernel
+            and _as_tuple(bound.get("stride", 1), dims) == size
             and _as_tuple(bound.get("dilation", 1), dims) == (1,) * dims
             and (padding == "valid" or _as_tuple(padding, dims) == (0,) * dims)
             and not (_tracked(engine, weight) or _tracked(engine, bias))
@@ -256,8 +120,8 @@ def _patch_conv(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
         if plain:
             name, module = engine.layer_of(weight)
             rule = engine.select_rule("conv", name, module)
-            if type(rule) in (Epsilon, Gamma):
-                out = _fast_linear(engine, _patches(x, kernel), weight, bias, rule)
+            if kernel(rule).tokens is not None:
+                out = _fast_linear(engine, _patches(x, size), weight, bias, rule)
                 assert out is not None
                 # (N, *grid, out) -> (N, out, *grid), contiguous as the convolution's output
                 out = out.movedim(-1, 1).contiguous()
