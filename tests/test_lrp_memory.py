@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import medlrp
-from medlrp.lrp.products import clamped_product
 from medlrp.lrp.pooling import compact_max_pool, pool_arguments
+from medlrp.lrp.products import clamped_product
 
 POOLS = [
     (2, (2, 3, 9, 11), {"kernel_size": 3, "stride": 3, "padding": 1}),

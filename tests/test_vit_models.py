@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import medlrp
+from medlrp.lrp.kernels import KERNELS
 from medlrp.lrp.transformer import token_relevance, transformer_blocks
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -176,7 +177,7 @@ def _engine_only(composite: medlrp.lrp.Composite) -> medlrp.lrp.Composite:
     return composite
 
 
-@pytest.mark.parametrize("linear", ["epsilon", "gamma"])
+@pytest.mark.parametrize("linear", [rule.name for rule, k in KERNELS.items() if k.tokens is not None])
 def test_fast_path_equals_the_engines_generic_rules(linear: str) -> None:
     from medlrp.lrp.transformer import attnlrp
 

@@ -1,11 +1,46 @@
-"""Each transformer rule equals the paper's equation, written with einsum (float64, seeded)."""
+"""Each transformer rule equals the paper's equation, written with einsum (float64, seeded).
+
+The rules are run as the engine runs them: the operation under the composite's handlers, its inputs
+tracked, so a test of a rule tests the rule the engine uses.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from medlrp.lrp import attention as A
+from medlrp.lrp.composites import Composite
+from medlrp.lrp.engine import Engine
+from medlrp.lrp.handlers import HANDLERS
+from medlrp.lrp.transformer import attnlrp, cp_lrp
+
+
+def relevance(
+    op: Callable[..., torch.Tensor],
+    inputs: list[torch.Tensor],
+    r_out: torch.Tensor,
+    composite: Composite | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``op(*inputs)`` under the composite's handlers (fast path): its value and each input's ``x * grad``.
+
+    The gradient at the output is ``r_out / output``, so that the output's relevance is ``r_out``.
+    """
+    composite = composite or attnlrp()
+    model = torch.nn.Module()
+    engine = Engine(model, {**HANDLERS, **composite.handlers}, composite.selector(model), False, {})
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    try:
+        for leaf in leaves:
+            engine.track(leaf)
+        with engine:
+            out = op(*leaves)
+        grads = torch.autograd.grad(out, leaves, r_out / out.detach())
+    finally:
+        engine.release()
+    return out.detach(), [x * g for x, g in zip(inputs, grads, strict=True)]
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -63,33 +98,28 @@ def test_softmax_rule_is_the_gradient() -> None:
 def test_matmul_uniform_rule() -> None:
     a, b = _rand(2, 4, 3), _rand(2, 3, 5, seed=1)
     r_out = _rand(2, 4, 5, seed=2)
-    ag, bg = a.clone().requires_grad_(), b.clone().requires_grad_()
-    o = A.bilinear_rule(torch.matmul, ag, bg)
-    ga, gb = torch.autograd.grad(o, (ag, bg), r_out / o.detach())
-    ra, rb = ref_matmul(a, b, r_out)
-    _close(a * ga, ra)
-    _close(b * gb, rb)
-    # conservative: the two halves add up to the output relevance
-    torch.testing.assert_close((a * ga).sum() + (b * gb).sum(), r_out.sum())
+    for op in (torch.matmul, torch.bmm, lambda p, q: p @ q):
+        _, (got_a, got_b) = relevance(op, [a, b], r_out)
+        ra, rb = ref_matmul(a, b, r_out)
+        _close(got_a, ra)
+        _close(got_b, rb)
+        # conservative: the two halves add up to the output relevance
+        torch.testing.assert_close(got_a.sum() + got_b.sum(), r_out.sum())
 
 
 def test_einsum_and_elementwise_product_uniform_rule() -> None:
     a, b = _rand(3, 4), _rand(4, 2, seed=1)
     r_out = _rand(3, 2, seed=2)
-    ag, bg = a.clone().requires_grad_(), b.clone().requires_grad_()
-    o = A.bilinear_rule(lambda p, q: torch.einsum("ik,kj->ij", p, q), ag, bg)
-    ga, gb = torch.autograd.grad(o, (ag, bg), r_out / o.detach())
+    _, (got_a, got_b) = relevance(lambda p, q: torch.einsum("ik,kj->ij", p, q), [a, b], r_out)
     ra, rb = ref_matmul(a, b, r_out)
-    _close(a * ga, ra)
-    _close(b * gb, rb)
-    # elementwise gate u * v: each factor gets half of R
+    _close(got_a, ra)
+    _close(got_b, rb)
+    # elementwise product u * v of two relevance-carrying tensors: each factor gets half of R
     u, v = _rand(6), _rand(6, seed=3)
-    ug, vg = u.clone().requires_grad_(), v.clone().requires_grad_()
-    p = A.bilinear_rule(torch.mul, ug, vg)
     r = _rand(6, seed=4)
-    gu, gv = torch.autograd.grad(p, (ug, vg), r / p.detach())
-    _close(u * gu, r / 2)
-    _close(v * gv, r / 2)
+    _, (got_u, got_v) = relevance(torch.mul, [u, v], r)
+    _close(got_u, r / 2)
+    _close(got_v, r / 2)
 
 
 def test_layer_norm_rule() -> None:
@@ -107,11 +137,10 @@ def test_identity_rule_for_activations() -> None:
     x = _rand(4, 7)
     r_out = _rand(4, 7, seed=1)
     for fn in (F.gelu, F.silu, torch.tanh):
-        xg = x.clone().requires_grad_()
-        y = A.identity_rule(fn, xg)
-        torch.testing.assert_close(y, fn(x))
-        (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
-        _close(x * g, r_out)
+        for composite in (attnlrp(), attnlrp(residual="plain")):
+            y, (got,) = relevance(fn, [x], r_out, composite)
+            torch.testing.assert_close(y, fn(x))
+            _close(got, r_out)
 
 
 def _attention_reference(x, wq, wk, wv, wo, r_out):  # type: ignore[no-untyped-def]
@@ -136,20 +165,18 @@ def test_attention_head_explicit_and_fused_match_the_equations() -> None:
 
     def explicit(xg: torch.Tensor) -> torch.Tensor:
         q, k, v = xg @ wq.T, xg @ wk.T, xg @ wv.T
-        s = A.bilinear_rule(torch.matmul, q, k.T) * 0.5
-        o = A.bilinear_rule(torch.matmul, s.softmax(-1), v)
+        s = torch.matmul(q, k.transpose(0, 1)) * 0.5
+        o = torch.matmul(s.softmax(-1), v)
         return o @ wo.T
 
     def fused(xg: torch.Tensor) -> torch.Tensor:
         q, k, v = (xg @ w.T for w in (wq, wk, wv))
-        o = A.sdpa_rule(q[None], k[None], v[None], scale=0.5)[0]
+        o = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=0.5)[0]
         return o @ wo.T
 
     for fn in (explicit, fused):
-        xg = x.clone().requires_grad_()
-        y = fn(xg)
-        (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
-        _close(x * g, ref)
+        _, (got,) = relevance(fn, [x], r_out)
+        _close(got, ref)
 
 
 def test_cp_lrp_attention_holds_weights_constant() -> None:
@@ -163,12 +190,14 @@ def test_cp_lrp_attention_holds_weights_constant() -> None:
     # CP-LRP: R_v = sum_t a_tu v_ud R_td / o_td (A constant), then LRP-0 onto x through W_v only
     r_v = torch.einsum("tu,ud,td->ud", a, v, r_out / o)
     ref = ref_linear(x, wv, r_v)
-    xg = x.clone().requires_grad_()
-    q, k, vv = (xg @ w.T for w in (wq, wk, wv))
-    y = A.sdpa_rule(q[None], k[None], vv[None], scale=0.5, conservative=True)[0]
-    (g,) = torch.autograd.grad(y, xg, r_out / y.detach())
-    _close(x * g, ref)
-    torch.testing.assert_close((x * g).sum(), r_out.sum())
+
+    def attention(xg: torch.Tensor) -> torch.Tensor:
+        q, k, vv = (xg @ w.T for w in (wq, wk, wv))
+        return F.scaled_dot_product_attention(q[None], k[None], vv[None], scale=0.5)[0]
+
+    _, (got,) = relevance(attention, [x], r_out, cp_lrp())
+    _close(got, ref)
+    torch.testing.assert_close(got.sum(), r_out.sum())
 
 
 def test_linearised_matches_fast_rule_and_is_differentiable() -> None:
