@@ -26,7 +26,7 @@ for every composite registered from other modules: :mod:`medlrp.lrp.gates` (prod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -447,8 +447,3 @@ def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
     if linear is None:
         return identity_route(engine, x, y)
     return linear.merged_output(y, s, t)
-
-
-def handled(funcs: Iterable[Any]) -> list[Any]:
-    """The subset of ``funcs`` that has a handler (for diagnostics and tests)."""
-    return [f for f in funcs if f in HANDLERS]

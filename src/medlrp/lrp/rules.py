@@ -44,18 +44,14 @@ class Product(Enum):
     layer connects) and ``W2`` (squared). ``Z`` is the layer's own output, bias included.
     """
 
-    Z = ("x", "W")
-    A = ("x+", "W+")
-    B = ("x+", "W-")
-    C = ("x-", "W+")
-    D = ("x-", "W-")
-    M = ("|x|", "|W|")
-    LP = ("low", "W+")
-    LN = ("low", "W-")
-    HP = ("high", "W+")
-    HN = ("high", "W-")
-    F = ("ones", "1")
-    Q = ("ones", "W2")
+    Z = ("x", "W")  # the layer itself
+
+    # on the input's signs (``M = |W| |x|`` stands for all four in the fused forms)
+    A, B, C, D, M = ("x+", "W+"), ("x+", "W-"), ("x-", "W+"), ("x-", "W-"), ("|x|", "|W|")
+
+    # on references: z-box's bounds, flat and w-square's ones
+    LP, LN, HP, HN = ("low", "W+"), ("low", "W-"), ("high", "W+"), ("high", "W-")
+    F, Q = ("ones", "1"), ("ones", "W2")
 
     @property
     def input(self) -> str:
@@ -214,8 +210,15 @@ class Zero(LinearRule):
         return {Product.Z: torch.ones_like(q.z)}
 
 
+class Stabilized(LinearRule):
+    """A rule whose only parameter is the stabiliser of its denominator."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+
 @register_rule
-class ZPlus(LinearRule):
+class ZPlus(Stabilized):
     """LRP-z+ (zennit's ``ZPlus``: alpha=1, beta=0 with negative inputs allowed).
 
     ``R_in = x+ * (V+)^T (R / s) + x- * (V-)^T (R / s)``, ``s = stab(V+ x+ + V- x- + beta+)``.
@@ -223,9 +226,6 @@ class ZPlus(LinearRule):
 
     name = "zplus"
     reads = carries = (Product.A, Product.D)
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
@@ -326,14 +326,11 @@ class ZBox(LinearRule):
 
 
 @register_rule
-class Flat(LinearRule):
+class Flat(Stabilized):
     """LRP-flat: every input in the receptive field gets an equal share, ``R_in = 1^T (R / stab(1^T 1))``."""
 
     name = "flat"
     reads = carries = (Product.F,)
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""
@@ -341,14 +338,11 @@ class Flat(LinearRule):
 
 
 @register_rule
-class WSquare(LinearRule):
+class WSquare(Stabilized):
     """LRP-w^2: ``R_in = (V**2)^T (R / stab(V**2 1 + beta**2))`` (zennit squares the bias too)."""
 
     name = "wsquare"
     reads = carries = (Product.Q,)
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
 
     def coefficients(self, q: Quantities, nonneg: bool) -> dict[Product, Tensor]:
         """See :meth:`LinearRule.coefficients`."""

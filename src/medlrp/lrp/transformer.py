@@ -313,27 +313,9 @@ def linear_rule(rule: str | LinearRule, **options: Any) -> LinearRule:
     return cls(**{k: v for k, v in options.items() if k in accepted})
 
 
-def _composite(
+def transformer_composite(
     name: str,
     conservative: bool,
-    linear: str | LinearRule,
-    first: str | LinearRule | None,
-    residual: str,
-    options: dict[str, Any],
-) -> Composite:
-    rule = linear_rule(linear, **options)
-    return Composite(
-        dense=rule,
-        conv=rule,
-        first=None if first is None else linear_rule(first, **options),
-        handlers=transformer_handlers(conservative, residual),
-        name=name,
-        kind="transformer",
-    )
-
-
-@COMPOSITES.register("attnlrp")
-def attnlrp(
     linear: str | LinearRule = "epsilon",
     epsilon: float = 1e-6,
     gamma: float = 0.25,
@@ -343,9 +325,11 @@ def attnlrp(
     high: float | Tensor | None = None,
     residual: str = "norm",
 ) -> Composite:
-    """``attnlrp`` (Achtibat et al., ICML 2024) for Vision Transformers.
+    """A transformer composite: ``attnlrp`` (``conservative=False``) or ``cp-lrp`` (``True``).
 
     Args:
+        name: The composite's name.
+        conservative: Hold the softmax and the layer-norm scale constant (CP-LRP).
         linear: Rule on linear layers (projections, MLP, head, patch embedding): a registered rule name
             (``medlrp.lrp.RULES``: ``"epsilon"``, ``"gamma"``, ``"zero"``, ``"zplus"``, ...) or a rule.
         epsilon: Epsilon of the epsilon rule.
@@ -360,26 +344,27 @@ def attnlrp(
             proportional split stabilised with 1e-6, as zennit) or ``"plain"`` (unstabilised, as LXT).
     """
     options = {"epsilon": epsilon, "gamma": gamma, "stabilizer": stabilizer, "low": low, "high": high}
-    return _composite("attnlrp", False, linear, first, residual, options)
+    rule = linear_rule(linear, **options)
+    return Composite(
+        dense=rule,
+        conv=rule,
+        first=None if first is None else linear_rule(first, **options),
+        handlers=transformer_handlers(conservative, residual),
+        name=name,
+        kind="transformer",
+    )
+
+
+@COMPOSITES.register("attnlrp")
+def attnlrp(**options: Any) -> Composite:
+    """``attnlrp`` (Achtibat et al., ICML 2024) for ViTs; options: :func:`transformer_composite`."""
+    return transformer_composite("attnlrp", False, **options)
 
 
 @COMPOSITES.register("cp-lrp")
-def cp_lrp(
-    linear: str | LinearRule = "epsilon",
-    epsilon: float = 1e-6,
-    gamma: float = 0.25,
-    first: str | LinearRule | None = None,
-    stabilizer: float = 1e-6,
-    low: float | Tensor | None = None,
-    high: float | Tensor | None = None,
-    residual: str = "norm",
-) -> Composite:
-    """``cp-lrp`` (Ali et al., ICML 2022): softmax and layer-norm scale held constant.
-
-    Options as for :func:`attnlrp`.
-    """
-    options = {"epsilon": epsilon, "gamma": gamma, "stabilizer": stabilizer, "low": low, "high": high}
-    return _composite("cp-lrp", True, linear, first, residual, options)
+def cp_lrp(**options: Any) -> Composite:
+    """``cp-lrp`` (Ali et al., ICML 2022): softmax and layer-norm scale held constant (options as attnlrp)."""
+    return transformer_composite("cp-lrp", True, **options)
 
 
 # ---------------------------------------------------------------------------------------------------
