@@ -46,10 +46,11 @@ def explain(
         shape, CAM methods ``(N, 1, *spatial)``.
     """
     fn = METHODS.get(method)
-    if method == "lrp":
+    if METHODS.trait(method, "composite"):
         options["composite"] = composite
     elif composite is not None:
-        raise InputError(f"composite= applies to method='lrp' only, not to {method!r}")
+        takes = ", ".join(n for n in METHODS if METHODS.trait(n, "composite"))
+        raise InputError(f"composite= applies to the methods {takes} only, not to {method!r}")
     if region is not None:
         options["region"] = region  # only then: a method registered by a user need not know regions
     result = fn(model, x, target, **options)

@@ -22,6 +22,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, loader: str | None = None, builtin: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._traits: dict[str, dict[str, object]] = {}
         self._loader = loader
         self.builtin = builtin
 
@@ -46,16 +47,22 @@ class Registry(Generic[T]):
         """The built-in names, then any others registered so far (imports nothing)."""
         return list(dict.fromkeys([*self.builtin, *self._items]))
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Register the decorated object under ``name``."""
+    def register(self, name: str, **traits: object) -> Callable[[T], T]:
+        """Register the decorated object under ``name``, with ``traits`` (see :meth:`trait`)."""
 
         def deco(obj: T) -> T:
             if name in self._items:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            self._traits[name] = traits
             return obj
 
         return deco
+
+    def trait(self, name: str, key: str, default: object = None) -> object:
+        """What the entry ``name`` declared about itself (e.g. a method taking ``composite=``)."""
+        self._load()
+        return self._traits.get(name, {}).get(key, default)
 
     def add(self, name: str, obj: T) -> None:
         """Register ``obj`` under ``name``."""
@@ -84,7 +91,8 @@ class Registry(Generic[T]):
         return iter(self._items)
 
 
-#: ``name -> callable(model, x, target, **options) -> Explanation``
+#: ``name -> callable(model, x, target, **options) -> Explanation``; traits: ``composite`` (takes a
+#: composite), ``conserving`` (relevance sums to the explained logit, up to biases and stabilisers).
 METHODS: Registry[Callable[..., object]] = Registry(
     "method",
     loader="medlrp.methods",

@@ -202,7 +202,7 @@ def _times(x: Tensor, g: Tensor | None) -> Tensor:
     return torch.zeros_like(x) if g is None else x * g
 
 
-@METHODS.register("lrp")
+@METHODS.register("lrp", composite=True, conserving=True)
 def lrp_method(
     model: torch.nn.Module,
     x: Tensor,

@@ -228,5 +228,6 @@ def _measure(
     else:
         for name in ("positive_share_in_mask", "top_k_share_in_mask", "pointing_game"):
             row[name] = nan
-    row["conservation_error"] = conservation_error(e).tolist() if e.method == "lrp" else nan
+    conserving = METHODS.trait(e.method, "conserving")
+    row["conservation_error"] = conservation_error(e).tolist() if conserving else nan
     return row
