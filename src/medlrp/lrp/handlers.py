@@ -221,17 +221,10 @@ register_handler(*variants("relu", "relu_"))(deferring(_relu))  # settles its in
 register_handler(*variants("leaky_relu_"))(transparent(F.leaky_relu))
 
 
-@register_handler(
-    *variants(
-        "dropout",
-        "dropout1d",
-        "dropout2d",
-        "dropout3d",
-        "alpha_dropout",
-        "feature_alpha_dropout",
-        "feature_dropout",
-    )
-)
+_DROPOUTS = "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout feature_dropout"
+
+
+@register_handler(*variants(*_DROPOUTS.split()))
 def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     training = kwargs.get("training", args[2] if len(args) > 2 else True)
     p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
@@ -241,24 +234,12 @@ def _dropout(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str,
 
 
 # -- constants derived from a tracked tensor's shape carry no relevance
-@register_handler(
-    *variants(
-        "zeros_like",
-        "ones_like",
-        "empty_like",
-        "full_like",
-        "rand_like",
-        "randn_like",
-        "new_zeros",
-        "new_ones",
-        "new_empty",
-        "new_full",
-        "new_tensor",
-        "size",
-        "dim",
-        "numel",
-    )
+_CONSTANTS = (
+    "zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty new_full"
 )
+
+
+@register_handler(*variants(*_CONSTANTS.split(), "new_tensor", "size", "dim", "numel"))
 @deferring
 def _constant(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return func(*args, **kwargs)
@@ -378,34 +359,13 @@ def _pass_handler(out_of_place: Any = None, gate: bool = False) -> Handler:
     return handler
 
 
-for _f in variants(
-    "silu",
-    "gelu",
-    "hardswish",
-    "relu6",
-    "hardtanh",
-    "elu",
-    "selu",
-    "celu",
-    "softplus",
-    "mish",
-    "tanh",
-    "logsigmoid",
-    "softsign",
-    "tanhshrink",
-):
+_ACTIVATIONS = (
+    "silu gelu hardswish relu6 hardtanh elu selu celu softplus mish tanh logsigmoid softsign tanhshrink"
+)
+for _f in variants(*_ACTIVATIONS.split()):
     register_handler(_f)(_pass_handler())
-for _name, _oop in (
-    ("silu_", F.silu),
-    ("hardswish_", F.hardswish),
-    ("hardtanh_", F.hardtanh),
-    ("elu_", F.elu),
-    ("selu_", F.selu),
-    ("celu_", F.celu),
-    ("mish_", F.mish),
-    ("tanh_", torch.tanh),
-):
-    register_handler(*variants(_name))(_pass_handler(_oop))
+for _name in "silu hardswish hardtanh elu selu celu mish tanh".split():  # in place: run out of place
+    register_handler(*variants(_name + "_"))(_pass_handler(getattr(F, _name)))
 register_handler(*variants("sigmoid", "hardsigmoid"))(_pass_handler(gate=True))
 register_handler(*variants("sigmoid_"))(_pass_handler(torch.sigmoid, gate=True))
 register_handler(*variants("hardsigmoid_"))(_pass_handler(F.hardsigmoid, gate=True))

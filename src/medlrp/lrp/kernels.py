@@ -27,6 +27,9 @@ from medlrp.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, LinearRule, Produc
 
 Tensor = torch.Tensor
 P = Product
+#: Product values by product, as a fused form reads them.
+Values = Mapping[Product, Tensor]
+Bias = Tensor | float
 
 
 def affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
@@ -38,9 +41,7 @@ def affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
     return torch.mul(a, scale).add_(shift)
 
 
-def _positive(
-    z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float, extra: float
-) -> Tensor:
+def _positive(z: Tensor, p: Values, s: Tensor | None, bias: Bias, extra: float) -> Tensor:
     """``P + extra`` as a new tensor, ``P = V+ x+ + V- x- + beta+`` (the positive products and bias).
 
     Inputs >= 0: ``P = s A + beta+``; inputs of both signs: ``V+ x+ + V- x- = (V x + |V| |x|) / 2``, so
@@ -75,9 +76,7 @@ class Fused:
         """
         return None if mixed else (P.A,) if nonneg else (P.M, P.Z)
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """The state kept for the backward pass (fresh tensors; ``z`` intact)."""
         raise NotImplementedError
 
@@ -88,9 +87,7 @@ class Fused:
         """
         return tuple(c.mul_(grad) for c in state)
 
-    def relu_state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """A smaller state for an output consumed only by an in-place ReLU (if :attr:`relu_variant`).
 
         The backward pass then reads ``z`` itself (:meth:`relu_grads`) after the ReLU zeroed its
@@ -117,15 +114,11 @@ class _Epsilon(Fused):
         t = torch.div(torch.full((), self.rule.epsilon, dtype=z.dtype, device=z.device), z).abs_().add_(1.0)
         return t.reciprocal_() if s is None else torch.div(s, t, out=t)
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[s z / stab(z)]``."""
         return [self._scaled_ratio(z, s)]
 
-    def relu_state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """Nothing: the ratio is computed from the ReLU's output in the backward pass."""
         return []
 
@@ -139,15 +132,11 @@ class _Epsilon(Fused):
 class _ZPlus(Fused):
     relu_variant = True
 
-    def relu_state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[P + eps]``, ``P = V+ x+ + V- x- + beta+ >= 0`` (so ``stab(P) = P + eps``)."""
         return [_positive(z, p, s, bias, self.rule.stabilizer)]
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[s z / (P + eps)]``."""
         (dp,) = self.relu_state(z, p, s, bias)
         c = torch.div(z, dp, out=dp)
@@ -173,9 +162,7 @@ class _AlphaBeta(Fused):
         """A scale >= 0 (``B = Z - b - A`` is virtual)."""
         return None if mixed else (P.A, P.Z) if nonneg else (P.M, P.Z)
 
-    def relu_state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[P + eps]``, ``P = V+ x+ + V- x- + beta+``."""
         return [_positive(z, p, s, bias, self.rule.stabilizer)]
 
@@ -193,9 +180,7 @@ class _AlphaBeta(Fused):
         cpn = torch.div(z, dp, out=dp).mul_(rule.alpha if s is None else rule.alpha * s).sub_(cn)
         return cpn, cn
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[s (cp - cn), s cn]``."""
         (dp,) = self.relu_state(z, p, s, bias)
         return list(self._split(dp, z, s))
@@ -222,9 +207,7 @@ class _AlphaBeta(Fused):
 class _Gamma(_AlphaBeta):
     relu_variant = False
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[w]``, ``w = u - v`` (``u``, ``v`` as in ``Gamma.coefficients``, never both non-zero).
 
         With ``P = V+ x+ + V- x- + beta+`` (see :func:`_positive`): ``sp = z + gamma P`` and
@@ -263,9 +246,7 @@ class _ZBox(Fused):
         """A scale >= 0."""
         return None if mixed else (P.HN, P.LP, P.Z)
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[s z / stab(z - s LP - s HN - beta)]``."""
         d = torch.add(p[P.LP], p[P.HN])
         if s is not None:
@@ -293,18 +274,14 @@ class _Flat(Fused):
         """Every input and scale (flat ignores the weights)."""
         return (P.F,)
 
-    def relu_state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[F + eps]`` (``F >= 0`` counts inputs, so ``stab(F) = F + eps``; one channel, expanded)."""
         f = p[P.F]
         if f.dim() > 1 and f.stride(1) == 0:  # one channel expanded over the others: keep one
             f = f.narrow(1, 0, 1)
         return [f + self.rule.stabilizer]
 
-    def state(
-        self, z: Tensor, p: Mapping[Product, Tensor], s: Tensor | None, bias: Tensor | float
-    ) -> list[Tensor]:
+    def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[z / (F + eps)]``."""
         (den,) = self.relu_state(z, p, s, bias)
         return [torch.div(z, den)]

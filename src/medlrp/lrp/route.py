@@ -32,12 +32,8 @@ class _Spec:
         expand: Expand | None = None,
         relu: tuple[Callable[[], Coefficients], Expand] | None = None,
     ) -> None:
-        self.value = value
-        self.expand = expand
-        self.relu = relu
-        self.coefficients = coefficients
-        self.compute = compute
-        self.owned = owned
+        self.value, self.coefficients, self.compute, self.owned = value, coefficients, compute, owned
+        self.expand, self.relu = expand, relu
         # the tensors ``compute`` reads, with their version counters now: an in-place change before the
         # coefficients are computed would make them silently wrong, so it is an error instead
         self.guard = [(t, t._version) for t in guard] if compute is not None else []
