@@ -1,8 +1,8 @@
-"""Turning a user's ``target`` argument into one class index per sample."""
+"""Turning a user's ``target`` argument into one class index per sample, and where relevance starts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -36,3 +36,49 @@ def resolve_target(target: Target, output: torch.Tensor) -> torch.Tensor:
 def one_hot_logit(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The initial relevance: the target logit at its place, zero elsewhere (``one_hot * output``)."""
     return torch.zeros_like(output).scatter(1, target[:, None], output.gather(1, target[:, None]))
+
+
+# -- where relevance starts: ``start(output, target) -> initial relevance`` (the output's shape). Every method
+#    that starts from the logits (LRP, guided training) reads these.
+StartFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _one_hot(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(output).scatter_(1, target[:, None], 1.0)
+
+
+def _difference(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    num_classes = output.shape[1]
+    if num_classes < 2:
+        raise InputError("the logit difference needs a model with at least 2 classes")
+    return torch.full_like(output, -1.0 / (num_classes - 1)).scatter_(1, target[:, None], 1.0)
+
+
+def logit_difference(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Initial relevance ``w * output`` with ``w = +1`` at the target, ``-1/(C-1)`` elsewhere.
+
+    Its sum is the target logit minus the mean of the other logits (for two classes: ``z_t - z_other``).
+    """
+    return _difference(output, target) * output
+
+
+#: ``name -> start``: ``logit`` (the target logit), ``one-hot`` (1 at the target), ``logit-difference``,
+#: ``all-classes`` (every logit).
+STARTS: dict[str, StartFn] = {
+    "logit": one_hot_logit,
+    "one-hot": _one_hot,
+    "logit-difference": logit_difference,
+    "all-classes": lambda output, target: output,
+}
+
+
+def resolve_start(start: str | StartFn) -> StartFn:
+    """A start by name (see :data:`STARTS`) or the callable ``start(output, target)`` itself."""
+    if callable(start):
+        return start
+    try:
+        return STARTS[start]
+    except KeyError:
+        raise InputError(
+            f"unknown relevance start {start!r}; known: {', '.join(STARTS)} or a callable"
+        ) from None

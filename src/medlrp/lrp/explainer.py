@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,12 +13,9 @@ from medlrp.lrp.engine import Engine, WeightCache
 from medlrp.lrp.handlers import HANDLERS
 from medlrp.region import Goal, Region, check_main_head, resolve_goal
 from medlrp.registry import METHODS
-from medlrp.targets import Target
+from medlrp.targets import STARTS, StartFn, Target
 
 Tensor = torch.Tensor
-#: ``start(output, target) -> initial relevance`` (same shape as ``output``).
-StartFn = Callable[[Tensor, Tensor], Tensor]
-STARTS = ("logit", "one-hot", "logit-difference", "all-classes")
 
 
 class LRP:

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medlrp.errors import InputError
-from medlrp.targets import one_hot_logit
+from medlrp.targets import STARTS, StartFn, logit_difference, one_hot_logit, resolve_start
 from medlrp.train.guided_losses import GuidanceLoss, ReferenceLoss, masked_reference
 
 __all__ = [
@@ -91,36 +91,8 @@ __all__ = [
     "resolve_start",
 ]
 
-#: ``start(output, target) -> initial relevance`` (output's shape, linear in ``output``)
-StartFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``relevance_fn(model, x, target, start) -> (relevance, logits)``, both differentiable
 RelevanceFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, StartFn], tuple[torch.Tensor, torch.Tensor]]
-
-
-def logit_difference(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Initial relevance ``w * output`` with ``w = +1`` at the target, ``-1/(C-1)`` elsewhere.
-
-    Its sum is the target logit minus the mean of the other logits (for two classes: ``z_t - z_other``).
-    """
-    num_classes = output.shape[1]
-    if num_classes < 2:
-        raise InputError("the logit difference needs a model with at least 2 classes")
-    w = torch.full_like(output, -1.0 / (num_classes - 1))
-    w.scatter_(1, target[:, None], 1.0)
-    return w * output
-
-
-_STARTS: dict[str, StartFn] = {"logit": one_hot_logit, "logit-difference": logit_difference}
-
-
-def resolve_start(start: str | StartFn) -> StartFn:
-    """``"logit"``, ``"logit-difference"`` or a callable ``start(output, target)``."""
-    if callable(start):
-        return start
-    try:
-        return _STARTS[start]
-    except KeyError:
-        raise InputError(f"unknown relevance start {start!r}; known: {', '.join(_STARTS)}") from None
 
 
 def input_x_gradient_relevance(
@@ -160,7 +132,7 @@ def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
             ``epsilon-alpha2-beta1-flat`` for CNNs, ``attnlrp`` for transformers).
         **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box).
     """
-    names = {id(fn): name for name, fn in _STARTS.items()}
+    names = {id(fn): name for name, fn in STARTS.items()}
 
     def fn(
         model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: StartFn
