@@ -289,6 +289,32 @@ def test_unsupported_operation_names_module_and_type():
         medlrp.LRP(modulo, "epsilon")(torch.randn(2, 3, dtype=DT))
 
 
+def test_running_module_is_tracked_per_thread_and_no_global_hook_outlives_the_call():
+    """The module named in errors comes from global module hooks that live for one call and one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch.nn.modules import module as torch_module
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, 1)
+
+    hooks = (torch_module._global_forward_pre_hooks, torch_module._global_forward_hooks)
+    before = [dict(h) for h in hooks]
+    model, x = net(), inputs()
+    serial = medlrp.LRP(model, "epsilon-gamma-box").relevance(x, 1)
+    with ThreadPoolExecutor(4) as pool:  # other threads' calls do not see (or break) one another's stacks
+        odd = nn.Sequential(nn.Linear(3, 3), Odd()).double()
+        bad = [pool.submit(medlrp.LRP(odd, "epsilon"), torch.randn(2, 3, dtype=DT)) for _ in range(3)]
+        good = [pool.submit(medlrp.LRP(model, "epsilon-gamma-box").relevance, x, 1) for _ in range(3)]
+        for f in good:
+            torch.testing.assert_close(f.result(), serial, rtol=1e-12, atol=1e-14)
+        for f in bad:
+            with pytest.raises(medlrp.UnsupportedLayerError, match=r"'1' \(Odd\)"):
+                f.result()
+    assert [dict(h) for h in hooks] == before
+
+
 def test_train_mode_batchnorm_is_refused():
     model = net().train()
     with pytest.raises(medlrp.InputError, match="eval"):
