@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medlrp.cam.guard import explaining
 from medlrp.errors import InputError
 from medlrp.targets import STARTS, StartFn, logit_difference, one_hot_logit, resolve_start
 from medlrp.train.guided_losses import GuidanceLoss, ReferenceLoss, masked_reference
@@ -175,14 +176,12 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards (also on error)."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    """Put every submodule in eval mode; restore each one's own flag afterwards (also on error).
+
+    The eval guard every method shares (:func:`medlrp.cam.guard.explaining`).
+    """
+    with explaining(model):
         yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 BatchStats = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
