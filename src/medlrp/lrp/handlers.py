@@ -21,7 +21,10 @@ module owning a parameter (``engine.layer_of(weight)``), the composite's rule fo
 :func:`register_handler`; a composite may also carry its own table (``Composite.handlers``), which
 takes precedence, so transformer rules (softmax, matmul, attention) live in their own module. Rules
 for every composite registered from other modules: :mod:`medlrp.lrp.gates` (products),
-:mod:`medlrp.lrp.normalisation` (layer, group, instance, RMS norm, statistics, divisions).
+:mod:`medlrp.lrp.normalisation` (layer, group, instance, RMS norm, statistics, divisions). The shared
+pieces a new handler builds on: :func:`transparent` (the plain gradient is the rule),
+:func:`identity_route` (relevance passes unchanged, ``R_x = R_y``), :func:`split_route` (proportional
+split of a sum) and :func:`~medlrp.lrp.route.route`.
 """
 
 from __future__ import annotations
@@ -269,36 +272,44 @@ for _n in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
 
 
 # -- proportional split (zennit's Norm): sums, averages, average pooling
+def split_route(engine: Engine, true: Tensor, routed_in: Tensor, nonneg: bool = False) -> Tensor:
+    """``true`` (a sum of its inputs' terms) whose relevance goes to the terms in proportion to them.
+
+    The gradient is scaled by ``true / stab(true)`` (stabiliser :data:`NORM_STABILIZER`), so that
+    ``term * grad`` splits the output's relevance among the terms. ``routed_in``: the op's output on the
+    routed inputs (``true`` itself in the fast path). Returns what the model sees, tracked.
+    """
+    if engine.dual:
+        routed = route(true, [routed_in], [stabilized_ratio(true, NORM_STABILIZER)])
+        engine.track(true, routed).nonneg = nonneg
+        return true
+    value = true.detach()
+
+    def after_relu(state: Any, grad: Tensor) -> tuple[Tensor]:
+        # read by an in-place ReLU only: nothing kept, the ratio is taken of the ReLU's output
+        return (stabilized_ratio(value, NORM_STABILIZER).mul_(grad),)
+
+    routed = route(
+        value,
+        [true],
+        compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)],
+        owned=True,
+        guard=(value,),
+        relu=(list, after_relu),
+    )
+    engine.track(routed).nonneg = nonneg
+    return routed
+
+
 def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler:
     def handler(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        f = out_of_place or func
         nonneg = keeps_sign and _all_nonneg(engine, args)
-        true, routed_in = _both(engine, f, args, kwargs)
+        true, routed_in = _both(engine, out_of_place or func, args, kwargs)
         if not isinstance(true, Tensor) or not true.is_floating_point():
             return true
-        gate = _all_gates(engine, args)
-        if engine.dual:
-            routed = route(true, [routed_in], [stabilized_ratio(true, NORM_STABILIZER)])
-            node = engine.track(true, routed)
-            node.nonneg, node.gate = nonneg, gate
-            return true
-        value = true.detach()
-
-        def after_relu(state: Any, grad: Tensor) -> tuple[Tensor]:
-            # read by an in-place ReLU only: nothing kept, the ratio is taken of the ReLU's output
-            return (stabilized_ratio(value, NORM_STABILIZER).mul_(grad),)
-
-        routed = route(
-            value,
-            [true],
-            compute=lambda: [stabilized_ratio(value, NORM_STABILIZER)],
-            owned=True,
-            guard=(value,),
-            relu=(list, after_relu),
-        )
-        node = engine.track(routed)
-        node.nonneg, node.gate = nonneg, gate
-        return routed
+        out = split_route(engine, true, routed_in, nonneg)
+        engine.node(out).gate = _all_nonneg(engine, args, "gate")  # 1 - sigmoid(z) is a gate too (GRU)
+        return out
 
     return handler
 
@@ -306,13 +317,6 @@ def _norm_handler(out_of_place: Any = None, keeps_sign: bool = False) -> Handler
 #: The proportional split as a handler factory, for any parameter-free linear map with non-negative
 #: weights (``keeps_sign=True``) or any weights (see :mod:`medlrp.lrp.resample`).
 proportional_split = _norm_handler
-
-
-def _all_gates(engine: Engine, args: Any) -> bool:
-    """Whether every tracked tensor among ``args`` is a gate (``1 - sigmoid(z)`` is a gate too: GRU)."""
-    nodes = [engine.node(t) for t in _tensors(list(args))]
-    nodes = [n for n in nodes if n is not None]
-    return bool(nodes) and all(n.gate for n in nodes)
 
 
 _POOLS = "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean"
@@ -325,7 +329,7 @@ register_handler(*variants("add_", "__iadd__"))(_norm_handler(torch.add))
 register_handler(*variants("sub_", "__isub__"))(_norm_handler(torch.sub))
 
 
-# -- pass rule: elementwise activations (and BatchNorm not preceded by a linear layer)
+# -- identity rule: elementwise activations (and BatchNorm not preceded by a linear layer)
 def identity_route(engine: Engine, x: Tensor, y: Tensor) -> Tensor:
     """``y = f(x)`` under the identity rule: relevance passes unchanged (``R_x = R_y``).
 
