@@ -111,7 +111,8 @@ class Quantities:
     Attributes:
         z: The layer's output value (after a merged BatchNorm, if any).
         bias: The layer's bias, broadcastable to ``z`` (``0.0`` when the layer has none).
-        products: Product values, those the rule reads (zeros for :data:`NEGATIVE_INPUT` on inputs >= 0).
+        products: The values of the products the rule reads (``0.0`` for those on ``x-`` when the input
+            is >= 0).
     """
 
     z: Tensor
