@@ -398,14 +398,12 @@ def _batch_norm(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[s
         t = t + bias
     if not engine.dual:
         s, t = s.detach(), t.detach()
-    # the affine map with the statistics given: also where they carry a graph (guided training explains
-    # with a training batch's own statistics), which torch's batch_norm refuses
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    if engine.dual:
-        y = torch.addcmul(t.reshape(shape), x, s.reshape(shape))
-    else:
-        with torch.no_grad():
-            y = torch.addcmul(t.reshape(shape), x, s.reshape(shape))
+    # the affine map y = s x + t, also where the statistics carry a graph (guided training explains with a
+    # training batch's own), which torch's batch_norm refuses as running statistics: as its affine part,
+    # with mean 0 and variance 1, the fused kernel computes exactly s x + t
+    mean0, var1 = torch.zeros_like(s), torch.ones_like(s)
+    with torch.set_grad_enabled(engine.dual):
+        y = F.batch_norm(x, mean0, var1, s, t, training=False, momentum=0.0, eps=0.0)
     node = engine.node(x)
     linear: LinearCall | None = node.linear if node is not None else None
     if linear is None:
