@@ -155,12 +155,16 @@ class _ZPlus(Fused):
         return self.grads([c if s is None else c.mul_(s)], s, grad, nonneg)
 
 
-class _AlphaBeta(Fused):
-    relu_variant = True
+class _Signed(Fused):
+    """Rules on both ``V+`` and ``V-`` products: ``B = Z - b - A`` is virtual (a scale >= 0)."""
 
     def keys(self, nonneg: bool, mixed: bool) -> tuple[Product, ...] | None:
-        """A scale >= 0 (``B = Z - b - A`` is virtual)."""
+        """``A`` and ``Z`` (inputs >= 0), ``M`` and ``Z`` (both signs); ``None`` for a mixed scale."""
         return None if mixed else (P.A, P.Z) if nonneg else (P.M, P.Z)
+
+
+class _AlphaBeta(_Signed):
+    relu_variant = True
 
     def relu_state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[P + eps]``, ``P = V+ x+ + V- x- + beta+``."""
@@ -204,9 +208,7 @@ class _AlphaBeta(Fused):
         return self.grads(list(self._split(state[0], z, s)), s, grad, nonneg)
 
 
-class _Gamma(_AlphaBeta):
-    relu_variant = False
-
+class _Gamma(_Signed):
     def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
         """``[w]``, ``w = u - v`` (``u``, ``v`` as in ``Gamma.coefficients``, never both non-zero).
 
