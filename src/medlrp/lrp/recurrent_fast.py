@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from medlrp.lrp.handlers import NORM_STABILIZER
+from medlrp.lrp.rules import stabilize
 
 Tensor = torch.Tensor
 
@@ -175,5 +176,4 @@ def _stable(z: Tensor, eps: float) -> Tensor:
     """``stab(z)`` for the epsilon rule; for LRP-0 (``eps == 0``) a ``z`` whose zeros divide to 0."""
     if eps == 0:
         return torch.where(z == 0, torch.inf, z)
-    # |z| + eps with z's sign: zennit's stabilize except at -0.0, where the numerators are 0 anyway
-    return z.abs().add_(eps).copysign_(z)
+    return stabilize(z, eps)
