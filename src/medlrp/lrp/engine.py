@@ -27,6 +27,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -255,13 +256,35 @@ class Engine(TorchFunctionMode):
         """The innermost module of the model being called (see :meth:`running`)."""
         return self._stack[-1] if self._stack else ("", None)
 
-    def running(self) -> _Running:
-        """A context that tracks which module of the model runs, for :meth:`current_module`.
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Track which module of the model runs, for :meth:`current_module`.
 
         Global module hooks, registered for the call only and acting only on this thread and on the
         model's own modules: the model itself is not touched.
         """
-        return _Running(self)
+        thread, modules, stack = threading.get_ident(), self._modules, self._stack
+
+        def pre(module: torch.nn.Module, args: Any) -> None:
+            entry = modules.get(id(module))
+            if entry is not None and entry[1] is module and threading.get_ident() == thread:
+                stack.append(entry)
+
+        def post(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if stack and stack[-1][1] is module and threading.get_ident() == thread:
+                stack.pop()
+
+        hooks = torch.nn.modules.module
+        handles = [
+            hooks.register_module_forward_pre_hook(pre),
+            hooks.register_module_forward_hook(post, always_call=True),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            stack.clear()
 
     def unsupported(self, what: str) -> UnsupportedLayerError:
         """An :class:`UnsupportedLayerError` naming the running module (dotted name) and its type."""
@@ -308,39 +331,6 @@ class Engine(TorchFunctionMode):
         if self.weights is None:
             return weight.detach().abs().mul_(k)
         return self.weights.get(weight, k)
-
-
-class _Running:
-    """Global forward (pre-)hooks keeping :attr:`Engine._stack`, removed on exit."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> None:
-        engine, thread = self.engine, threading.get_ident()
-        modules, stack = engine._modules, engine._stack
-        hooks = torch.nn.modules.module
-
-        def pre(module: torch.nn.Module, args: Any) -> None:
-            entry = modules.get(id(module))
-            if entry is not None and entry[1] is module and threading.get_ident() == thread:
-                stack.append(entry)
-
-        def post(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if stack and stack[-1][1] is module and threading.get_ident() == thread:
-                stack.pop()
-
-        self.handles = [
-            hooks.register_module_forward_pre_hook(pre),
-            hooks.register_module_forward_hook(post, always_call=True),
-        ]
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-        self.engine._stack.clear()
 
 
 class WeightCache:

@@ -74,20 +74,12 @@ def variants(*names: str) -> list[Any]:
 
 #: Position of the ``inplace`` flag in functionals that have one (in-place ops run out of place here:
 #: a tracked tensor is never modified, so autograd views and version counters stay simple).
-_INPLACE_POS = {
-    F.relu: 1,
-    F.relu6: 1,
-    F.silu: 1,
-    F.hardswish: 1,
-    F.selu: 1,
-    F.mish: 1,
-    F.hardsigmoid: 1,
-    F.elu: 2,
-    F.celu: 2,
-    F.leaky_relu: 2,
-    F.hardtanh: 3,
-    F.threshold: 3,
+_INPLACE_AT = {
+    1: "relu relu6 silu hardswish selu mish hardsigmoid",
+    2: "elu celu leaky_relu",
+    3: "hardtanh threshold",
 }
+_INPLACE_POS = {getattr(F, name): pos for pos, names in _INPLACE_AT.items() for name in names.split()}
 
 
 def _strip_inplace(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

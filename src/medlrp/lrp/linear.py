@@ -13,6 +13,7 @@ the routed input; the layer's output is then routed to them, merged with a follo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ from medlrp.lrp.route import route
 from medlrp.lrp.rules import LinearRule, Product, Quantities
 
 Tensor = torch.Tensor
+
+_BY_NAME = attrgetter("name")  # products in a fixed order (by name)
 
 #: Layers whose products cost at most this many multiply-adds per output element (a first layer on 1-3
 #: channels, a depthwise convolution) keep no rule state: the backward pass recomputes their products.
@@ -72,7 +75,7 @@ class LinearCall:
             with torch.no_grad():
                 self.z_true = call(x, weight, bias)
         p.z_value = self.z_true if engine.dual else self.z_true.detach()
-        for key in sorted(wanted, key=_order):
+        for key in sorted(wanted, key=_BY_NAME):
             p.routed(key)
 
     def output(self) -> Tensor:
@@ -108,7 +111,7 @@ class LinearCall:
     def _general(self, z: Tensor, scale: Scale | None, bias: Tensor | float) -> Tensor:
         """The route of the rule's coefficients."""
         mixed = scale is not None and scale.mixed
-        keys = sorted(physical(self.rule.uses(self.nonneg), self.nonneg, mixed), key=_order)
+        keys = sorted(physical(self.rule.uses(self.nonneg), self.nonneg, mixed), key=_BY_NAME)
         products = [self.products.routed(k) for k in keys]
         if self.engine.dual:
             coeffs = self.coefficients(z, scale, bias)
@@ -175,10 +178,6 @@ class LinearCall:
         return weight.dim() > 2 and weight[0].numel() <= CHEAP_FAN_IN
 
 
-def _order(key: Product) -> str:
-    return key.name
-
-
 def _channel(v: Tensor, dims: int, channel_dim: int) -> Tensor:
     """A per-channel vector shaped to broadcast against the layer output."""
     if channel_dim == -1:
@@ -205,6 +204,3 @@ def make_call(func: Any, rest: tuple[Any, ...], kw: dict[str, Any]) -> Call:
         return func(x, w, b, *rest, **kw)
 
     return call
-
-
-__all__ = ["LinearCall", "bind_linear", "make_call"]

@@ -85,6 +85,3 @@ class _CompactMaxPool(torch.autograd.Function):
 def compact_max_pool(x: Tensor, dims: int, p: dict[str, Any]) -> Tensor:
     """``max_pool{dims}d(x, **p)`` (``p`` from :func:`pool_arguments`) with the compact backward node."""
     return _CompactMaxPool.apply(x, dims, p)
-
-
-__all__ = ["compact_max_pool", "pool_arguments"]
