@@ -39,7 +39,7 @@ from medlrp.lrp.engine import Engine, Handler, _tensors, deferring
 from medlrp.lrp.linear import LinearCall, bind_linear, make_call
 from medlrp.lrp.pooling import compact_max_pool, pool_arguments
 from medlrp.lrp.route import route, settle
-from medlrp.lrp.rules import LinearRule, identity_ratio, stabilized_ratio
+from medlrp.lrp.rules import LinearRule, identity_ratio, stabilize, stabilized_ratio
 
 Tensor = torch.Tensor
 
@@ -271,8 +271,8 @@ def split_route(engine: Engine, true: Tensor, routed_in: Tensor, nonneg: bool = 
     ``term * grad`` splits the output's relevance among the terms. ``routed_in``: the op's output on the
     routed inputs (``true`` itself in the fast path). Returns what the model sees, tracked.
     """
-    if engine.dual:
-        routed = route(true, [routed_in], [stabilized_ratio(true, NORM_STABILIZER)])
+    if engine.dual:  # the ratio with its graph: second order through z / stab(z)
+        routed = route(true, [routed_in], [true / stabilize(true, NORM_STABILIZER)])
         engine.track(true, routed).nonneg = nonneg
         return true
     value = true.detach()
