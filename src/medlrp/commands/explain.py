@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from medlrp.io.limits import ReadLimits
 
 HELP = (
-    "Explain a model's decisions on scans: per input and method NAME.METHOD.relevance.nii.gz (aligned "
-    "with the input) and NAME.METHOD.overlay.png, a record in results.json; one self-contained "
-    "report.html per run. Bad inputs are reported one line each and the others go on (exit code 2 at "
-    "the end)."
+    "Explain a model's decisions on scans: per input NAME.relevance.nii.gz (aligned with the input) and "
+    "NAME.overlay.png (NAME.METHOD.* for each method when several run), a record in results.json; one "
+    "self-contained report.html per run. Bad inputs are reported one line each and the others go on "
+    "(exit code 2 at the end)."
 )
 
 
