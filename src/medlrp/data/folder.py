@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medlrp.errors import InputError
-from medlrp.io import IMAGE_SUFFIXES, Image, read_image
+from medlrp.io import Image, read_image
+from medlrp.io.formats import format_of, strip_suffix
 from medlrp.models.preprocessing import Preprocessing
 
 SPLITS = ("train", "val", "test")
@@ -94,15 +95,8 @@ def resolve_split(root: str | Path, split: str | None) -> Path:
 
 def case_stem(path: Path) -> str:
     """File name without its image suffix (``a.nii.gz -> a``)."""
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
+    stripped = strip_suffix(path.name)
+    return path.name if stripped is None else stripped
 
 
 def scan_cases(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[CaseFile]]:
@@ -121,7 +115,7 @@ def scan_cases(folder: Path, classes: list[str] | None = None) -> tuple[list[str
         masks = {case_stem(p)[: -len(MASK_SUFFIX)]: p for p in entries if case_stem(p).endswith(MASK_SUFFIX)}
         for p in entries:
             stem = case_stem(p)
-            if stem.endswith(MASK_SUFFIX) or not (p.is_dir() or (p.is_file() and _is_image_name(p))):
+            if stem.endswith(MASK_SUFFIX) or not (p.is_dir() or (p.is_file() and format_of(p) is not None)):
                 continue
             cases.append(CaseFile(image=p, mask=masks.get(stem), label=label, case_id=stem))
     if not cases:

@@ -14,21 +14,21 @@ from medlrp.io.dicom_out import (
     read_dicom_sources,
     write_dicom_explanation,
 )
+from medlrp.io.formats import FORMATS, IMAGE_SUFFIXES, SIGNAL_SUFFIXES, InputFormat, format_of
 from medlrp.io.image import Image, atomic_path, atomic_paths, write_atomic
-from medlrp.io.inputs import IMAGE_SUFFIXES, expand_input, find_mask, is_mask_file, stem
+from medlrp.io.inputs import expand_input, find_mask, is_mask_file, stem
 from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.io.nifti import read_nifti, write_nifti
 from medlrp.io.png import read_png, write_png
 from medlrp.io.resample import to_input_grid
-from medlrp.io.signal import SIGNAL_SUFFIXES, is_signal, read_npy, read_wfdb, write_npy, write_wfdb
+from medlrp.io.signal import is_signal, read_npy, read_wfdb, write_npy, write_wfdb
 from medlrp.io.validate import check_image
 from medlrp.io.windowing import WINDOW_PRESETS, apply_window, display_range, window_preset
 
 
 def is_image_file(path: Path) -> bool:
     """True for a file whose name has one of the suffixes medlrp reads."""
-    name = path.name.lower()
-    return path.is_file() and name.endswith(IMAGE_SUFFIXES)
+    return path.is_file() and format_of(path) is not None
 
 
 def read_image(path: str | Path, index: int | None = None, limits: ReadLimits | None = None) -> Image:
@@ -54,25 +54,17 @@ def read_image(path: str | Path, index: int | None = None, limits: ReadLimits | 
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         return check_image(read_dicom_series(p, limits=lim))
-    name = p.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return check_image(read_nifti(p, index=index, limits=lim))
-    if name.endswith((".png", ".jpg", ".jpeg")):
-        return check_image(read_png(p, lim))
-    if name.endswith(".npy"):
-        lim.check_bytes(p)
-        return check_image(read_npy(p))
-    if name.endswith(".hea"):
-        if p.with_suffix(".dat").is_file():
-            lim.check_bytes(p.with_suffix(".dat"))
-        return check_image(read_wfdb(p))
-    if name.endswith(".dcm") or is_dicom_file(p):
+    fmt = format_of(p)
+    if fmt is not None:
+        return check_image(fmt.reader(p, index, lim))
+    if is_dicom_file(p):
         return check_image(read_dicom_file(p, lim))
     raise InputError(f"{p}: unsupported input (expected PNG, JPEG, NIfTI, DICOM, WFDB .hea or .npy)")
 
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FORMATS",
     "IMAGE_SUFFIXES",
     "SIGNAL_SUFFIXES",
     "WINDOW_PRESETS",
@@ -80,6 +72,7 @@ __all__ = [
     "DicomFiles",
     "DicomWriter",
     "Image",
+    "InputFormat",
     "ReadLimits",
     "apply_window",
     "atomic_path",
@@ -88,6 +81,7 @@ __all__ = [
     "display_range",
     "expand_input",
     "find_mask",
+    "format_of",
     "is_dicom_file",
     "is_image_file",
     "is_mask_file",

@@ -6,19 +6,17 @@ from pathlib import Path
 
 from medlrp.errors import InputError
 from medlrp.io.dicom import is_dicom_file
+from medlrp.io.formats import LISTED_SUFFIXES, MASK_SUFFIXES, strip_suffix
 
-#: File name endings medlrp reads besides DICOM (DICOM files are recognised by content as well).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy", ".hea", ".dcm")
 MASK_MARK = "_mask"
 
 
 def stem(path: Path) -> str:
     """The file name without its image suffix (``a.nii.gz -> a``); a folder's name as is."""
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem if path.is_file() else name
+    stripped = strip_suffix(path.name)
+    if stripped is not None:
+        return stripped
+    return path.stem if path.is_file() else path.name
 
 
 def is_mask_file(path: Path) -> bool:
@@ -30,7 +28,7 @@ def find_mask(item: Path) -> Path | None:
     """The mask beside an input (``<case>_mask.<ext>`` in the same folder), if there is one."""
     if not item.is_file():
         return None
-    for suffix in (".png", ".nii.gz", ".nii", ".jpg", ".jpeg", ".npy", ".dcm"):
+    for suffix in MASK_SUFFIXES:
         candidate = item.with_name(stem(item) + MASK_MARK + suffix)
         if candidate.is_file():
             return candidate
@@ -38,7 +36,7 @@ def find_mask(item: Path) -> Path | None:
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_SUFFIXES[:-1])
+    return path.name.lower().endswith(LISTED_SUFFIXES)
 
 
 def expand_input(path: str | Path) -> list[Path]:

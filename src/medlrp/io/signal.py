@@ -20,7 +20,6 @@ import numpy as np
 from medlrp.errors import InputError
 from medlrp.io.image import Image, write_atomic
 
-SIGNAL_SUFFIXES = (".npy", ".hea")
 #: The standard 12-lead order.
 ECG_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
