@@ -135,29 +135,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-#: The per-case localisation scores (named as in ``medlrp evaluate``; all in [0, 1]) and their functions.
-CASE_METRICS = {
-    "positive_share_in_mask": "attribution_localisation",
-    "top_k_share_in_mask": "relevance_rank_accuracy",
-    "pointing_game": "pointing_game",
-}
-
-
 def _metrics(relevance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     """Localisation metrics from :mod:`medlrp.metrics` where available; empty when it is not built."""
     try:
-        from medlrp import metrics
+        from medlrp.metrics.suite import CASE_METRICS
     except ImportError:
         return {}
     r = torch.as_tensor(relevance, dtype=torch.float32)[None, None]
     m = torch.as_tensor(mask > 0, dtype=torch.float32)[None, None]
     values: dict[str, Any] = {}
-    for name, function in CASE_METRICS.items():
-        fn = getattr(metrics, function, None)
-        if fn is None:
-            continue
+    for info in CASE_METRICS:
+        name = info.name
         try:
-            values[name] = float(torch.as_tensor(fn(r, m)).reshape(-1)[0])
+            values[name] = float(torch.as_tensor(info.function(r, m)).reshape(-1)[0])
         except Exception as exc:  # a metric under construction must not sink the explanation
             values[name] = None
             values[f"{name}_error"] = f"{type(exc).__name__}: {exc}"

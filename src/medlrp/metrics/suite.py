@@ -28,19 +28,28 @@ from medlrp.metrics.perturbation import region_perturbation
 from medlrp.metrics.randomisation import randomization_check
 from medlrp.registry import METHODS
 
+#: What a metric's function takes: ``"curves"``: ``(morf, lerf)`` region-perturbation curves;
+#: ``"relevance"``: ``(relevance,)``; ``"mask"``: ``(relevance, mask)`` (NaN for cases without a mask);
+#: ``"conserving"``: ``(explanation,)`` (NaN for methods that do not conserve relevance); ``"model"``:
+#: ``(model, x, explanation, method, options)`` (the randomisation check, skipped when switched off).
+NEEDS = ("curves", "relevance", "mask", "conserving", "model")
+
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How to read one column of the table.
+    """One metric of the evaluation: its function and how to read its column of the table.
 
     ``low`` and ``high`` bound every value the metric can take (``math.inf`` where unbounded); the
-    report prints the range beside the name and a test checks that no value leaves it.
+    report prints the range beside the name and a test checks that no value leaves it. ``function``
+    returns one value per case; ``needs`` (one of :data:`NEEDS`) says what it takes.
     """
 
     name: str
     higher_is_better: bool
     ranked: bool
     description: str
+    needs: str
+    function: Callable[..., torch.Tensor]
     low: float = 0.0
     high: float = 1.0
 
@@ -57,27 +66,45 @@ class MetricInfo:
 
 _INF = math.inf
 
+
+def _aopc_morf(morf: torch.Tensor, lerf: torch.Tensor) -> torch.Tensor:
+    return aopc(morf)
+
+
+def _last_layer_similarity(
+    model: torch.nn.Module, x: torch.Tensor, e: Explanation, method: str, options: dict[str, Any]
+) -> torch.Tensor:
+    sims = randomization_check(model, x, e.target, method, **options)
+    return list(sims.values())[-1]
+
+
 #: The metrics of the evaluation, in table order. ``ranked`` ones enter the overall ranking. The
 #: perturbation metrics score softmax probabilities (``softmax=True``, the command's setting), hence
 #: their ``[-1, 1]`` range. The signed relevance share inside the mask is not among them: with negative
 #: relevance it is unbounded (see :func:`medlrp.metrics.relevance_mass_accuracy`).
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("aopc_morf", True, True, "AOPC: mean drop of the class probability as the most relevant "
-               "patches are replaced first", -1.0, 1.0),
+               "patches are replaced first", "curves", _aopc_morf, -1.0, 1.0),
     MetricInfo("abpc", True, True, "area between the LeRF and MoRF region-perturbation curves "
-               "(probability)", -1.0, 1.0),
-    MetricInfo("positive_share_in_mask", True, True, "share of the positive relevance inside the mask"),
+               "(probability)", "curves", area_between, -1.0, 1.0),
+    MetricInfo("positive_share_in_mask", True, True, "share of the positive relevance inside the mask",
+               "mask", attribution_localisation),
     MetricInfo("top_k_share_in_mask", True, True, "share of the K most relevant voxels inside the mask "
-               "(K = mask size; relevance rank accuracy)"),
-    MetricInfo("pointing_game", True, True, "hit rate: the relevance maximum lies in the mask"),
+               "(K = mask size; relevance rank accuracy)", "mask", relevance_rank_accuracy),
+    MetricInfo("pointing_game", True, True, "hit rate: the relevance maximum lies in the mask", "mask",
+               pointing_game),
     MetricInfo("randomisation_similarity", False, True, "Spearman correlation of |R| before and after "
-               "randomising every layer (low: the map depends on the weights)", -1.0, 1.0),
-    MetricInfo("sparseness", True, False, "Gini index of |R|"),
+               "randomising every layer (low: the map depends on the weights)", "model",
+               _last_layer_similarity, -1.0, 1.0),
+    MetricInfo("sparseness", True, False, "Gini index of |R|", "relevance", sparseness),
     MetricInfo("entropy", False, False, "entropy of |R| / sum |R| in nats (at most ln of the voxel "
-               "count)", 0.0, _INF),
-    MetricInfo("conservation_error", False, False, "|sum R - logit| / |logit| (LRP only)", 0.0, _INF),
+               "count)", "relevance", entropy, 0.0, _INF),
+    MetricInfo("conservation_error", False, False, "|sum R - logit| / |logit| (LRP only)", "conserving",
+               conservation_error, 0.0, _INF),
 )  # fmt: skip
 METRIC_INFO = {m.name: m for m in METRICS}
+#: The metrics scored on one case from its map and mask alone (``medlrp explain`` writes them per case).
+CASE_METRICS: tuple[MetricInfo, ...] = tuple(m for m in METRICS if m.needs == "mask")
 
 
 @dataclass
@@ -176,9 +203,9 @@ def evaluate_methods(
             try:
                 e = explain(model, x, target, method=method, **options.get(method, {}))
                 row = _measure(model, x, e, mask, list(size), softmax)
-                if randomisation:
-                    sims = randomization_check(model, x, e.target, method, **options.get(method, {}))
-                    row["randomisation_similarity"] = list(sims.values())[-1].tolist()
+                for info in METRICS:
+                    if info.needs == "model" and randomisation:
+                        row[info.name] = info.function(model, x, e, method, options.get(method, {})).tolist()
             except (MedlrpError, NotImplementedError, RuntimeError, ValueError, TypeError) as exc:
                 active.remove(method)
                 result.unavailable[method] = f"{type(exc).__name__}: {exc}"
@@ -213,21 +240,17 @@ def _measure(
     kw = {"patch_size": patch_size, "steps": 10**6, "softmax": softmax}
     morf = region_perturbation(model, x, r, t, order="morf", **kw)
     lerf = region_perturbation(model, x, r, t, order="lerf", **kw)
-    row: dict[str, Any] = {
-        "aopc_morf": aopc(morf).tolist(),
-        "abpc": area_between(morf, lerf).tolist(),
-        "sparseness": sparseness(r).tolist(),
-        "entropy": entropy(r).tolist(),
-        "_curves": {"morf": morf, "lerf": lerf},
-    }
-    nan = [math.nan] * x.shape[0]
-    if mask is not None and bool((mask != 0).any()):
-        row["positive_share_in_mask"] = attribution_localisation(r, mask).tolist()
-        row["top_k_share_in_mask"] = relevance_rank_accuracy(r, mask).tolist()
-        row["pointing_game"] = pointing_game(r, mask).tolist()
-    else:
-        for name in ("positive_share_in_mask", "top_k_share_in_mask", "pointing_game"):
-            row[name] = nan
+    has_mask = mask is not None and bool((mask != 0).any())
     conserving = METHODS.trait(e.method, "conserving")
-    row["conservation_error"] = conservation_error(e).tolist() if conserving else nan
+    nan = [math.nan] * x.shape[0]
+    row: dict[str, Any] = {"_curves": {"morf": morf, "lerf": lerf}}
+    for info in METRICS:
+        if info.needs == "curves":
+            row[info.name] = info.function(morf, lerf).tolist()
+        elif info.needs == "relevance":
+            row[info.name] = info.function(r).tolist()
+        elif info.needs == "mask":
+            row[info.name] = info.function(r, mask).tolist() if has_mask else nan
+        elif info.needs == "conserving":
+            row[info.name] = info.function(e).tolist() if conserving else nan
     return row
