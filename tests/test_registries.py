@@ -130,3 +130,13 @@ def test_explain_case_metrics_come_from_the_registry(info):
     )
     assert values[info.name] == pytest.approx(float(expected[0]))
     assert info.low <= values[info.name] <= info.high
+
+
+def test_docs_metric_table_matches_the_registry():
+    text = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    section = text[text.index("| metric | range | better |") :].split("\n\n")[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
+    table = {name.strip().strip("`"): (rng.strip(), better.strip()) for name, rng, better in rows}
+    assert list(table) == [m.name for m in METRICS]
+    for m in METRICS:
+        assert table[m.name] == (m.range_text().replace("inf", "∞"), "↑" if m.higher_is_better else "↓")
