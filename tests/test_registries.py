@@ -57,6 +57,8 @@ def test_every_format_has_a_writer_and_suffixes_are_derived():
     assert len(IMAGE_SUFFIXES) == len(set(IMAGE_SUFFIXES))  # no suffix claimed twice
     assert set(SIGNAL_SUFFIXES) == {".npy", ".hea"}
     assert all(s == s.lower() and s.startswith(".") for s in IMAGE_SUFFIXES)
+    # Documented: only DICOM files are not inputs one by one (a folder of them is one series).
+    assert [f.name for f in FORMATS if not f.listed] == ["dicom"]
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), CASES, ids=[s for _, s in CASES])
@@ -73,6 +75,8 @@ def test_format_is_read_listed_and_stemmed(tmp_path, fmt, suffix):
     assert is_signal(image) == fmt.signal
     # A folder listing takes the file as an input of its own, or (DICOM) the folder as one series.
     assert expand_input(folder) == ([path] if fmt.listed else [folder])
+    if not fmt.listed:  # the folder reads as one series
+        assert read_image(folder).array.shape == image.array.shape
     # The dataset layout <class>/<case>.<ext> takes every registered format as a case.
     classes, cases = scan_cases(folder.parent, ["in"])
     assert [c.case_id for c in cases] == ["case"] and cases[0].image == path
