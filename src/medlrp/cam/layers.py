@@ -1,14 +1,28 @@
 """Which layer a CAM looks at: a module or a dotted name, or a default found by one probe pass.
 
-The default is the last convolutional block of a CNN (the last module, in the order the forward pass
-finishes them, whose output is a feature map like the input with more than one position), or the last
-transformer block of a ViT whose patch tokens still reach the output. The latter matters for ViTs with
-a class-token head: the last block's patch tokens never reach the logits (their gradient is exactly
-zero), so the default there is the penultimate block; with a mean-pooling head it is the last block.
+Classifiers (output ``(N, classes)``): the default is the last convolutional block of a CNN (the last
+module, in the order the forward pass finishes them, whose output is a feature map like the input with
+more than one position), or the last transformer block of a ViT whose patch tokens still reach the
+output. The latter matters for ViTs with a class-token head: the last block's patch tokens never reach
+the logits (their gradient is exactly zero), so the default there is the penultimate block; with a
+mean-pooling head it is the last block.
+
+Segmentation networks (output ``(N, classes, *spatial)``): the default is the bottleneck, as Seg-Grad-CAM
+(Vinogradova et al., AAAI 2020) takes it for a U-Net and pytorch-grad-cam's semantic-segmentation
+tutorial takes the backbone's last stage of a DeepLabV3. The last feature map of a segmentation network
+is the logits themselves (or a map one 1x1 convolution away from them): its Grad-CAM is positive where
+the class's logit is, i.e. it redraws the predicted mask and says nothing about where the evidence
+came from. The bottleneck is found by :func:`bottleneck`: among the feature maps (and transformer
+blocks' tokens) of modules that run once, those with the fewest positions (more than one), and of
+these the one with the most channels (the last of equals): the deepest features, not a 1x1
+projection the decoder makes of them or logits computed before a functional upsampling. M3d-CAM's
+``layer="auto"`` takes the last layer with a non-zero gradient instead, the output layer of a U-Net;
+``layer=`` still picks any layer, the output layer included.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -150,11 +164,33 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
     spatial = [i for i, r in enumerate(records) if r.ndim == x.ndim]
     wide = [i for i in spatial if records[i].positions > 1]
     tokens = [i for i, r in enumerate(records) if r.ndim == 3 and x.ndim != 3 and r.is_block]
+    if out.ndim > 2 and (wide or tokens):  # a segmentation network: its bottleneck
+        found = bottleneck(records, [*wide, *tokens])
+        if found is not None:
+            return found
     if tokens and (not spatial or tokens[-1] > spatial[-1]):
         return _last_reaching_block([records[i] for i in tokens], out, grid.grid)
     if wide or spatial:
         return records[(wide or spatial)[-1]].name
     raise InputError("no layer of the model outputs a feature map or tokens; pass layer= explicitly")
+
+
+def bottleneck(records: list[_Record], candidates: list[int]) -> str | None:
+    """The bottleneck among ``records[candidates]`` (feature maps and token blocks, in finishing order).
+
+    Modules that ran more than once in the probe (one activation module shared by many blocks) are left
+    out: their default call could lie at another resolution. Of the rest, those with the fewest
+    positions (more than one); of these the one with the most channels, the last of equals. ``None``
+    when no candidate is left.
+    """
+    runs = Counter(r.name for r in records)
+    once = [records[i] for i in candidates if runs[records[i].name] == 1 and records[i].positions > 1]
+    if not once:
+        return None
+    fewest = min(r.positions for r in once)
+    coarsest = [r for r in once if r.positions == fewest]
+    channels = [r.tensor.shape[1] if r.ndim != 3 else r.tensor.shape[2] for r in coarsest]
+    return coarsest[max(range(len(coarsest)), key=lambda k: (channels[k], k))].name
 
 
 def _last_reaching_block(blocks: list[_Record], out: torch.Tensor, grid: tuple[int, ...] | None) -> str:
