@@ -49,7 +49,9 @@ def grad_cam_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, targ
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("options", [{}, {"up": "linear"}, {"down": "conv", "norm": "instance", "act": "prelu"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"up": "linear"}, {"down": "conv", "norm": "instance", "act": "prelu"}]
+)
 def test_the_default_layer_of_a_unet_is_its_bottleneck(dims, options):
     model, x = unet(dims, **options), inputs(dims, size=8 if dims == 3 else 16)
     assert default_layer(model, x) == "bottleneck"
