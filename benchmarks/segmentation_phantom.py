@@ -3,14 +3,15 @@
 End to end on the command line: ``medlrp phantom --kind glioma --dims 3`` writes the data,
 ``medlrp train --task segmentation --arch unet3d`` trains the U-Net, and ``medlrp explain --region predicted
 --target tumour`` explains the test volumes (the tumour logits summed over the predicted tumour) with LRP
-(several composites) and Grad-CAM (the default layer). Grad-CAM is also run at the U-Net's bottleneck and
-last decoder block through the Python API. For each map: the share of the positive relevance inside the
-true tumour and inside the tumour grown by a margin (2 voxels), averaged over the test volumes, and the
-same inside the predicted region (``results.json``'s ``region_metrics``), and the Pearson correlation of
-the map with the explained class's logit map (near 1: the map repeats the output). Writes
-``benchmarks/results/segmentation_phantom.json``.
+(several composites) and Grad-CAM (its default layer for a segmentation network, the bottleneck). Grad-CAM
+is also run at the last decoder block and at the 1x1 head (the logits) with ``--layer``. For each map: the
+share of the positive relevance inside the true tumour and inside the tumour grown by a margin (2
+voxels), averaged over the test volumes, and the same inside the predicted region (``results.json``'s
+``region_metrics``), and the Pearson correlation of the map with the explained class's logit map (near 1:
+the map repeats the output). Writes ``benchmarks/results/segmentation_phantom.json``.
 
     .venv/bin/python benchmarks/segmentation_phantom.py [--n 80] [--epochs 25] [--size 32] [--margin 2]
+    .venv/bin/python benchmarks/segmentation_phantom.py --work DIR --reuse  # data and model kept in DIR
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's medlrp, as the command-line runs below
 RESULTS = Path(__file__).parent / "results"
 COMPOSITES = ("epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1-flat", "epsilon")
-LAYERS = ("bottleneck", "decoders.2")  # the coarsest features and the last decoder block (depth 3)
+LAYERS = ("decoders.2", "head")  # the last decoder block (depth 3) and the 1x1 head: the logits
 
 
 def medlrp(*args: str) -> tuple[int, float]:
@@ -102,6 +103,22 @@ def logit_maps(ckpt: Path, data: Path) -> dict[str, np.ndarray]:
     return maps
 
 
+def explain(ckpt: Path, data: Path, out: Path, methods: str, *options: str) -> tuple[float, float]:
+    """``medlrp explain`` of the test volumes (predicted tumour); wall and CPU seconds."""
+    tic = time.perf_counter()
+    folders = [str(p) for p in sorted((data / "test").iterdir()) if p.is_dir()]
+    _, cpu = medlrp(
+        "explain", "--model", str(ckpt), *folders, "--region", "predicted", "--target", "tumour",
+        "--method", methods, "--out", str(out), *options,
+    )  # fmt: skip
+    return time.perf_counter() - tic, cpu
+
+
+def layer_of(out: Path, method: str) -> str:
+    """The CAM layer an explain run used (its record's options)."""
+    return json.loads((out / "results.json").read_text())["cases"][0]["outputs"][method]["options"]["layer"]
+
+
 def gt_scores(
     out: Path, data: Path, method: str, margin: int, logits: dict[str, np.ndarray]
 ) -> list[dict[str, float]]:
@@ -124,47 +141,6 @@ def gt_scores(
             }
         )
     return rows
-
-
-def layer_scores(ckpt: Path, data: Path, margin: int) -> dict[str, dict[str, float]]:
-    """Grad-CAM at named U-Net layers through the Python API (the same regions as the command line)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from medlrp.io import read_image
-    from medlrp.models import load_model
-    from medlrp.pipeline import prepare
-    from medlrp.region_case import explain_region, model_output, resolve_region
-
-    loaded = load_model(ckpt)
-    modules = dict(loaded.model.named_modules())
-    rows: dict[str, list[dict[str, float]]] = {layer: [] for layer in LAYERS}
-    for path in sorted(data.glob("test/*/*.nii.gz")):
-        if path.name.endswith("_mask.nii.gz"):
-            continue
-        x = prepare(loaded, read_image(path))
-        try:
-            region = resolve_region(
-                model_output(loaded.model, x), 1, "predicted", loaded.class_names, path.name
-            )
-        except ValueError:
-            continue  # nothing predicted: the command line skips the case too
-        truth = np.asarray(nib.load(str(path).replace(".nii.gz", "_mask.nii.gz")).get_fdata())
-        predicted = region.mask[0, 0].numpy()
-        for layer in LAYERS:
-            e = explain_region(loaded.model, x, 1, region.given, "gradcam", layer=modules[layer])
-            relevance = e.relevance[0, 0].numpy()
-            inside, near = shares(relevance, truth, margin)
-            p_in, p_near = shares(relevance, predicted, margin)
-            logit = region.output[0, 1].numpy()
-            rows[layer].append(
-                {
-                    "tumour": inside,
-                    "tumour_margin": near,
-                    "predicted": p_in,
-                    "predicted_margin": p_near,
-                    "corr_logit": correlation(relevance, logit),
-                }
-            )
-    return {f"gradcam @ {layer}": summarise(r) for layer, r in rows.items() if r}
 
 
 def train(args: argparse.Namespace, data: Path, ckpt: Path, timings: dict[str, float]) -> None:
@@ -207,18 +183,19 @@ def main() -> None:
     for k, composite in enumerate(COMPOSITES):
         out = work / f"explain-{composite}"
         methods = "lrp,gradcam" if k == 0 else "lrp"
-        tic = time.perf_counter()
-        folders = [str(p) for p in sorted((data / "test").iterdir()) if p.is_dir()]
-        _, cpu = medlrp(
-            "explain", "--model", str(ckpt), *folders, "--region", "predicted", "--target", "tumour",
-            "--method", methods, "--composite", composite, "--out", str(out),
-        )  # fmt: skip
-        timings[f"explain_{composite}_s"] = cpu
-        print(f"explain --composite {composite} ({methods}): {time.perf_counter() - tic:.0f} s wall")
+        wall, timings[f"explain_{composite}_s"] = explain(ckpt, data, out, methods, "--composite", composite)
+        print(f"explain --composite {composite} ({methods}): {wall:.0f} s wall")
         table[f"lrp {composite}"] = summarise(gt_scores(out, data, "lrp", args.margin, logits))
         if k == 0:
-            table["gradcam (default layer)"] = summarise(gt_scores(out, data, "gradcam", args.margin, logits))
-    table.update(layer_scores(ckpt, data, args.margin))
+            name = f"gradcam @ {layer_of(out, 'gradcam')} (default layer)"
+            table[name] = summarise(gt_scores(out, data, "gradcam", args.margin, logits))
+    for layer in LAYERS:
+        out = work / f"explain-gradcam-{layer}"
+        wall, timings[f"explain_gradcam_{layer}_s"] = explain(ckpt, data, out, "gradcam", "--layer", layer)
+        print(f"explain --method gradcam --layer {layer}: {wall:.0f} s wall")
+        table[f"gradcam @ {layer_of(out, 'gradcam')}"] = summarise(
+            gt_scores(out, data, "gradcam", args.margin, logits)
+        )
     chance = []
     for truth in data.glob("test/*/*_mask.nii.gz"):
         mask = np.asarray(nib.load(truth).get_fdata())

@@ -13,6 +13,19 @@ from medlrp.registry import METHODS
 from medlrp.targets import Target
 
 
+def method_options(method: str, composite: str | None = None, layer: str | None = None) -> dict[str, Any]:
+    """A run's options that apply to ``method``: ``composite`` (LRP), ``layer`` (CAMs, when given).
+
+    The command line sets one composite and one layer for all its methods; each method gets what it takes.
+    """
+    options: dict[str, Any] = {}
+    if METHODS.trait(method, "composite"):
+        options["composite"] = composite
+    if layer is not None and METHODS.trait(method, "layer"):
+        options["layer"] = layer
+    return options
+
+
 def explain(
     model: torch.nn.Module,
     x: torch.Tensor,

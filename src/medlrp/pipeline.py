@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medlrp.api import explain
+from medlrp.api import explain, method_options
 from medlrp.errors import InputError, OutputError
 from medlrp.explanation import Explanation
 from medlrp.io.dicom_out import MAP_SUFFIX, OVERLAY_SUFFIX
@@ -235,23 +235,25 @@ def explain_methods(
     explanations: Mapping[str, Explanation] | None,
     source: Path | str,
     region: Region | None = None,
+    layer: str | None = None,
 ) -> Iterator[tuple[str, Explanation, float]]:
     """Each method's checked explanation of ``x`` (precomputed ones reused) with its seconds.
 
     Every method after the first explains the class the first one explained; ``composite`` applies to
-    ``lrp`` only. ``region``: a segmentation model's class and region (:mod:`medlrp.region_case`).
+    ``lrp`` only, ``layer`` to the CAMs only (:func:`medlrp.api.method_options`). ``region``: a
+    segmentation model's class and region (:mod:`medlrp.region_case`).
     """
     for method in methods:
         t0 = time.perf_counter()
         if explanations is not None and method in explanations:
             e = explanations[method]
         else:
-            lrp_composite = composite if method == "lrp" else None
+            options = method_options(method, composite, layer)
             if region is not None:
-                e = explain_region(loaded.model, x, region.target, region.given, method, lrp_composite)
+                e = explain_region(loaded.model, x, region.target, region.given, method, **options)
                 e.options = {**e.options, "region": region.source}
             else:
-                e = explain(loaded.model, x, target=target, method=method, composite=lrp_composite)
+                e = explain(loaded.model, x, target=target, method=method, **options)
         seconds = time.perf_counter() - t0
         check_finite(e, source, method)
         target = int(e.target[0])
@@ -271,6 +273,7 @@ def compute_case(
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
     region: str | Image | None = None,
+    layer: str | None = None,
 ) -> CaseResult:
     """Explain one image with each method and check the result; write nothing.
 
@@ -290,6 +293,8 @@ def compute_case(
             argmax) or a mask :class:`~medlrp.io.Image` on the input's grid; the class's logits summed
             over it are explained (see :mod:`medlrp.region_case`). The region is outlined in the
             overlays and recorded (``region``: voxels, logit sum; positive relevance shares per method).
+        layer: The CAM methods' layer (a dotted name, ``"name:K"`` for call ``K``); None: their default
+            (the last convolutional block of a classifier, the bottleneck of a segmentation network).
 
     Raises:
         InputError: the image does not fit the model (dimensions, channels, NaN), a bad target or method,
@@ -301,7 +306,7 @@ def compute_case(
 
         return compute_signal_case(
             loaded, image, methods, composite=composite, target=target, name=name, mask=mask,
-            explanations=explanations, label=label,
+            explanations=explanations, label=label, layer=layer,
         )  # fmt: skip
     if not methods:
         raise InputError("no method given")
@@ -321,7 +326,7 @@ def compute_case(
     logits: torch.Tensor | None = None
     explain_s: dict[str, float] = {}
     for method, e, seconds in explain_methods(
-        loaded, x, methods, wanted, composite, explanations, image.source, seg
+        loaded, x, methods, wanted, composite, explanations, image.source, seg, layer
     ):
         explain_s[method] = seconds
         if logits is None:
@@ -578,6 +583,7 @@ def explain_case(
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
     region: str | Image | None = None,
+    layer: str | None = None,
 ) -> dict[str, Any]:
     """Explain one image (:func:`compute_case`) and write its files (:func:`write_case`); return the record.
 
@@ -599,6 +605,7 @@ def explain_case(
         explanations=explanations,
         label=label,
         region=region,
+        layer=layer,
     )
     return write_case(result, out_dir, keep_identifiers=keep_identifiers, views=views)
 

@@ -73,6 +73,7 @@ def compute_signal_case(
     mask: Image | None = None,
     explanations: Mapping[str, Explanation] | None = None,
     label: str | None = None,
+    layer: str | None = None,
 ) -> CaseResult:
     """Explain one signal with each method and check the result; write nothing.
 
@@ -94,7 +95,7 @@ def compute_signal_case(
     explain_s: dict[str, float] = {}
     logits: torch.Tensor | None = None
     for method, e, seconds in explain_methods(
-        loaded, x, methods, wanted, composite, explanations, image.source
+        loaded, x, methods, wanted, composite, explanations, image.source, layer=layer
     ):
         explain_s[method] = seconds
         if logits is None:

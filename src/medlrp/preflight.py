@@ -18,11 +18,12 @@ from medlrp.models import LoadedModel
 from medlrp.pipeline import class_index, device_of
 
 
-def check_methods(methods: Sequence[str], composite: str | None = None) -> None:
-    """Refuse unknown methods, and a composite when no method takes one, before any work.
+def check_methods(methods: Sequence[str], composite: str | None = None, layer: str | None = None) -> None:
+    """Refuse unknown methods, and a composite or a layer when no method takes one, before any work.
 
     Raises:
-        InputError: an unknown method name, or ``composite`` given without ``lrp`` among ``methods``.
+        InputError: an unknown method name, ``composite`` given without ``lrp`` among ``methods``, or
+            ``layer`` given without a CAM method.
     """
     from medlrp.registry import METHODS
 
@@ -35,6 +36,40 @@ def check_methods(methods: Sequence[str], composite: str | None = None) -> None:
             f"--composite {composite} applies to the lrp method only, and the methods asked for are "
             f"{', '.join(methods)}; drop --composite or add lrp"
         )
+    if layer is not None and not any(METHODS.trait(m, "layer") for m in methods):
+        cams = ", ".join(m for m in METHODS if METHODS.trait(m, "layer"))
+        raise InputError(
+            f"--layer {layer} applies to the CAM methods ({cams}) only, and the methods asked for are "
+            f"{', '.join(methods)}; drop --layer or add a CAM method"
+        )
+
+
+def check_model_methods(
+    loaded: LoadedModel, methods: Sequence[str], layer: str | None, source: Path | str
+) -> None:
+    """Refuse, before any work, what the model cannot do: LRP or a CAM of TorchScript, an unknown layer.
+
+    Raises:
+        InputError: One line naming the model file: a TorchScript model with ``lrp`` or a CAM method
+            (neither sees inside it), or ``layer`` naming no module of the model (the message lists the
+            closest names).
+    """
+    from medlrp.cam.layers import find_layer
+    from medlrp.registry import METHODS
+
+    needs_modules = [m for m in methods if METHODS.trait(m, "layer") or METHODS.trait(m, "composite")]
+    if isinstance(loaded.model, torch.jit.ScriptModule) and needs_modules:
+        raise InputError(
+            f"{source}: a TorchScript model, and {', '.join(needs_modules)} need(s) its layers (LRP its "
+            "operations, a CAM a hook on a layer), which TorchScript hides; explain the Python model (a "
+            "medlrp checkpoint), or use a gradient method (gradient, input-x-gradient, "
+            "integrated-gradients, smoothgrad, occlusion)"
+        )
+    if layer is not None:
+        try:
+            find_layer(loaded.model, layer, what="--layer")
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
 
 def probe_model(loaded: LoadedModel, source: Path | str) -> int | None:

@@ -92,7 +92,8 @@ class Registry(Generic[T]):
 
 
 #: ``name -> callable(model, x, target, **options) -> Explanation``; traits: ``composite`` (takes a
-#: composite), ``conserving`` (relevance sums to the explained logit, up to biases and stabilisers).
+#: composite), ``conserving`` (relevance sums to the explained logit, up to biases and stabilisers),
+#: ``layer`` (takes ``layer=``: the CAM family).
 METHODS: Registry[Callable[..., object]] = Registry(
     "method",
     loader="medlrp.methods",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from medlrp.api import explain
+from medlrp.api import explain, method_options
 from medlrp.batch.cases import BatchCase
 from medlrp.batch.journal import Journal
 from medlrp.batch.loader import LoadedBatch, ReadCase, failure_reason, relative_paths
@@ -56,6 +56,8 @@ class JobSettings:
     keep_identifiers: bool = False
     #: Segmentation models: ``"predicted"`` (None: the same) or ``"mask"`` (each case's mask file).
     region: str | None = None
+    #: The CAM methods' layer (None: their default).
+    layer: str | None = None
 
 
 @dataclass
@@ -189,14 +191,14 @@ class BatchJob:
         target = None if all(t is None for t in targets) else targets
         result = {}
         for method in self.settings.methods:
-            composite = self.settings.composite if method == "lrp" else None
+            options = method_options(method, self.settings.composite, self.settings.layer)
             if regions is not None:
                 masks = torch.cat([r.mask for r in regions])
                 e = explain_region(
-                    self.loaded.model, x, [r.target for r in regions], masks, method, composite
+                    self.loaded.model, x, [r.target for r in regions], masks, method, **options
                 )
             else:
-                e = explain(self.loaded.model, x, target=target, method=method, composite=composite)
+                e = explain(self.loaded.model, x, target=target, method=method, **options)
             result[method] = e.to("cpu")
         return result
 

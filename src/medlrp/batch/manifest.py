@@ -16,7 +16,7 @@ from medlrp.io.image import atomic_path
 
 MANIFEST = "run.json"
 # The settings that change what a case's outputs are; workers, batch size and device do not.
-_KEYS = ("model_sha256", "methods", "composite", "target", "keep_identifiers", "region")
+_KEYS = ("model_sha256", "methods", "composite", "target", "keep_identifiers", "region", "layer")
 
 
 def file_sha256(path: Path) -> str:

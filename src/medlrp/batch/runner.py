@@ -31,7 +31,13 @@ from medlrp.errors import InputError
 from medlrp.io import DicomWriter
 from medlrp.io.limits import DEFAULT_LIMITS, ReadLimits
 from medlrp.models import LoadedModel, load_model
-from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
+from medlrp.preflight import (
+    check_methods,
+    check_model_methods,
+    check_output_folder,
+    check_target,
+    probe_model,
+)
 from medlrp.region_case import check_region_option
 
 
@@ -63,6 +69,8 @@ class BatchOptions:
         region: Segmentation models: ``"predicted"`` (default: where the target class wins) or
             ``"mask"`` (each case's ``<case>_mask`` file); the target class's logits summed over it
             are explained. Refused for classifiers.
+        layer: The CAM methods' layer, a dotted module name (``"name:K"``: call ``K``); None: their
+            default. Checked against the model before any case is read.
     """
 
     model: Path
@@ -81,6 +89,7 @@ class BatchOptions:
     dicom: bool = False
     limits: ReadLimits = DEFAULT_LIMITS
     region: str | None = None
+    layer: str | None = None
 
 
 @dataclass
@@ -137,7 +146,7 @@ def run_batch(options: BatchOptions) -> BatchSummary:
 
 
 def _validate(options: BatchOptions) -> None:
-    check_methods(options.methods, options.composite)
+    check_methods(options.methods, options.composite, options.layer)
     if options.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {options.batch_size}")
     if options.workers < 0:
@@ -157,6 +166,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
         raise InputError(f"--out {out} is inside --data {options.data}; choose a folder outside it")
     check_output_folder(out)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
+    check_model_methods(loaded, options.methods, options.layer, options.model)
     check_target(options.target, loaded, probe_model(loaded, options.model))
     check_region_option(loaded, options.region, str(options.model))
     cases = list_cases(options.data)
@@ -171,6 +181,7 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
         "keep_identifiers": options.keep_identifiers,
         "dicom": options.dicom,  # recorded, not compared: a resumed run may add or drop DICOM outputs
         "region": options.region,
+        "layer": options.layer,
     }
     check_manifest(out, settings)
     with RunLock(out, enabled=ctx.rank == 0) as lock:
@@ -208,6 +219,7 @@ def _run_locked(
         ctx.device,
         options.keep_identifiers,
         options.region,
+        options.layer,
     )
     label = f"batch rank {ctx.rank}/{ctx.world_size}" if ctx.world_size > 1 else "batch"
     tic = time.perf_counter()

@@ -37,7 +37,7 @@ def _method(cls: type[BaseCAM]) -> Any:
 
 
 for _cls in CAMS:
-    METHODS.add(_cls.name, _method(_cls))
+    METHODS.register(_cls.name, layer=True)(_method(_cls))
 
 __all__ = [
     "CAMS",

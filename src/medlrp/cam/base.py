@@ -23,7 +23,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from medlrp.cam.guard import HookList, ThreadHook, check_input, explaining, logits, reject_unknown
+from medlrp.cam.guard import (
+    HookList,
+    ThreadHook,
+    check_input,
+    explaining,
+    logits,
+    refuse_torchscript,
+    reject_unknown,
+)
 from medlrp.cam.layers import Layer, count_calls, resolve_layer, split_call
 from medlrp.cam.tokens import GridRecorder, is_patchify, to_spatial
 from medlrp.errors import InputError
@@ -167,6 +175,7 @@ class BaseCAM:
         passes).
         """
         x = check_input(x, self.name, min_spatial=1)
+        refuse_torchscript(self.model, self.name)
         with explaining(self.model) as hooks:
             layer, call = split_call(self.layer)
             layer_name, module = resolve_layer(self.model, layer, x)

@@ -110,6 +110,20 @@ def check_input(x: Any, method: str, min_spatial: int = 0) -> torch.Tensor:
     return x
 
 
+def refuse_torchscript(model: torch.nn.Module, method: str) -> None:
+    """A CAM of a TorchScript model is an :class:`InputError` (one line) instead of PyTorch's own error.
+
+    A CAM reads a layer's activations through a forward hook, and a scripted or traced model takes no
+    hooks (its operations run in C++).
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InputError(
+            f"{method}: a CAM reads a layer's activations through a hook, and a TorchScript model takes "
+            "none: explain the Python model (a medlrp checkpoint), or use a gradient method (gradient, "
+            "input-x-gradient, integrated-gradients, smoothgrad, occlusion)"
+        )
+
+
 def reject_unknown(method: str, options: dict[str, Any]) -> None:
     """Raise :class:`InputError` naming any option ``method`` does not take."""
     if options:

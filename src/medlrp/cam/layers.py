@@ -22,6 +22,7 @@ projection the decoder makes of them or logits computed before a functional upsa
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ def resolve_layer(model: torch.nn.Module, layer: Layer, x: torch.Tensor) -> tupl
     if layer is None:
         layer = default_layer(model, x)
     if isinstance(layer, str):
-        return layer, _walk(model, layer)
+        return layer, find_layer(model, layer)
     if isinstance(layer, torch.nn.Module):
         for name, module in model.named_modules():
             if module is layer:
@@ -86,10 +87,22 @@ def resolve_layer(model: torch.nn.Module, layer: Layer, x: torch.Tensor) -> tupl
     raise InputError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
 
 
-def _walk(model: torch.nn.Module, name: str) -> torch.nn.Module:
+def find_layer(model: torch.nn.Module, name: str, what: str = "layer") -> torch.nn.Module:
+    """The submodule of ``model`` a dotted ``name`` names (a ``":K"`` call suffix is ignored).
+
+    Containers may be indexed with integers, also negative ones (``"layer4.-1"``). A layer inside a
+    TorchScript module is refused: TorchScript takes no hooks.
+
+    Raises:
+        InputError: One line naming ``name`` (as ``what`` says, e.g. ``--layer``), where the walk stopped
+            and the closest existing names.
+    """
     module = model
-    for i, part in enumerate(name.split(".") if name else []):
-        child = module._modules.get(part)
+    path = split_call(name)[0] if ":" in name else name
+    assert isinstance(path, str)
+    for i, part in enumerate(path.split(".") if path else []):
+        children = dict(module.named_children())
+        child = children.get(part)
         if (
             child is None
             and part.lstrip("-").isdigit()
@@ -99,10 +112,25 @@ def _walk(model: torch.nn.Module, name: str) -> torch.nn.Module:
             if -len(module) <= index < len(module):
                 child = module[index]
         if child is None:
-            where = ".".join(name.split(".")[:i]) or "the model"
-            raise InputError(f"layer {name!r}: {where} ({type(module).__name__}) has no submodule {part!r}")
+            where = ".".join(path.split(".")[:i]) or "the model"
+            raise InputError(
+                f"{what} {name!r}: {where} ({type(module).__name__}) has no submodule {part!r}"
+                f"{_close_names(model, path)}"
+            )
         module = child
+    if isinstance(module, torch.jit.ScriptModule):
+        raise InputError(
+            f"{what} {name!r} is TorchScript ({module.original_name}), which takes no hooks: a CAM cannot "
+            "read its activations; explain the Python model, or use a gradient method"
+        )
     return module
+
+
+def _close_names(model: torch.nn.Module, name: str) -> str:
+    """``"; close: a, b"``: the model's module names nearest to ``name`` (empty when none is near)."""
+    names = [n for n, _ in model.named_modules() if n]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    return f"; close: {', '.join(close)}" if close else ""
 
 
 @dataclass
@@ -154,7 +182,7 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
 
     with explaining(model) as hooks:  # eval mode: the probe must not update BatchNorm statistics
         for name, module in model.named_modules():
-            if name:
+            if name and not isinstance(module, torch.jit.ScriptModule):  # TorchScript takes no hooks
                 hooks.append(module.register_forward_hook(ThreadHook(recorder(name))))
             if is_patchify(module):
                 hooks.append(module.register_forward_hook(ThreadHook(grid)))

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output folder; rerunning into it resumes."),
         methods: opt.Methods = "lrp",
         composite: opt.Composite = None,
+        layer: opt.Layer = None,
         target: str | None = typer.Option(
             None,
             "--target",
@@ -79,6 +80,7 @@ def register(app: typer.Typer) -> None:
                 dicom=dicom,
                 limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
                 region=region,
+                layer=layer,
             )
         )
         where = f" (rank {summary.rank} of {summary.world_size})" if summary.world_size > 1 else ""

@@ -90,6 +90,7 @@ def run_explain(
     dicom: bool = False,
     limits: ReadLimits | None = None,
     region: str | None = None,
+    layer: str | None = None,
 ) -> int:
     """The command's work; returns the exit code (0, or 2 when some input failed).
 
@@ -102,16 +103,23 @@ def run_explain(
     from medlrp.io import DicomWriter, expand_input, find_mask, read_image, window_preset
     from medlrp.models import load_model
     from medlrp.pipeline import compute_case, unique_name, write_case, write_run_outputs
-    from medlrp.preflight import check_methods, check_output_folder, check_target, probe_model
+    from medlrp.preflight import (
+        check_methods,
+        check_model_methods,
+        check_output_folder,
+        check_target,
+        probe_model,
+    )
     from medlrp.region_case import PREDICTED, check_region_option
 
     methods = opt.method_list(",".join(methods))
     opt.check_composite(composite)
-    check_methods(methods, composite)
+    check_methods(methods, composite, layer)
     opt.check_paths([*inputs, *([mask] if mask is not None else [])])
     preset = window_preset(window) if window else None
     target = opt.target_value(target)
     loaded = load_model(model, trust_model=trust_model, device=opt.resolve_device(device))
+    check_model_methods(loaded, methods, layer, model)
     check_target(target, loaded, probe_model(loaded, model))
     check_region_option(loaded, region, str(model))
     region_file = Path(region) if region is not None and region != PREDICTED else None
@@ -151,6 +159,7 @@ def run_explain(
                 window=preset,
                 label=folder_label(item, loaded.class_names),
                 region=region_image if region_file is not None else region,
+                layer=layer,
             )
             record = write_case(result, out, keep_identifiers=keep_identifiers)
             if dicom_writer is not None:
@@ -237,6 +246,7 @@ def register(app: typer.Typer) -> None:
                 "'predicted' (where the class wins; the default) or a mask file on the scan's grid.",
             ),
         ] = None,
+        layer: opt.Layer = None,
     ) -> None:
         code = run_explain(
             model,
@@ -255,6 +265,7 @@ def register(app: typer.Typer) -> None:
             progress=progress,
             limits=opt.read_limits(max_pixels, max_voxels, max_bytes),
             region=region,
+            layer=layer,
         )
         if code:
             # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code

@@ -1,6 +1,6 @@
 """The options every command spells the same way, and their checks (run once, before any work).
 
-One grammar across commands: ``--methods`` (alias ``--method``), ``--composite``, ``--target``,
+One grammar across commands: ``--methods`` (alias ``--method``), ``--composite``, ``--layer``, ``--target``,
 ``--device`` (default ``auto``: CUDA when available, else the CPU), ``--progress/--no-progress`` (alias
 ``--quiet``), ``--model``, ``--trust-model``, ``--keep-identifiers``. Help texts list the known names from
 the registries without importing them (:meth:`medlrp.registry.Registry.known_names`), so ``--help``
@@ -32,12 +32,18 @@ METHODS_HELP = f"Methods, comma-separated. Known: {_names(METHODS)}."
 COMPOSITE_HELP = f"LRP composite (default: epsilon-plus-flat, attnlrp for ViTs). Known: {_names(COMPOSITES)}."
 ARCH_HELP = f"Architecture (default: cnn2d or cnn3d after the data). Known: {_names(ARCHITECTURES)}."
 DEVICE_HELP = "auto (CUDA when available, else cpu), cpu, cuda or cuda:K."
+LAYER_HELP = (
+    "CAM methods: the layer, a dotted module name (e.g. layer4, decoders.2; NAME:K for call K of a module "
+    "run several times). Default: the last convolutional block of a classifier, the bottleneck of a "
+    "segmentation network."
+)
 TARGET_HELP = "Class to explain: an index or a class name, 'label' (the case's class folder) or 'predicted'."
 
 Model = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
 Methods = Annotated[str, typer.Option("--methods", "--method", help=METHODS_HELP)]
 Composite = Annotated[str | None, typer.Option("--composite", help=COMPOSITE_HELP)]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Layer = Annotated[str | None, typer.Option("--layer", help=LAYER_HELP)]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", " /--quiet", help="Show progress bars.")]
 TrustModel = Annotated[
     bool, typer.Option("--trust-model", help="Allow loading a pickled model (only files you trust).")
