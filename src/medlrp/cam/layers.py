@@ -115,7 +115,7 @@ def find_layer(model: torch.nn.Module, name: str, what: str = "layer") -> torch.
             where = ".".join(path.split(".")[:i]) or "the model"
             raise InputError(
                 f"{what} {name!r}: {where} ({type(module).__name__}) has no submodule {part!r}"
-                f"{_close_names(model, path)}"
+                f"{_close_names(model, path, module)}"
             )
         module = child
     if isinstance(module, torch.jit.ScriptModule):
@@ -126,11 +126,19 @@ def find_layer(model: torch.nn.Module, name: str, what: str = "layer") -> torch.
     return module
 
 
-def _close_names(model: torch.nn.Module, name: str) -> str:
-    """``"; close: a, b"``: the model's module names nearest to ``name`` (empty when none is near)."""
+def _close_names(model: torch.nn.Module, name: str, stopped: torch.nn.Module) -> str:
+    """``"; close: a, b"``: the module names nearest to ``name``, else those under ``stopped``.
+
+    ``stopped`` is the module where the walk along ``name`` found no child of the next name.
+    """
     names = [n for n, _ in model.named_modules() if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    return f"; close: {', '.join(close)}" if close else ""
+    if close:
+        return f"; close: {', '.join(close)}"
+    prefix = next((f"{n}." for n, m in model.named_modules() if m is stopped and n), "")
+    children = [prefix + n for n, _ in stopped.named_children()]
+    more = f", ... ({len(children)} in all)" if len(children) > 8 else ""
+    return f"; its submodules: {', '.join(children[:8])}{more}" if children else ""
 
 
 @dataclass
