@@ -43,11 +43,14 @@ def make_model(dims: int) -> nn.Module:
     )
 
 
-def reference_raw(cam_cls, model, layer, x, target):
-    """pytorch-grad-cam's raw map at the layer's resolution (``get_cam_image``), with its own hooks."""
+def reference_raw(cam_cls, model, layer, x, target, targets=None):
+    """pytorch-grad-cam's raw map at the layer's resolution (``get_cam_image``), with its own hooks.
+
+    ``targets``: pytorch-grad-cam target objects; default: ``ClassifierOutputTarget`` of ``target``.
+    """
     cam = cam_cls(model=model, target_layers=[layer])
     try:
-        targets = [ClassifierOutputTarget(int(t)) for t in target]
+        targets = targets or [ClassifierOutputTarget(int(t)) for t in target]
         outputs = cam.activations_and_grads(x)
         if cam.uses_gradients:
             model.zero_grad()

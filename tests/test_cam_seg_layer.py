@@ -6,7 +6,6 @@ found by :func:`medlrp.cam.layers.bottleneck`. A layer given explicitly, the out
 is used as it is: its map equals pytorch-grad-cam's with ``SemanticSegmentationTarget``.
 """
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from torch import nn
 import medlrp
 from medlrp.cam import default_layer
 from medlrp.models.unet import unet2d, unet3d
+from test_cam_reference import reference_raw
 from test_lrp_engine import assert_unchanged, snapshot
 
 DT = torch.float64
@@ -34,18 +34,8 @@ def inputs(dims: int, n: int = 2, size: int = 16) -> torch.Tensor:
 
 def grad_cam_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, mask: torch.Tensor):
     """pytorch-grad-cam's raw Grad-CAM (no ReLU, no upsampling) of class ``target`` over ``mask``."""
-    cam = GradCAM(model=model, target_layers=[layer])
-    try:
-        targets = [SemanticSegmentationTarget(target, m[0].double().numpy()) for m in mask]
-        outputs = cam.activations_and_grads(x)
-        sum(t(o) for t, o in zip(targets, outputs, strict=True)).backward()
-        acts = cam.activations_and_grads.activations[0].numpy()
-        grads = cam.activations_and_grads.gradients[0].numpy()
-        raw = cam.get_cam_image(x, layer, targets, acts, grads, False)
-    finally:
-        cam.activations_and_grads.release()
-        model.zero_grad(set_to_none=True)
-    return torch.from_numpy(np.asarray(raw, dtype=np.float64))
+    targets = [SemanticSegmentationTarget(target, m[0].double().numpy()) for m in mask]
+    return reference_raw(GradCAM, model, layer, x, [target] * len(x), targets)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
