@@ -110,3 +110,19 @@ def test_classifiers_keep_the_last_convolutional_block():
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     ).double().eval()  # fmt: skip
     assert default_layer(model, inputs(2)) == "4"
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "lrp", "gradient"])
+def test_failures_on_a_segmentation_network_leave_it_untouched(method):
+    model, x = unet(2), inputs(2, n=1)
+    model.train()  # the flags come back as they were, BatchNorm statistics untouched
+    out = model(x)
+    before = snapshot(model)
+    empty = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    with pytest.raises(medlrp.InputError, match="region of class.* is empty|call model.eval"):  # LRP
+        medlrp.explain(model, x, 1, region=empty, method=method)
+    if method in ("gradcam", "scorecam"):
+        with pytest.raises(medlrp.InputError, match="close: decoders.0"):
+            medlrp.explain(model, x, 1, region="predicted", method=method, layer="decoder.0")
+    assert all(m.training for m in model.modules())
+    assert_unchanged(model, before, x, out)  # a train-mode forward: the same batch statistics
