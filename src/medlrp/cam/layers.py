@@ -31,6 +31,7 @@ import torch
 from medlrp.cam.guard import ThreadHook, explaining, logits
 from medlrp.cam.tokens import GridRecorder, is_patchify
 from medlrp.errors import InputError
+from medlrp.region import is_segmentation
 
 Layer = torch.nn.Module | str | tuple[torch.nn.Module | str, int] | None
 
@@ -200,7 +201,7 @@ def default_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
     spatial = [i for i, r in enumerate(records) if r.ndim == x.ndim]
     wide = [i for i in spatial if records[i].positions > 1]
     tokens = [i for i, r in enumerate(records) if r.ndim == 3 and x.ndim != 3 and r.is_block]
-    if out.ndim > 2 and (wide or tokens):  # a segmentation network: its bottleneck
+    if is_segmentation(out) and (wide or tokens):  # a segmentation network: its bottleneck
         found = bottleneck(records, [*wide, *tokens])
         if found is not None:
             return found
