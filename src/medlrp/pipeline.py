@@ -460,11 +460,13 @@ def write_case(
             nifti_name, overlay_name = names[method]
             current[0] = out / nifti_name
             write_nifti(staged[out / nifti_name], relevance, image.affine)
-            caption = f"{result.case}: {method}, class {explained}"
+            layer = result.options[method].get("layer")
+            shown = f"{method} at {layer}" if isinstance(layer, str) else method  # which layer a CAM read
+            caption = f"{result.case}: {shown}, class {explained}"
             if result.label is not None:
                 caption += f" (true: {result.label})"
             if seg is not None:
-                caption = f"{result.case}: {method}, {explained}, {seg.source} region outlined"
+                caption = f"{result.case}: {shown}, {explained}, {seg.source} region outlined"
             current[0] = out / overlay_name
             write_overlay(
                 staged[out / overlay_name],
