@@ -163,3 +163,20 @@ def test_batch_layer_is_recorded_checked_and_part_of_the_run_settings(files, tmp
 def _first_conv(checkpoint: Path) -> str:
     model = medlrp.load_model(checkpoint).model
     return next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_evaluate_takes_the_same_layer_option(files, tmp_path, capsys):
+    base = ("evaluate", "--model", files["cnn"], "--data", files["data"], "--no-progress")
+    base = (*base, "--no-randomisation")
+    code, _, err = _run(capsys, *base, "--methods", "gradcam", "--layer", "stage.0", "--out", tmp_path / "b")
+    assert code == 2 and "--layer 'stage.0'" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _run(capsys, *base, "--methods", "gradient", "--layer", "x", "--out", tmp_path / "nocam")
+    assert code == 2 and "applies to the CAM methods" in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "nocam").exists()
+    layer = _first_conv(files["cnn"])
+    out = tmp_path / "ok"
+    code, _, err = _run(capsys, *base, "--methods", "gradcam,gradient", "--layer", layer, "--out", out)
+    assert code == 0, err
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["methods"] == ["gradcam", "gradient"]
+    assert data["method_options"] == {"gradcam": {"layer": layer}}

@@ -51,10 +51,8 @@ def check_model_methods(
 
     Raises:
         InputError: One line naming the model file: a TorchScript model with ``lrp`` or a CAM method
-            (neither sees inside it), or ``layer`` naming no module of the model (the message lists the
-            closest names).
+            (neither sees inside it), or ``layer`` naming no module of the model (:func:`check_layer`).
     """
-    from medlrp.cam.layers import find_layer
     from medlrp.registry import METHODS
 
     needs_modules = [m for m in methods if METHODS.trait(m, "layer") or METHODS.trait(m, "composite")]
@@ -65,6 +63,17 @@ def check_model_methods(
             "medlrp checkpoint), or use a gradient method (gradient, input-x-gradient, "
             "integrated-gradients, smoothgrad, occlusion)"
         )
+    check_layer(loaded, layer, source)
+
+
+def check_layer(loaded: LoadedModel, layer: str | None, source: Path | str) -> None:
+    """Refuse a ``--layer`` that names no module of the model (``None`` passes).
+
+    Raises:
+        InputError: One line naming the model file and the layer, with the closest module names.
+    """
+    from medlrp.cam.layers import find_layer
+
     if layer is not None:
         try:
             find_layer(loaded.model, layer, what="--layer")

@@ -38,29 +38,35 @@ def run_evaluate(
     device: str = "auto",
     progress: bool = True,
     composite: str | None = None,
+    layer: str | None = None,
 ) -> dict[str, Any]:
     """The command's work; returns the evaluation as plain data (``evaluation.json``).
 
-    ``target``: ``label`` (the case's class folder), ``predicted``, or a class index or name.
+    ``target``: ``label`` (the case's class folder), ``predicted``, or a class index or name. ``layer``:
+    the CAM methods' layer (None: their default); ``evaluation.json``'s ``method_options`` records it.
     """
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    from medlrp.api import method_options
     from medlrp.data import FolderDataset, collate_cases
     from medlrp.metrics.plots import plot_curves
     from medlrp.metrics.suite import evaluate_methods
     from medlrp.metrics.table import ranking, table_csv, table_markdown
     from medlrp.models import load_model
     from medlrp.pipeline import class_index
+    from medlrp.preflight import check_layer, check_methods
     from medlrp.train.progress import counting_progress
 
     methods = opt.method_list(",".join(methods))
     opt.check_composite(composite)
+    check_methods(methods, None, layer)  # a --layer without a CAM method
     opt.check_paths([data], "dataset folder")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     device = opt.resolve_device(device)
     loaded = load_model(model, trust_model=trust_model, device=device)
+    check_layer(loaded, layer, model)
     if loaded.task == "segmentation":
         raise InputError(
             f"{model}: evaluate measures classifiers; for a segmentation model use medlrp batch --region "
@@ -81,7 +87,7 @@ def run_evaluate(
             wanted = b.label if fixed is None else torch.full_like(b.label, fixed)
             yield x, (wanted.to(device) if target != "predicted" else None), mask.to(device), list(b.case_id)
 
-    options = {"lrp": {"composite": composite}} if composite else None
+    options = {m: method_options(m, composite, layer) for m in methods}
     with counting_progress(len(subset) * len(methods), "evaluating", progress) as advance:
         result = evaluate_methods(
             loaded.model,
@@ -101,7 +107,13 @@ def run_evaluate(
     (out / "metrics.csv").write_text(table_csv(result), encoding="utf-8")
     _per_case_csv(result, out / "per_case.csv")
     plot_curves(result, out / "curves.png")
-    payload = {**result.to_dict(), "ranking": ranking(result), "model": str(model), "data": str(dataset.root)}
+    payload = {
+        **result.to_dict(),
+        "ranking": ranking(result),
+        "model": str(model),
+        "data": str(dataset.root),
+        "method_options": {m: o for m, o in options.items() if o},
+    }
     (out / "evaluation.json").write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
     _report(out, {"model": model.name, "data": str(dataset.root), "cases": len(result.cases)})
     print(markdown)
@@ -180,6 +192,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Class to explain: 'label' (the case's class), 'predicted', an index or name."),
         ] = "label",
         composite: opt.Composite = None,
+        layer: opt.Layer = None,
         batch_size: Annotated[int, typer.Option(help="Cases per batch.")] = 16,
         max_cases: Annotated[int | None, typer.Option(help="Evaluate at most this many cases.")] = None,
         randomisation: Annotated[
@@ -202,4 +215,5 @@ def register(app: typer.Typer) -> None:
             device=device,
             progress=progress,
             composite=composite,
+            layer=layer,
         )
