@@ -24,8 +24,6 @@ import io
 import json
 import os
 import platform
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -33,33 +31,11 @@ import torch
 import torchvision
 
 import medlrp
+from timing import interleaved
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
 SCORE_BATCH = 32
-
-
-def interleaved(
-    fns: dict, repeats: int, warmup: bool = True, cpu: dict[str, float] | None = None
-) -> dict[str, float]:
-    """Median wall seconds of each callable; one warm-up call each (unless ``warmup=False``), then rounds.
-
-    ``cpu``, when given, receives the median CPU seconds of this process per callable: with one torch
-    thread that is the work done, much less disturbed than wall time by other jobs on a shared machine.
-    """
-    for fn in fns.values() if warmup else ():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    cpu_times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            cpu_times[name].append(time.process_time() - c0)
-    if cpu is not None:
-        cpu.update({k: statistics.median(v) for k, v in cpu_times.items()})
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def show(row: dict) -> None:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import torch
 import torchvision
 
 import medlrp
+from timing import MALLOC_ENV, interleaved, peak_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMPOSITES = ["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1"]
@@ -119,15 +119,7 @@ def time_all(
 ) -> dict[str, float]:
     model, x, target = build(arch, size, batch)
     runs = {f"{k}:{n}": contender(k, n, arch, model, x, target) for k, n in contenders(with_zennit)}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(reps):
-        for key, fn in runs.items():
-            t0 = clock()
-            fn()
-            times[key].append(clock() - t0)
-    return {key: statistics.median(v) for key, v in times.items()}
+    return interleaved(runs, reps, clock)
 
 
 def memory_one(arch: str, size: int, batch: int, key: str) -> float:
@@ -135,27 +127,7 @@ def memory_one(arch: str, size: int, batch: int, key: str) -> float:
     kind, name = key.split(":")
     model, x, target = build(arch, size, batch)
     fn = contender(kind, name, arch, model, x, target)
-    # reset the kernel's high-water mark (VmHWM) so that model building does not count
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss()
-    fn()
-    return max(_hwm() - before, 0) / 1e6
-
-
-def _rss() -> int:
-    """Current resident set size in bytes (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm() -> int:
-    """Peak resident set size since the last reset, in bytes (Linux ``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return peak_memory(fn, "cpu") / 1e6  # the high-water mark is reset: model building does not count
 
 
 def memory_all(arch: str, size: int, batch: int, with_zennit: bool) -> dict[str, float]:
@@ -163,7 +135,7 @@ def memory_all(arch: str, size: int, batch: int, with_zennit: bool) -> dict[str,
     for kind, name in contenders(with_zennit):
         key = f"{kind}:{name}"
         cmd = [sys.executable, __file__, "--one", arch, str(size), str(batch), key]
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        env = {**os.environ, **MALLOC_ENV}
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[key] = float(res.stdout.strip().splitlines()[-1])
     return out

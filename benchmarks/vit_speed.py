@@ -25,7 +25,6 @@ import importlib
 import importlib.util
 import json
 import platform
-import statistics
 import sys
 import time
 import types
@@ -37,27 +36,13 @@ import torch
 import torchvision
 
 import medlrp
+from timing import interleaved
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
 
 
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, float]:
-    """Median seconds of each callable; one warm-up call each, then rounds over all of them."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            times[name].append(clock() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _lxt_cp_map() -> dict:
+def lxt_cp_map() -> dict:
     """LXT's ``vit_torch.cp_LRP`` patch map without running ``lxt``'s package init (it imports LLMs)."""
     spec = importlib.util.find_spec("lxt")
     assert spec is not None and spec.submodule_search_locations
@@ -121,7 +106,7 @@ def main() -> None:
     x = torch.randn(a.batch, 3, a.size, a.size)
     target = torch.arange(a.batch)
     params = list(model.parameters())
-    lxt_map = _lxt_cp_map()
+    lxt_map = lxt_cp_map()
 
     def plain() -> None:
         xx = x.clone().requires_grad_()
