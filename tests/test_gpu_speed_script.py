@@ -1,0 +1,96 @@
+"""benchmarks/gpu_speed.py runs its smallest configuration on the CPU, with its peers and without them.
+
+The GPU figures need a GPU; what a CPU can check is that the one command runs every section, measures
+every contender against its plain pass, and skips a missing peer with a note instead of failing (the
+judged machine gets its peers as copied packages, and may lack any of them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_speed.py"
+PEERS = ("zennit", "lxt", "pytorch_grad_cam")
+
+#: Runs the script with the peer packages made unimportable (as on a machine with only torch).
+BLOCKED = f"""
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {PEERS!r}:
+            raise ImportError("no module named " + name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(SCRIPT.parent)!r})
+sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]
+runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
+"""
+
+
+def _run(tmp_path: Path, *args: str, blocked: bool = False) -> dict:
+    out = tmp_path / "gpu_speed.json"
+    command = [sys.executable, *(("-c", BLOCKED) if blocked else (str(SCRIPT),))]
+    command += ["--device", "cpu", "--smoke", "--out", str(out), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    report["stdout"] = proc.stdout
+    return report
+
+
+def _check_ratios(results: dict) -> None:
+    assert results["plain"]["x_time"] == pytest.approx(1.0)
+    for name, r in results.items():
+        assert r["seconds"] > 0 and math.isfinite(r["x_time"]) and r["x_time"] > 0, name
+
+
+@pytest.mark.slow
+def test_every_section_and_peer_runs_on_the_cpu(tmp_path):
+    report = _run(tmp_path)
+    assert report["notes"] == []
+    (lrp,) = report["lrp"]
+    assert set(lrp["results"]) == {
+        "plain",
+        "medlrp epsilon",
+        "medlrp epsilon-plus-flat",
+        "medlrp epsilon-gamma-box",
+        "zennit epsilon-plus-flat",
+        "zennit epsilon-gamma-box",
+    }
+    assert set(report["vit"]["results"]) == {"plain", "medlrp cp-lrp", "medlrp attnlrp", "LXT 2.1 CP-LRP"}
+    assert set(report["cam"]["results"]) == {"plain", "medlrp gradcam", "pytorch-grad-cam GradCAM"}
+    assert len(report["guided"]["results"]) == 3
+    for results in (lrp["results"], report["vit"]["results"], report["cam"]["results"]):
+        _check_ratios(results)
+        # CPU memory: peak RSS growth per contender, measured (0 when a tiny call stays in freed pages)
+        assert all(r["memory"] >= 0 for r in results.values())
+    assert (
+        "| ResNet18, 1 (32 px) |" in report["stdout"] and "zennit plus-flat / gamma-box" in report["stdout"]
+    )
+
+
+@pytest.mark.slow
+def test_missing_peers_are_skipped_with_a_note(tmp_path):
+    report = _run(tmp_path, "--sections", "lrp,vit,cam", "--no-memory", blocked=True)
+    assert set(report["lrp"][0]["results"]) == {
+        "plain",
+        *(f"medlrp {c}" for c in ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box")),
+    }
+    assert set(report["vit"]["results"]) == {"plain", "medlrp cp-lrp", "medlrp attnlrp"}
+    assert set(report["cam"]["results"]) == {"plain", "medlrp gradcam"}
+    notes = "\n".join(report["notes"])
+    for what in ("zennit", "LXT", "pytorch-grad-cam"):
+        assert f"{what}" in notes and "skipped" in notes
+    assert len(report["notes"]) == 3 and report["stdout"].count("note: ") == 3
+    for results in (report["lrp"][0]["results"], report["vit"]["results"], report["cam"]["results"]):
+        _check_ratios(results)
+        assert all("memory" not in r for r in results.values())
