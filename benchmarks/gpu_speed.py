@@ -88,12 +88,12 @@ QUICK_LRP_CASES = [
     Case("ResNet50, 2 (64 px)", "resnet50", 2, (3, 64, 64), zennit=True),
     Case("VGG16, 1 (64 px)", "vgg16", 1, (3, 64, 64), zennit=True),
     Case("DenseNet121, 2 (64 px)", "densenet121", 2, (3, 64, 64)),
-    Case("r3d_18 (3D), 1x3x8x48x48", "r3d_18", 1, (3, 8, 48, 48)),
+    Case("r3d_18 (3D), 1x3x8x32x32", "r3d_18", 1, (3, 8, 32, 32)),
 ]
 #: ``--smoke``: the smallest configuration of every section (the test suite's run).
 SMOKE_LRP_CASES = [Case("ResNet18, 1 (32 px)", "resnet18", 1, (3, 32, 32), zennit=True)]
 #: Per mode: (ViT batch, ViT size, CAM batch, CAM size, guided batch, guided size).
-SIZES = {"full": (64, 224, 64, 224, 64, 224), "quick": (2, 64, 2, 64, 4, 64), "smoke": (1, 32, 1, 32, 2, 32)}
+SIZES = {"full": (64, 224, 64, 224, 64, 224), "quick": (2, 64, 2, 64, 2, 64), "smoke": (1, 32, 1, 32, 2, 32)}
 
 
 def peer(what: str, load: Callable[[], T]) -> T | None:
