@@ -11,7 +11,6 @@ The mask outline (where a mask was given) is an opaque green line on the mask's 
 from __future__ import annotations
 
 import base64
-import io
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,8 @@ from PIL import Image as PILImage
 from medlrp.io.windowing import to_gray
 from medlrp.viz.colors import diverging_rgba, relevance_peak, symmetric_limit
 from medlrp.viz.orient import display_spacing, oriented_slice, slice_axis
-
-#: Colour of the mask outline (green: apart from the blue-white-red relevance colours).
-OUTLINE_RGB = (0, 200, 0)
+from medlrp.viz.overlay import OUTLINE_RGB
+from medlrp.viz.raster import outline, png_bytes
 
 
 def png_data_uri(array: np.ndarray, max_side: int = 384) -> str:
@@ -34,22 +32,12 @@ def png_data_uri(array: np.ndarray, max_side: int = 384) -> str:
     scale = max_side / max(im.size)
     if scale < 1.0:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), PILImage.BILINEAR)
-    buffer = io.BytesIO()
-    im.save(buffer, format="PNG", optimize=False)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return bytes_data_uri(png_bytes(im))
 
 
 def bytes_data_uri(data: bytes, mime: str = "image/png") -> str:
     """Any bytes as a ``data:`` URI."""
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The border of a 2D mask: mask pixels with a 4-neighbour outside the mask (or at the edge)."""
-    m = np.asarray(mask) > 0
-    padded = np.pad(m, 1, constant_values=False)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return m & ~inner
 
 
 def outline_rgba(mask: np.ndarray) -> np.ndarray:

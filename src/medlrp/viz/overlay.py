@@ -5,28 +5,33 @@ slices through the relevance peak (the voxel of largest positive relevance) and 
 projection (image: maximum; relevance: the value of largest magnitude along the ray, sign kept).
 Colours: a diverging map on ``[-max|R|, +max|R|]`` with a colour bar (red: evidence for the class, blue:
 against), never min-max scaled. A mask, when given, is outlined in green on every panel.
+
+Drawn with numpy and Pillow (:mod:`medlrp.viz.raster`), not matplotlib: a batch run writes one per case
+and method, and a matplotlib figure cost more than explaining the case (BENCHMARKS.md, "Explain
+pipeline"). The picture is the one matplotlib drew (same size, layout, colours, scale and outline).
 """
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw
 
 from medlrp.io.image import atomic_path
 from medlrp.io.windowing import to_gray
-from medlrp.viz.colors import CMAP, diverging_rgba, relevance_peak, symmetric_limit
+from medlrp.viz.colors import blend, diverging_rgba, relevance_peak, symmetric_limit
 from medlrp.viz.orient import display_spacing, oriented_mip, oriented_slice, slice_axis
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from medlrp.viz.raster import boundary, fit, nearest, nice_ticks, png_bytes, text, vertical_text
 
 # title, grey uint8, rgba or None, aspect, mask slice (0/1; all zero: no outline)
 _Panel = tuple[str, np.ndarray, np.ndarray | None, float, np.ndarray]
-#: The mask outline's colour (the report's outline colour, apart from the relevance colours).
-OUTLINE = "#00c800"
+#: The mask outline's colour (also the report's), apart from the relevance colours.
+OUTLINE_RGB = (0, 200, 0)
+#: The colour bar's label.
+BAR_LABEL = "relevance (red: for the class, blue: against)"
 
 
 def _panels_2d(
@@ -71,6 +76,88 @@ def _panels_3d(
     return panels
 
 
+@dataclass
+class OverlayPicture:
+    """The overlay as pixels, before encoding.
+
+    Attributes:
+        pixels: ``uint8 (H, W, 3)``.
+        panels: Per panel, where its picture lies: ``(top, left, rows, cols)`` in pixels.
+        limit: The colour limit: the map is coloured on ``[-limit, limit]``.
+    """
+
+    pixels: np.ndarray
+    panels: list[tuple[int, int, int, int]]
+    limit: float
+
+
+def overlay_picture(
+    image: np.ndarray,
+    relevance: np.ndarray,
+    affine: np.ndarray,
+    window: tuple[float, float],
+    title: str = "",
+    mask: np.ndarray | None = None,
+) -> OverlayPicture:
+    """Draw the overlay picture (see :func:`overlay_png` for the arguments)."""
+    if image.shape != relevance.shape:
+        raise ValueError(f"image {image.shape} and relevance {relevance.shape} differ in shape")
+    limit = symmetric_limit(relevance)
+    if mask is not None and mask.shape != image.shape:
+        raise ValueError(f"mask {mask.shape} and image {image.shape} differ in shape")
+    region = np.zeros(image.shape) if mask is None else (np.asarray(mask) > 0).astype(np.float64)
+    if image.ndim == 2:
+        panels = _panels_2d(to_gray(image, *window), relevance, affine, limit, region)
+    else:
+        panels = _panels_3d(image, relevance, affine, window, limit, region)
+    # the size matplotlib drew it at (figsize in inches at 100 dpi): the same picture, drawn faster
+    width, height = int(round(100 * (2.8 * len(panels) + 0.9))), 330
+    canvas = PILImage.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    top = 30 if title else 8
+    if title:
+        text(draw, (width / 2, 6), title, 14, "mt")
+    slot = (width - _BAR_WIDTH - 6) / len(panels)
+    box_h, box_w = height - top - 20 - 6, int(slot) - 8
+    boxes = []
+    for k, (name, gray, rgba, aspect, mask_cut) in enumerate(panels):
+        rows, cols = fit(gray.shape, aspect, box_h, box_w)
+        left = int(round(6 + k * slot + (slot - cols) / 2))
+        picture_top = top + 20 + (box_h - rows) // 2
+        rgb = np.repeat(gray[..., None], 3, axis=-1) if rgba is None else blend(gray, rgba)
+        shown = nearest(rgb, rows, cols)
+        shown[boundary(nearest(mask_cut, rows, cols))] = OUTLINE_RGB
+        canvas.paste(PILImage.fromarray(shown), (left, picture_top))
+        text(draw, (left + cols / 2, picture_top - 4), name, 12, "md")
+        boxes.append((picture_top, left, rows, cols))
+    _colour_bar(canvas, draw, limit, top + 20, box_h)
+    return OverlayPicture(np.asarray(canvas), boxes, limit)
+
+
+#: Pixels at the right for the colour bar, its tick labels and its label.
+_BAR_WIDTH = 90
+
+
+def _colour_bar(
+    canvas: PILImage.Image, draw: ImageDraw.ImageDraw, limit: float, top: int, height: int
+) -> None:
+    """The colour bar on ``[-limit, limit]`` (top: +limit), its ticks and its label, at the right."""
+    height = int(height * 0.85)
+    top += (int(height / 0.85) - height) // 2
+    left = canvas.width - _BAR_WIDTH + 4
+    values = np.linspace(limit, -limit, height)
+    column = diverging_rgba(values, limit)[:, :3]
+    canvas.paste(PILImage.fromarray(np.repeat(column[:, None], 14, axis=1)), (left, top))
+    draw.rectangle((left - 1, top - 1, left + 14, top + height), outline=(0, 0, 0))
+    ticks, decimals = nice_ticks(limit)
+    for value in ticks:
+        y = top + (limit - value) / (2 * limit) * (height - 1)
+        draw.line((left + 14, y, left + 17, y), fill=(0, 0, 0))
+        label = f"{value:.1e}" if decimals > 4 else f"{value:.{decimals}f}"
+        text(draw, (left + 19, y), "0" if value == 0 else label, 10, "lm")
+    vertical_text(canvas, (canvas.width - 8, top + height // 2), BAR_LABEL, 10)
+
+
 def overlay_png(
     image: np.ndarray,
     relevance: np.ndarray,
@@ -90,52 +177,7 @@ def overlay_png(
         mask: The region the localisation scores are measured against (``image``'s shape), or None;
             its outline is drawn in green on every panel.
     """
-    from matplotlib.figure import Figure
-
-    if image.shape != relevance.shape:
-        raise ValueError(f"image {image.shape} and relevance {relevance.shape} differ in shape")
-    limit = symmetric_limit(relevance)
-    if mask is not None and mask.shape != image.shape:
-        raise ValueError(f"mask {mask.shape} and image {image.shape} differ in shape")
-    region = np.zeros(image.shape) if mask is None else (np.asarray(mask) > 0).astype(np.float64)
-    if image.ndim == 2:
-        panels = _panels_2d(to_gray(image, *window), relevance, affine, limit, region)
-    else:
-        panels = _panels_3d(image, relevance, affine, window, limit, region)
-    fig = Figure(figsize=(2.8 * len(panels) + 0.9, 3.3), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(panels))
-    for ax, (name, gray, rgba, aspect, outline) in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=255, aspect=aspect, interpolation="nearest")
-        if rgba is not None:
-            ax.imshow(rgba, aspect=aspect, interpolation="nearest")
-        if outline.any():
-            ax.contour(outline, levels=[0.5], colors=[OUTLINE], linewidths=1.0)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    return finish_png(fig, axes, limit, title)
-
-
-def finish_png(
-    fig: Figure,
-    axes: Any,
-    limit: float,
-    title: str,
-    label: str = "relevance (red: for the class, blue: against)",
-    shrink: float = 0.85,
-) -> bytes:
-    """Add the colour bar on ``[-limit, limit]`` and the title; return the figure as PNG bytes."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
-    bar = fig.colorbar(mappable, ax=list(np.atleast_1d(axes)), shrink=shrink, pad=0.02)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(overlay_picture(image, relevance, affine, window, title, mask).pixels)
 
 
 def write_overlay(

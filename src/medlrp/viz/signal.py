@@ -7,14 +7,18 @@ scaled), and at the right the lead's share of the total ``|R|``. A colour bar gi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medlrp.io.image import write_atomic
-from medlrp.viz.colors import diverging_rgba, symmetric_limit
-from medlrp.viz.overlay import finish_png
+from medlrp.viz.colors import CMAP, diverging_rgba, symmetric_limit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def lead_summary(relevance: np.ndarray, leads: Sequence[str]) -> list[dict[str, float | str]]:
@@ -70,6 +74,29 @@ def signal_overlay_png(
             ax.spines[side].set_visible(False)
     axes[-1].set_xlabel("time (s)" if ms_per_sample != 1.0 else "sample", fontsize=8)
     return finish_png(fig, axes, limit, title, "relevance (right: lead's share of |R|)", shrink=0.5)
+
+
+def finish_png(
+    fig: Figure,
+    axes: Any,
+    limit: float,
+    title: str,
+    label: str,
+    shrink: float = 0.85,
+) -> bytes:
+    """Add the colour bar on ``[-limit, limit]`` and the title; return the figure as PNG bytes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(-limit, limit), cmap=CMAP)
+    bar = fig.colorbar(mappable, ax=list(np.atleast_1d(axes)), shrink=shrink, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def write_signal_overlay(
