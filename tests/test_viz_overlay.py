@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from PIL import Image as PILImage
 
 from medlrp.viz.overlay import OUTLINE_RGB, overlay_picture, overlay_png
-from medlrp.viz.raster import boundary, nearest, nice_ticks
+from medlrp.viz.raster import boundary, nearest, nice_ticks, png_bytes
 from overlay_reference import reference_overlay
 
 
@@ -126,3 +126,10 @@ def test_ticks_are_round_symmetric_and_inside_the_limit(limit):
     assert ticks[-1] <= limit * (1 + 1e-9) and ticks[-1] + step > limit
     assert any(np.isclose(mantissa, m) for m in (1.0, 2.0, 2.5, 5.0))
     assert float(f"{step:.{decimals}f}") == pytest.approx(step)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (6, 9, 3), (4, 3, 4)], ids=["grey", "rgb", "rgba"])
+def test_png_encoder_is_lossless(shape):
+    array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)  # rows differ: the filter wraps
+    decoded = np.asarray(PILImage.open(io.BytesIO(png_bytes(array))))
+    assert decoded.shape == array.shape and np.array_equal(decoded, array)

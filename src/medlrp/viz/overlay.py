@@ -126,7 +126,8 @@ def overlay_picture(
         picture_top = top + 20 + (box_h - rows) // 2
         rgb = np.repeat(gray[..., None], 3, axis=-1) if rgba is None else blend(gray, rgba)
         shown = nearest(rgb, rows, cols)
-        shown[boundary(nearest(mask_cut, rows, cols))] = OUTLINE_RGB
+        if mask_cut.any():
+            shown[boundary(nearest(mask_cut, rows, cols))] = OUTLINE_RGB
         canvas.paste(PILImage.fromarray(shown), (left, picture_top))
         text(draw, (left + cols / 2, picture_top - 4), name, 12, "md")
         boxes.append((picture_top, left, rows, cols))

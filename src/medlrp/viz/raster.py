@@ -2,29 +2,55 @@
 
 Panels are scaled with nearest-neighbour sampling (every voxel stays one flat colour, as matplotlib's
 ``interpolation="nearest"``), mask outlines are the border pixels of the scaled mask, text is drawn with
-Pillow's bundled font, and PNGs are written at zlib level 1 (encoding at level 6 cost more than drawing).
+Pillow's bundled font, and PNGs are encoded here (:func:`png_bytes`): at a fast zlib level, as the
+encoding at Pillow's default level cost more than the drawing.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
-#: zlib level of written PNGs: 1 encodes several times faster than Pillow's default 6, files ~20% larger.
-PNG_LEVEL = 1
+#: zlib level of written PNGs: levels 1-3 encode about 10x faster than 6 for files 10-20% larger.
+PNG_LEVEL = 3
+#: PNG colour type per number of channels (grey, RGB, RGBA).
+_COLOUR_TYPE = {1: 0, 3: 2, 4: 6}
 
 
 def png_bytes(image: np.ndarray | PILImage.Image) -> bytes:
-    """Encode a ``uint8`` grey ``(H, W)``, RGB or RGBA array (or a Pillow image) as PNG bytes."""
-    im = image if isinstance(image, PILImage.Image) else PILImage.fromarray(np.ascontiguousarray(image))
-    buffer = io.BytesIO()
-    im.save(buffer, format="PNG", compress_level=PNG_LEVEL)
-    return buffer.getvalue()
+    """Encode a ``uint8`` grey ``(H, W)``, RGB or RGBA array (or a Pillow image of those) as PNG bytes.
+
+    Every row is written with PNG's "up" filter (the difference to the row above, computed by numpy):
+    nearest-scaled pictures repeat rows, which then compress to almost nothing at a fast zlib level.
+    Pillow's encoder chooses a filter per row and took 10-20 times longer on the overlays.
+    """
+    a = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    rows, cols = a.shape[:2]
+    channels = 1 if a.ndim == 2 else a.shape[2]
+    flat = a.reshape(rows, cols * channels)
+    filtered = np.empty((rows, cols * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "up"
+    filtered[:, 1:] = flat
+    filtered[1:, 1:] -= flat[:-1]  # uint8 arithmetic wraps modulo 256, as PNG's filters do
+    header = struct.pack(">IIBBBBB", cols, rows, 8, _COLOUR_TYPE[channels], 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_LEVEL)),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def fit(shape: tuple[int, int], aspect: float, height: int, width: int) -> tuple[int, int]:
@@ -41,7 +67,7 @@ def nearest(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """``array`` (``(H, W, ...)``) resampled to ``rows x cols`` by nearest-neighbour (pixel centres)."""
     r = np.minimum(((np.arange(rows) + 0.5) * array.shape[0] / rows).astype(np.intp), array.shape[0] - 1)
     c = np.minimum(((np.arange(cols) + 0.5) * array.shape[1] / cols).astype(np.intp), array.shape[1] - 1)
-    return array[r[:, None], c[None, :]]
+    return np.take(np.take(array, r, axis=0), c, axis=1)  # two takes: 4x faster than one fancy index
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
