@@ -195,9 +195,9 @@ def test_a_rerun_never_explains_its_own_outputs(tmp_path, capsys, inside):
 
 
 def test_a_full_disk_names_the_file_and_leaves_no_half_case(tmp_path):
-    """The file-size limit makes every write past 400 KB fail (EFBIG), as a full disk would.
+    """The file-size limit makes every write past 320 KB fail (EFBIG), as a full disk would.
 
-    ``big``'s relevance map (about 290 KB) fits, its overlay (about 540 KB) does not: the map must go
+    ``big``'s relevance map (about 290 KB) fits, its overlay (about 350 KB) does not: the map must go
     too. ``smooth``'s files are small and complete.
     """
     ckpt = S.make_checkpoint(tmp_path / "m.pt", dims=2, size=16)
@@ -209,7 +209,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_half_case(tmp_path):
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (400 * 1024, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (320 * 1024, resource.RLIM_INFINITY))
 
     script = "import sys, test_io_support; from medlrp.cli import main; sys.exit(main(sys.argv[1:]))"
     run = subprocess.run(
