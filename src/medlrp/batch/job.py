@@ -90,8 +90,6 @@ class BatchJob:
         self.done = 0
         self.failed = 0
         self._pending: deque[_Pending] = deque()
-        # Enough queued writes to keep every writer busy while the next batch is explained.
-        self._max_pending = 2 * writer.writers
 
     def run(self, batch: LoadedBatch) -> None:
         """Explain one batch and hand each of its unfinished cases to the writers."""
@@ -105,7 +103,11 @@ class BatchJob:
                 self.fail(rc.case, failure_reason(rc.case, exc))
         if not ready:
             return
-        x = torch.stack([rc.x for rc, _ in ready]).to(self.settings.device, non_blocking=True)
+        # the loader's stacked (and, for a GPU, pinned) batch, unless a case dropped out
+        stacked = batch.x if batch.x is not None and len(ready) == len(batch.cases) else None
+        if stacked is None:
+            stacked = torch.stack([rc.x for rc, _ in ready])
+        x = stacked.to(self.settings.device, non_blocking=True)
         regions: list[Region] | None = None
         if is_segmentation(self.loaded, x):
             ready, x, regions = self._regions(ready, x)
@@ -131,7 +133,16 @@ class BatchJob:
                 self.fail(rc.case, error)
                 continue
             self._submit(rc, explanations, explain_s, regions[i] if regions is not None else None)
-        self._drain(self._max_pending)
+        self._drain(self.max_pending(len(ready)))
+
+    def max_pending(self, batch: int) -> int:
+        """Writes left queued when ``run`` returns: this batch's, plus two per writer.
+
+        The writers then write this batch while the next one is read and explained (waiting for all
+        but a few writes would leave the device idle while the writers catch up). Without writer
+        processes every write is done when it is submitted.
+        """
+        return batch + 2 * self.writer.writers if self.writer.writers > 0 else 0
 
     def finish(self) -> None:
         """Wait for every pending write and record it."""
