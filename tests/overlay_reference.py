@@ -1,8 +1,9 @@
 """The overlay as matplotlib drew it before medlrp drew it with numpy (the reference of test_viz_overlay).
 
-The panels (grey picture, relevance colours, aspect, mask cut) come from the library, as before; only the
-drawing is matplotlib's: ``imshow`` of the grey picture and of the RGBA relevance (nearest), the mask as a
-``contour`` at 0.5, a colour bar on ``[-limit, limit]`` with the ``bwr`` map, constrained layout, 100 dpi.
+The panels (``overlay_panels``: grey picture, relevance colours, aspect, mask cut) come from the
+library; only the drawing is matplotlib's: ``imshow`` of the grey picture and of the RGBA relevance
+(nearest), the mask as a ``contour`` at 0.5, a colour bar on ``[-limit, limit]`` with the ``bwr`` map,
+constrained layout, 100 dpi.
 """
 
 from __future__ import annotations
@@ -15,25 +16,13 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
-from medlrp.io.windowing import to_gray
-from medlrp.viz.colors import symmetric_limit
-from medlrp.viz.overlay import _panels_2d, _panels_3d
+from medlrp.viz.overlay import Panel
 
 
 def reference_overlay(
-    image: np.ndarray,
-    relevance: np.ndarray,
-    affine: np.ndarray,
-    window: tuple[float, float],
-    mask: np.ndarray | None = None,
+    panels: list[Panel], limit: float
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """The matplotlib picture (``uint8 (H, W, 3)``) and each panel's ``(top, left, rows, cols)``."""
-    limit = symmetric_limit(relevance)
-    region = np.zeros(image.shape) if mask is None else (np.asarray(mask) > 0).astype(np.float64)
-    if image.ndim == 2:
-        panels = _panels_2d(to_gray(image, *window), relevance, affine, limit, region)
-    else:
-        panels = _panels_3d(image, relevance, affine, window, limit, region)
     fig = Figure(figsize=(2.8 * len(panels) + 0.9, 3.3), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(panels))
     for ax, (name, gray, rgba, aspect, outline) in zip(np.atleast_1d(axes), panels, strict=True):

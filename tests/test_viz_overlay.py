@@ -14,7 +14,7 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image as PILImage
 
-from medlrp.viz.overlay import OUTLINE_RGB, overlay_picture, overlay_png
+from medlrp.viz.overlay import OUTLINE_RGB, overlay_panels, overlay_picture, overlay_png
 from medlrp.viz.raster import boundary, nearest, nice_ticks, png_bytes
 from overlay_reference import reference_overlay
 
@@ -40,9 +40,9 @@ def _smooth_3d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[
 def _panel_differences(case, relevance_shown: np.ndarray | None = None) -> list[np.ndarray]:
     """Per panel: the per-pixel largest channel difference between the new and the reference picture."""
     image, relevance, affine, mask, window = case
-    reference, boxes = reference_overlay(image, relevance, affine, window, mask)
+    reference, boxes = reference_overlay(*overlay_panels(image, relevance, affine, window, mask))
     shown = relevance if relevance_shown is None else relevance_shown
-    new = overlay_picture(image, shown, affine, window, "", mask)
+    new = overlay_picture(*overlay_panels(image, shown, affine, window, mask))
     assert len(new.panels) == len(boxes)
     out = []
     for (top, left, rows, cols), (ntop, nleft, nrows, ncols) in zip(boxes, new.panels, strict=True):
@@ -70,7 +70,7 @@ def test_panels_match_the_matplotlib_drawing(case):
 def test_colours_and_limit_are_matplotlibs_bwr_on_the_symmetric_limit():
     relevance = np.zeros((8, 8))
     relevance[1, 1], relevance[1, 5], relevance[5, 1] = 2.0, -2.0, 1.0  # limit max|R| = 2
-    picture = overlay_picture(np.zeros((8, 8)), relevance, np.eye(4), (0.0, 1.0))
+    picture = overlay_picture(*overlay_panels(np.zeros((8, 8)), relevance, np.eye(4), (0.0, 1.0)))
     assert picture.limit == 2.0
     top, left, rows, cols = picture.panels[2]  # "relevance": the colours over white
 
@@ -93,7 +93,7 @@ def test_colours_and_limit_are_matplotlibs_bwr_on_the_symmetric_limit():
 def test_png_is_the_picture_at_matplotlibs_size():
     for case, width in ((_smooth_2d(), 930), (_smooth_3d(), 1210)):
         image, relevance, affine, mask, window = case
-        picture = overlay_picture(image, relevance, affine, window, "a title", mask)
+        picture = overlay_picture(*overlay_panels(image, relevance, affine, window, mask), "a title")
         decoded = np.asarray(
             PILImage.open(io.BytesIO(overlay_png(image, relevance, affine, window, "a title", mask)))
         )

@@ -26,17 +26,19 @@ from medlrp.viz.colors import blend, diverging_rgba, relevance_peak, symmetric_l
 from medlrp.viz.orient import display_spacing, oriented_mip, oriented_slice, slice_axis
 from medlrp.viz.raster import boundary, fit, nearest, nice_ticks, png_bytes, text, vertical_text
 
-# title, grey uint8, rgba or None, aspect, mask slice (0/1; all zero: no outline)
-_Panel = tuple[str, np.ndarray, np.ndarray | None, float, np.ndarray]
+#: One panel: title, grey uint8 picture, RGBA relevance or None, voxel aspect, mask cut (all zero: none).
+Panel = tuple[str, np.ndarray, np.ndarray | None, float, np.ndarray]
 #: The mask outline's colour (also the report's), apart from the relevance colours.
 OUTLINE_RGB = (0, 200, 0)
 #: The colour bar's label.
 BAR_LABEL = "relevance (red: for the class, blue: against)"
+#: Pixels at the right for the colour bar, its tick labels and its label.
+_BAR_WIDTH = 90
 
 
 def _panels_2d(
     gray: np.ndarray, relevance: np.ndarray, affine: np.ndarray, limit: float, mask: np.ndarray
-) -> list[_Panel]:
+) -> list[Panel]:
     spacing = np.linalg.norm(affine[:3, :2], axis=0)
     aspect = float(spacing[0] / spacing[1]) if spacing[1] > 0 else 1.0
     rgba = diverging_rgba(relevance, limit)
@@ -55,10 +57,10 @@ def _panels_3d(
     window: tuple[float, float],
     limit: float,
     mask: np.ndarray,
-) -> list[_Panel]:
+) -> list[Panel]:
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     peak = relevance_peak({"map": relevance})
-    panels: list[_Panel] = []
+    panels: list[Panel] = []
     for plane in ("axial", "coronal", "sagittal"):
         axis = slice_axis(affine, plane)
         index = int(peak[axis])
@@ -91,15 +93,17 @@ class OverlayPicture:
     limit: float
 
 
-def overlay_picture(
+def overlay_panels(
     image: np.ndarray,
     relevance: np.ndarray,
     affine: np.ndarray,
     window: tuple[float, float],
-    title: str = "",
     mask: np.ndarray | None = None,
-) -> OverlayPicture:
-    """Draw the overlay picture (see :func:`overlay_png` for the arguments)."""
+) -> tuple[list[Panel], float]:
+    """The panels of the overlay (see :func:`overlay_png` for the arguments) and the colour limit.
+
+    Each panel is ``(title, grey uint8 picture, RGBA relevance or None, voxel aspect, mask cut)``.
+    """
     if image.shape != relevance.shape:
         raise ValueError(f"image {image.shape} and relevance {relevance.shape} differ in shape")
     limit = symmetric_limit(relevance)
@@ -107,9 +111,12 @@ def overlay_picture(
         raise ValueError(f"mask {mask.shape} and image {image.shape} differ in shape")
     region = np.zeros(image.shape) if mask is None else (np.asarray(mask) > 0).astype(np.float64)
     if image.ndim == 2:
-        panels = _panels_2d(to_gray(image, *window), relevance, affine, limit, region)
-    else:
-        panels = _panels_3d(image, relevance, affine, window, limit, region)
+        return _panels_2d(to_gray(image, *window), relevance, affine, limit, region), limit
+    return _panels_3d(image, relevance, affine, window, limit, region), limit
+
+
+def overlay_picture(panels: list[Panel], limit: float, title: str = "") -> OverlayPicture:
+    """Draw ``panels`` (see :func:`overlay_panels`) side by side with the colour bar and ``title``."""
     # the size matplotlib drew it at (figsize in inches at 100 dpi): the same picture, drawn faster
     width, height = int(round(100 * (2.8 * len(panels) + 0.9))), 330
     canvas = PILImage.new("RGB", (width, height), "white")
@@ -133,10 +140,6 @@ def overlay_picture(
         boxes.append((picture_top, left, rows, cols))
     _colour_bar(canvas, draw, limit, top + 20, box_h)
     return OverlayPicture(np.asarray(canvas), boxes, limit)
-
-
-#: Pixels at the right for the colour bar, its tick labels and its label.
-_BAR_WIDTH = 90
 
 
 def _colour_bar(
@@ -178,7 +181,7 @@ def overlay_png(
         mask: The region the localisation scores are measured against (``image``'s shape), or None;
             its outline is drawn in green on every panel.
     """
-    return png_bytes(overlay_picture(image, relevance, affine, window, title, mask).pixels)
+    return png_bytes(overlay_picture(*overlay_panels(image, relevance, affine, window, mask), title).pixels)
 
 
 def write_overlay(
