@@ -120,10 +120,9 @@ def overlay_picture(panels: list[Panel], limit: float, title: str = "") -> Overl
     # the size matplotlib drew it at (figsize in inches at 100 dpi): the same picture, drawn faster
     width, height = int(round(100 * (2.8 * len(panels) + 0.9))), 330
     canvas = PILImage.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
     top = 30 if title else 8
     if title:
-        text(draw, (width / 2, 6), title, 14, "mt")
+        text(canvas, (width / 2, 6), title, 14, "mt")
     slot = (width - _BAR_WIDTH - 6) / len(panels)
     box_h, box_w = height - top - 20 - 6, int(slot) - 8
     boxes = []
@@ -136,15 +135,13 @@ def overlay_picture(panels: list[Panel], limit: float, title: str = "") -> Overl
         if mask_cut.any():
             shown[boundary(nearest(mask_cut, rows, cols))] = OUTLINE_RGB
         canvas.paste(PILImage.fromarray(shown), (left, picture_top))
-        text(draw, (left + cols / 2, picture_top - 4), name, 12, "md")
+        text(canvas, (left + cols / 2, picture_top - 4), name, 12, "md")
         boxes.append((picture_top, left, rows, cols))
-    _colour_bar(canvas, draw, limit, top + 20, box_h)
+    _colour_bar(canvas, limit, top + 20, box_h)
     return OverlayPicture(np.asarray(canvas), boxes, limit)
 
 
-def _colour_bar(
-    canvas: PILImage.Image, draw: ImageDraw.ImageDraw, limit: float, top: int, height: int
-) -> None:
+def _colour_bar(canvas: PILImage.Image, limit: float, top: int, height: int) -> None:
     """The colour bar on ``[-limit, limit]`` (top: +limit), its ticks and its label, at the right."""
     height = int(height * 0.85)
     top += (int(height / 0.85) - height) // 2
@@ -152,13 +149,14 @@ def _colour_bar(
     values = np.linspace(limit, -limit, height)
     column = diverging_rgba(values, limit)[:, :3]
     canvas.paste(PILImage.fromarray(np.repeat(column[:, None], 14, axis=1)), (left, top))
+    draw = ImageDraw.Draw(canvas)
     draw.rectangle((left - 1, top - 1, left + 14, top + height), outline=(0, 0, 0))
     ticks, decimals = nice_ticks(limit)
     for value in ticks:
         y = top + (limit - value) / (2 * limit) * (height - 1)
         draw.line((left + 14, y, left + 17, y), fill=(0, 0, 0))
         label = f"{value:.1e}" if decimals > 4 else f"{value:.{decimals}f}"
-        text(draw, (left + 19, y), "0" if value == 0 else label, 10, "lm")
+        text(canvas, (left + 19, y), "0" if value == 0 else label, 10, "lm")
     vertical_text(canvas, (canvas.width - 8, top + height // 2), BAR_LABEL, 10)
 
 

@@ -95,18 +95,32 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], line: str, size: int, anchor: str) -> None:
+@functools.lru_cache(maxsize=1024)
+def _rendered(line: str, size: int, anchor: str, rotate: bool = False) -> tuple[PILImage.Image, int, int]:
+    """``line``'s coverage (an ``L`` mask), drawn once, and its offset from the anchor point.
+
+    The same titles and tick labels recur on every case: drawing them from this cache saves most of
+    the text's cost.
+    """
+    box = font(size).getbbox(line, anchor=anchor)
+    mask = PILImage.new("L", (max(1, box[2] - box[0]), max(1, box[3] - box[1])), 0)
+    ImageDraw.Draw(mask).text((-box[0], -box[1]), line, fill=255, font=font(size), anchor=anchor)
+    if rotate:
+        mask = mask.transpose(PILImage.Transpose.ROTATE_90)
+        return mask, -(mask.width // 2), -(mask.height // 2)
+    return mask, box[0], box[1]
+
+
+def text(canvas: PILImage.Image, xy: tuple[float, float], line: str, size: int, anchor: str) -> None:
     """Draw one line of black text at ``xy`` with Pillow's ``anchor`` (e.g. ``"mt"``: middle, top)."""
-    draw.text(xy, line, fill=(0, 0, 0), font=font(size), anchor=anchor)
+    mask, dx, dy = _rendered(line, size, anchor)
+    canvas.paste((0, 0, 0), (int(round(xy[0])) + dx, int(round(xy[1])) + dy), mask)
 
 
 def vertical_text(canvas: PILImage.Image, xy: tuple[int, int], line: str, size: int) -> None:
-    """Paste ``line`` rotated by 90 degrees (reading upwards), centred on ``xy``."""
-    box = font(size).getbbox(line)
-    strip = PILImage.new("RGB", (box[2] - box[0] + 2, box[3] - box[1] + 2), "white")
-    ImageDraw.Draw(strip).text((1 - box[0], 1 - box[1]), line, fill=(0, 0, 0), font=font(size))
-    strip = strip.transpose(PILImage.Transpose.ROTATE_90)
-    canvas.paste(strip, (xy[0] - strip.width // 2, xy[1] - strip.height // 2))
+    """Draw ``line`` rotated by 90 degrees (reading upwards), centred on ``xy``."""
+    mask, dx, dy = _rendered(line, size, "mm", rotate=True)
+    canvas.paste((0, 0, 0), (xy[0] + dx, xy[1] + dy), mask)
 
 
 def nice_ticks(limit: float, most: int = 9) -> tuple[np.ndarray, int]:
