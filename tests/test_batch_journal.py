@@ -1,6 +1,7 @@
 """The crash-safe index, temporaries, case listing, sharding and the run manifest (no model runs)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,21 @@ def test_torn_last_line_is_ignored_and_dropped_by_consolidate(tmp_path: Path):
     assert not part.exists()
     lines = (tmp_path / INDEX).read_bytes().split(b"\n")
     assert lines[-1] == b"" and [json.loads(x)["case"] for x in lines[:-1]] == ["a/1", "a/2"]
+
+
+def test_a_group_commit_writes_every_record_with_one_fsync(tmp_path: Path, monkeypatch):
+    part = part_path(tmp_path, "index", 0)
+    syncs = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), fsync(fd)))
+    with Journal(part) as j:
+        j.append_many([{"case": f"a/{i}", "v": i} for i in range(5)])
+        j.append_many([])  # nothing finished: nothing written, no fsync
+        j.append({"case": "b/0", "v": 5})
+    assert len(syncs) == 2
+    with open(part, "ab") as f:  # a crash in the middle of the next group's write
+        f.write(b'{"case": "c/0", "v": 6}\n{"case": "c/1", "v"')
+    assert [r["case"] for r in read_records(part)] == ["a/0", "a/1", "a/2", "a/3", "a/4", "b/0", "c/0"]
 
 
 def test_consolidate_merges_ranks_and_drops_errors_of_done_cases(tmp_path: Path):

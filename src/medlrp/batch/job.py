@@ -240,6 +240,11 @@ class BatchJob:
         self._pending.append(_Pending(rc.case, self.writer.submit(job), record))
 
     def _drain(self, limit: int) -> None:
+        """Record written cases, oldest first, until at most ``limit`` writes are pending.
+
+        The records of one call go to the index together (one fsync for them all, not one per case).
+        """
+        finished = []
         while len(self._pending) > limit:
             pending = self._pending.popleft()
             try:
@@ -259,8 +264,10 @@ class BatchJob:
                 if files.region_metrics is not None:
                     entry["region_metrics"] = files.region_metrics
             record["timing"]["write_s"] = round(written.write_s, 6)
-            self.index.append(record)  # the case is done from here on
-            self.done += 1
+            finished.append(record)
+        self.index.append_many(finished)  # these cases are done from here on
+        self.done += len(finished)
+        for _ in finished:
             self.progress.advance()
 
     def _record(

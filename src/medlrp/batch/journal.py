@@ -6,10 +6,11 @@ Layout in the output folder::
     errors.jsonl   one record per failed case: {"case", "source", "reason"}
     .parts/        while a run is going: index-rank<R>.jsonl, errors-rank<R>.jsonl (appended per case)
 
-A record is appended as one complete line with a single ``write`` followed by ``fsync``, only after the
-case's files are in place, so a case listed in the index is complete. A line torn by a crash (no final
-newline, or not JSON) is ignored when read and dropped by :func:`consolidate`, which folds the parts of
-earlier runs (any number of ranks) into ``index.jsonl``/``errors.jsonl`` at the start and end of a run.
+A record is appended as one complete line (records finished together: their lines) with a single
+``write`` followed by ``fsync``, only after the case's files are in place, so a case listed in the index
+is complete. A line torn by a crash (no final newline, or not JSON) is ignored when read and dropped by
+:func:`consolidate`, which folds the parts of earlier runs (any number of ranks) into
+``index.jsonl``/``errors.jsonl`` at the start and end of a run.
 """
 
 from __future__ import annotations
@@ -41,7 +42,17 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write ``record`` as one line and fsync it."""
-        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Write ``records``, one line each, with one ``write`` and one ``fsync`` (a group commit).
+
+        A crash may keep any prefix of the lines (the last one perhaps torn, then ignored when read):
+        each kept record is still complete, and a lost one only means its case is done again.
+        """
+        if not records:
+            return
+        data = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode()
         view = memoryview(data)
         while view:  # a regular file takes it in one write; loop only for pathological file systems
             view = view[os.write(self._fd, view) :]
