@@ -10,12 +10,15 @@ before it: on CUDA ``torch.cuda.max_memory_allocated`` (the caching allocator's 
 on the CPU the process's peak resident set size (Linux ``VmHWM``, reset through
 ``/proc/self/clear_refs``) minus the resident set size before the call. torch allocates on the CPU
 through the C allocator, which tracemalloc cannot see; RSS does. The CPU figure is only as good as the
-allocator returns freed memory: run with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc) so that freed tensors
-leave the resident set at once (see benchmarks/lrp_speed.py).
+allocator returns freed memory: run with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc), or call
+:func:`release_freed_memory` first, so that freed tensors leave the resident set at once (see
+benchmarks/lrp_speed.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import statistics
 import time
@@ -25,6 +28,23 @@ import torch
 
 #: glibc setting under which the CPU's peak RSS is the peak of live tensors (see the module docstring).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def release_freed_memory() -> bool:
+    """Set glibc's mmap threshold to 64 KB in this process (what ``MALLOC_ENV`` does for a new one).
+
+    Freed tensors then leave the resident set at once, so the peak RSS is the peak of live tensors.
+    Returns whether it took effect (``False`` off glibc).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 65536))
+    except (OSError, AttributeError):
+        return False
+
+
+#: glibc's ``mallopt`` parameter number of the mmap threshold.
+_M_MMAP_THRESHOLD = -3
 
 
 def device_sync(device: torch.device | str) -> Callable[[], None]:

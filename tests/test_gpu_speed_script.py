@@ -7,6 +7,7 @@ judged machine gets its peers as copied packages, and may lack any of them).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_speed.py"
@@ -94,3 +96,24 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path):
     for results in (report["lrp"][0]["results"], report["vit"]["results"], report["cam"]["results"]):
         _check_ratios(results)
         assert all("memory" not in r for r in results.values())
+
+
+def test_a_contender_failing_its_warm_up_is_left_out_with_a_note():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_speed
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = argparse.Namespace(rounds=2, no_memory=True)
+    calls = []
+
+    def broken() -> None:
+        calls.append("broken")
+        raise RuntimeError("CUDA out of memory\nmore")
+
+    fns = {"plain": lambda: calls.append("plain"), "broken": broken}
+    res = gpu_speed.measure(fns, args, torch.device("cpu"), "case X")
+    assert set(res) == {"plain"} and calls == ["plain", "broken", "plain", "plain"]
+    assert gpu_speed.NOTES[-1] == "case X: broken failed, left out (RuntimeError: CUDA out of memory)"
+    with pytest.raises(ValueError):  # without a plain pass there is no row
+        gpu_speed.measure({"plain": lambda: int("x")}, args, torch.device("cpu"), "case Y")
