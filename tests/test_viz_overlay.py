@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from PIL import Image as PILImage
 
 from medlrp.viz.overlay import OUTLINE_RGB, overlay_panels, overlay_picture, overlay_png
-from medlrp.viz.raster import boundary, nearest, nice_ticks, png_bytes
+from medlrp.viz.raster import boundary, fit, nearest, nice_ticks, png_bytes
 from overlay_reference import reference_overlay
 
 
@@ -113,6 +113,13 @@ def test_png_is_the_picture_at_matplotlibs_size():
         assert decoded.shape == (330, width, 3) and np.array_equal(decoded, picture.pixels)
         green = np.all(decoded == OUTLINE_RGB, axis=-1)
         assert green.sum() > 100  # the mask's outline on every panel
+
+
+def test_panel_sizes_keep_the_voxel_aspect():
+    assert fit((10, 20), 1.0, 100, 300) == (100, 200)  # height-bound
+    assert fit((10, 20), 2.0, 100, 300) == (100, 100)  # voxels twice as high as wide
+    assert fit((30, 10), 1.0, 300, 50) == (150, 50)  # width-bound
+    assert fit((10, 20), 0.0, 100, 300) == fit((10, 20), float("nan"), 100, 300) == (100, 200)
 
 
 def test_nearest_and_boundary():

@@ -58,6 +58,8 @@ def fit(shape: tuple[int, int], aspect: float, height: int, width: int) -> tuple
 
     ``aspect`` is a voxel's displayed height over its width (matplotlib's ``imshow(aspect=...)``).
     """
+    if not (math.isfinite(aspect) and aspect > 0):  # a degenerate affine: square voxels
+        aspect = 1.0
     ratio = aspect * shape[0] / shape[1]  # displayed height over width
     rows, cols = (height, height / ratio) if height / ratio <= width else (width * ratio, width)
     return max(1, int(round(rows))), max(1, int(round(cols)))
