@@ -153,3 +153,11 @@ def test_png_encoder_is_lossless(shape):
     array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)  # rows differ: the filter wraps
     decoded = np.asarray(PILImage.open(io.BytesIO(png_bytes(array))))
     assert decoded.shape == array.shape and np.array_equal(decoded, array)
+
+
+@pytest.mark.parametrize(
+    "array", [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)]
+)
+def test_png_encoder_refuses_what_it_cannot_write(array):
+    with pytest.raises(ValueError, match="png_bytes takes uint8"):
+        png_bytes(array)

@@ -30,9 +30,11 @@ def png_bytes(image: np.ndarray | PILImage.Image) -> bytes:
     nearest-scaled pictures repeat rows, which then compress to almost nothing at a fast zlib level.
     Pillow's encoder chooses a filter per row and took 10-20 times longer on the overlays.
     """
-    a = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    a = np.ascontiguousarray(np.asarray(image))
+    channels = 1 if a.ndim == 2 else a.shape[-1]
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or channels not in _COLOUR_TYPE:
+        raise ValueError(f"png_bytes takes uint8 (H, W), (H, W, 3) or (H, W, 4), not {a.dtype} {a.shape}")
     rows, cols = a.shape[:2]
-    channels = 1 if a.ndim == 2 else a.shape[2]
     flat = a.reshape(rows, cols * channels)
     filtered = np.empty((rows, cols * channels + 1), dtype=np.uint8)
     filtered[:, 0] = 2  # filter type "up"
