@@ -245,15 +245,12 @@ class _Gamma(_Signed):
 
 class _ZBox(Fused):
     def keys(self, nonneg: bool, mixed: bool) -> tuple[Product, ...] | None:
-        """A scale >= 0."""
-        return None if mixed else (P.HN, P.LP, P.Z)
+        """A scale >= 0: ``BOX`` (``LP + HN`` on the ones leaf) and ``Z``."""
+        return None if mixed else (P.BOX, P.Z)
 
     def state(self, z: Tensor, p: Values, s: Tensor | None, bias: Bias) -> list[Tensor]:
-        """``[s z / stab(z - s LP - s HN - beta)]``."""
-        d = torch.add(p[P.LP], p[P.HN])
-        if s is not None:
-            d.mul_(s)
-        d = torch.sub(z, d, out=d)
+        """``[s z / stab(z - s BOX - beta)]``, ``BOX = LP + HN``."""
+        d = torch.sub(z, p[P.BOX]) if s is None else torch.addcmul(z, p[P.BOX], s, value=-1.0)
         if not isinstance(bias, float) or bias != 0.0:
             d.sub_(bias)
         # stab(d) = d + eps sign(d), sign(0) = +1; copysign differs only at d = -0.0, which needs z = -0.0
@@ -263,10 +260,9 @@ class _ZBox(Fused):
         return [c if s is None else c.mul_(s)]
 
     def grads(self, state: list[Tensor], s: Tensor | None, grad: Tensor, nonneg: bool) -> tuple[Tensor, ...]:
-        """``HN`` and ``LP``: ``-c g`` (one tensor for both); ``Z``: ``c g``."""
+        """``BOX``: ``-c g``; ``Z``: ``c g``."""
         gz = state[0].mul_(grad)
-        gn = torch.neg(gz)
-        return gn, gn, gz
+        return torch.neg(gz), gz
 
 
 class _Flat(Fused):

@@ -70,6 +70,23 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
         return call(x, wp, None)
 
 
+def through_bounds(call: Call, ones: Tensor, wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``W+ low + W- high`` for bounds ``lo``, ``hi`` constant over each case: ``ones`` (``N`` cases or
+    one, shared) through ``low W+ + high W-``, one product per case."""
+    parts = [
+        call(ones[k : k + 1] if ones.shape[0] > 1 else ones, wp * lo[k] + wn * hi[k], None)
+        for k in range(lo.shape[0])
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def case_values(t: Tensor) -> Tensor | None:
+    """``t``'s value per case (shape ``(N,)``) if it is constant over each case (expanded), else ``None``."""
+    if t.dim() > 1 and all(st == 0 or n == 1 for n, st in zip(t.shape[1:], t.stride()[1:], strict=True)):
+        return t[(slice(None),) + (0,) * (t.dim() - 1)]
+    return None
+
+
 class _Recipe:
     """A saved clamped weight (or a view of it) that the backward pass recomputes."""
 
@@ -194,7 +211,35 @@ class Products:
                 value = value.detach()
         return value, self.engine.reference(kind, value)
 
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """z-box's ``low`` and ``high``, expanded to the input's shape (a graph only in dual mode)."""
+        x = self.x_true
+        out = []
+        for kind in ("low", "high"):
+            value = torch.as_tensor(self.rule.reference(kind, x), dtype=x.dtype, device=x.device).expand_as(x)
+            out.append(value if self.engine.dual else value.detach())
+        return out[0], out[1]
+
+    def box(self, routed: bool) -> Tensor:
+        """``BOX = W+ low + W- high`` on the ones leaf: ``LP + HN`` as one product.
+
+        Its gradient at the leaf (whose value is 1) is ``low * W+^T g + high * W-^T g``, what ``LP`` and
+        ``HN`` give their bound leaves. Bounds constant over each case (a number, each case's own
+        min/max) make it one product per case through ``low W+ + high W-``: one call each way instead of
+        two (equal up to rounding).
+        """
+        ones = self._input("ones", routed)
+        low, high = self.bounds()
+        weight = self.weight if self.engine.dual else self.weight.detach()
+        wp, wn = WEIGHTS["W+"](weight), WEIGHTS["W-"](weight)
+        lo, hi = case_values(low), case_values(high)
+        if lo is None or hi is None:
+            return self.call(ones * low, wp, None) + self.call(ones * high, wn, None)
+        return through_bounds(self.call, ones, wp, wn, lo, hi)
+
     def _product(self, key: Product, routed: bool) -> Tensor:
+        if key is Product.BOX:
+            return self.box(routed)
         x = self._input(key.input, routed)
         if key is Product.F:
             flat = self._flat(x)
@@ -237,20 +282,34 @@ class Products:
         # ``self`` (whose products are output-sized)
         call, weight, x, nonneg = self.call, self.weight.detach(), self.x_routed.detach(), self.nonneg
         inputs = {kind: true.detach() for kind, (true, _) in self.references.items()}
+        if Product.BOX in keys:
+            inputs["low"], inputs["high"] = self.bounds()
+
+        def on(kind: str, w: Tensor) -> Tensor:
+            inp = inputs[kind]
+            per_case = case_values(inp)
+            if per_case is None:
+                return call(inp, w, None)
+            # a bound constant over each case (a number, or the case's min/max): the product is that
+            # constant times one product of ones, computed for one case
+            one = call(torch.ones(inp[:1].shape, dtype=inp.dtype, device=inp.device), w, None)
+            return one * per_case.reshape(-1, *([1] * (one.dim() - 1)))
 
         def product(key: Product) -> Tensor:
+            if key is Product.BOX:
+                wp, wn = WEIGHTS["W+"](weight), WEIGHTS["W-"](weight)
+                lo, hi = case_values(inputs["low"]), case_values(inputs["high"])
+                if lo is not None and hi is not None and lo.shape[0] <= 2:
+                    # one or two cases: one product of ones per case instead of two for all
+                    low = inputs["low"]
+                    ones = torch.ones(low[:1].shape, dtype=low.dtype, device=low.device)
+                    return through_bounds(call, ones, wp, wn, lo, hi)
+                return on("low", wp).add_(on("high", wn))
             w = WEIGHTS[key.weight](weight)
             modify = INPUTS.get(key.input)
             if modify is not None:
                 return call(modify(x, nonneg), w, None)
-            inp = inputs[key.input]
-            if inp.dim() > 1 and all(st == 0 for st in inp.stride()[1:]):
-                # a bound constant over each case (a number, or the case's min/max): the product is
-                # that constant times one product of ones, computed for one case
-                one = call(torch.ones_like(inp[:1]), w, None)
-                per_case = inp[(slice(None),) + (0,) * (inp.dim() - 1)]
-                return one * per_case.reshape(-1, *([1] * (one.dim() - 1)))
-            return call(inp, w, None)
+            return on(key.input, w)
 
         def again() -> tuple[Tensor, dict[Product, Tensor]]:
             with torch.no_grad():

@@ -41,7 +41,8 @@ class Product(Enum):
 
     Inputs: ``x`` (as is), ``x+``/``x-`` (clamped), ``|x|``, and the references ``low``, ``high``
     (a rule's input bounds) and ``ones``. Weights: ``W``, ``W+``, ``W-``, ``|W|``, ``1`` (ones where the
-    layer connects) and ``W2`` (squared). ``Z`` is the layer's own output, bias included.
+    layer connects) and ``W2`` (squared). ``Z`` is the layer's own output, bias included. ``BOX`` is
+    ``LP + HN`` carried by the ones leaf (z-box's fused form: one product instead of two).
     """
 
     Z = ("x", "W")  # the layer itself
@@ -52,6 +53,8 @@ class Product(Enum):
     # on references: z-box's bounds, flat and w-square's ones
     LP, LN, HP, HN = ("low", "W+"), ("low", "W-"), ("high", "W+"), ("high", "W-")
     F, Q = ("ones", "1"), ("ones", "W2")
+    # z-box's fused form: ``LP + HN`` as one product on the ones leaf (``products.Products.box``)
+    BOX = ("ones", "box")
 
     @property
     def input(self) -> str:
