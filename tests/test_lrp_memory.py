@@ -130,14 +130,20 @@ def test_cheap_layers_recompute_their_state(name: str, monkeypatch) -> None:
     torch.testing.assert_close(lrp.relevance(x, 2), fast, rtol=1e-9, atol=1e-12)
 
 
-def test_cheap_z_box_layer_with_bounds_per_case_and_per_pixel(monkeypatch) -> None:
-    """z-box bounds constant over a case take the one-case product of ones; per-pixel bounds the full one."""
+@pytest.mark.parametrize(("channels", "kernel"), [(1, 3), (2, 5)], ids=["cheap", "kept"])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_cheap_z_box_layer_with_bounds_per_case_and_per_pixel(monkeypatch, channels, kernel, batch) -> None:
+    """z-box bounds constant over a case take the one-case product of ones; per-pixel bounds the full one.
+
+    Cheap (fan-in 9) and kept (fan-in 50) first layers, one to three cases (one product per case
+    through ``low W+ + high W-`` up to two, one-case products of ones scaled per case beyond).
+    """
     import medlrp.lrp.linear as linear
 
     torch.manual_seed(2)
     model = (
         nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
+            nn.Conv2d(channels, 8, kernel, padding=kernel // 2),
             nn.ReLU(inplace=True),
             nn.Conv2d(8, 4, 3),
             nn.ReLU(),
@@ -147,8 +153,8 @@ def test_cheap_z_box_layer_with_bounds_per_case_and_per_pixel(monkeypatch) -> No
         .double()
         .eval()
     )
-    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
-    low_map = -3.0 - torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    x = torch.randn(batch, channels, 12, 12, dtype=torch.float64)
+    low_map = -3.0 - torch.rand(1, channels, 12, 12, dtype=torch.float64)
     for options in ({}, {"low": -3.1, "high": 2.7}, {"low": low_map, "high": 3.0}):
         lrp = medlrp.LRP(model, "epsilon-gamma-box", **options)
         fast = lrp.relevance(x, 2)
