@@ -71,8 +71,10 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
 
 
 def through_bounds(call: Call, ones: Tensor, wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``W+ low + W- high`` for bounds ``lo``, ``hi`` constant over each case: ``ones`` (``N`` cases or
-    one, shared) through ``low W+ + high W-``, one product per case."""
+    """``W+ low + W- high`` for bounds constant over each case (``lo``, ``hi``: one value per case).
+
+    ``ones`` (``N`` cases, or one shared by all) through ``low W+ + high W-``: one product per case.
+    """
     parts = [
         call(ones[k : k + 1] if ones.shape[0] > 1 else ones, wp * lo[k] + wn * hi[k], None)
         for k in range(lo.shape[0])
