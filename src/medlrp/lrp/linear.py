@@ -21,6 +21,7 @@ import torch
 from medlrp.lrp.engine import Engine
 from medlrp.lrp.kernels import Fused, kernel
 from medlrp.lrp.merge import Scale, merged_products, unmerge
+from medlrp.lrp.ones import conv_geometry
 from medlrp.lrp.products import Call, Products, physical
 from medlrp.lrp.route import route
 from medlrp.lrp.rules import LinearRule, Product, Quantities
@@ -203,4 +204,5 @@ def make_call(func: Any, rest: tuple[Any, ...], kw: dict[str, Any]) -> Call:
     def call(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return func(x, w, b, *rest, **kw)
 
+    call.geometry = conv_geometry(func, rest, kw)  # type: ignore[attr-defined]  # products of ones
     return call

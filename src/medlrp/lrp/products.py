@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from medlrp.lrp.ones import OnesThrough, ones_product
 from medlrp.lrp.rules import LinearRule, Product
 
 Tensor = torch.Tensor
@@ -70,14 +71,20 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
         return call(x, wp, None)
 
 
-def through_bounds(call: Call, ones: Tensor, wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``W+ low + W- high`` for bounds constant over each case (``lo``, ``hi``: one value per case).
+def bound_kernels(wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``low W+ + high W-`` for each case (``lo``, ``hi``: one bound per case): ``(N, *weight.shape)``."""
+    shape = (-1,) + (1,) * wp.dim()
+    return wp * lo.reshape(shape) + wn * hi.reshape(shape)
 
-    ``ones`` (``N`` cases, or one shared by all) through ``low W+ + high W-``: one product per case.
+
+def through_bounds(call: Call, ones: Tensor, kernels: Tensor) -> Tensor:
+    """``W+ low + W- high`` for bounds constant over each case: ``ones`` through ``kernels[k]`` per case.
+
+    ``ones``: ``N`` cases, or one shared by all; ``kernels``: :func:`bound_kernels`.
     """
     parts = [
-        call(ones[k : k + 1] if ones.shape[0] > 1 else ones, wp * lo[k] + wn * hi[k], None)
-        for k in range(lo.shape[0])
+        call(ones[k : k + 1] if ones.shape[0] > 1 else ones, kernels[k], None)
+        for k in range(kernels.shape[0])
     ]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -237,7 +244,11 @@ class Products:
         lo, hi = case_values(low), case_values(high)
         if lo is None or hi is None:
             return self.call(ones * low, wp, None) + self.call(ones * high, wn, None)
-        return through_bounds(self.call, ones, wp, wn, lo, hi)
+        kernels = bound_kernels(wp, wn, lo, hi)
+        geometry = getattr(self.call, "geometry", None)
+        if geometry is not None and not self.engine.dual and ones.dim() == geometry.dims + 2:
+            return OnesThrough.apply(ones, kernels, geometry)  # the value without a convolution
+        return through_bounds(self.call, ones, kernels)
 
     def _product(self, key: Product, routed: bool) -> Tensor:
         if key is Product.BOX:
@@ -283,6 +294,7 @@ class Products:
         # the closure lives until the backward pass: it holds the input and the weight (kept anyway), not
         # ``self`` (whose products are output-sized)
         call, weight, x, nonneg = self.call, self.weight.detach(), self.x_routed.detach(), self.nonneg
+        geometry = getattr(call, "geometry", None)
         inputs = {kind: true.detach() for kind, (true, _) in self.references.items()}
         if Product.BOX in keys:
             inputs["low"], inputs["high"] = self.bounds()
@@ -299,13 +311,16 @@ class Products:
 
         def product(key: Product) -> Tensor:
             if key is Product.BOX:
-                wp, wn = WEIGHTS["W+"](weight), WEIGHTS["W-"](weight)
-                lo, hi = case_values(inputs["low"]), case_values(inputs["high"])
-                if lo is not None and hi is not None and lo.shape[0] <= 2:
-                    # one or two cases: one product of ones per case instead of two for all
-                    low = inputs["low"]
-                    ones = torch.ones(low[:1].shape, dtype=low.dtype, device=low.device)
-                    return through_bounds(call, ones, wp, wn, lo, hi)
+                low, wp, wn = inputs["low"], WEIGHTS["W+"](weight), WEIGHTS["W-"](weight)
+                lo, hi = case_values(low), case_values(inputs["high"])
+                if lo is not None and hi is not None:
+                    kernels = bound_kernels(wp, wn, lo, hi)
+                    if geometry is not None and low.dim() == geometry.dims + 2:
+                        return ones_product(geometry, low.shape[2:], kernels)
+                    if lo.shape[0] <= 2:  # one product of ones per case instead of two for all
+                        return through_bounds(
+                            call, torch.ones(low[:1].shape, dtype=low.dtype, device=low.device), kernels
+                        )
                 return on("low", wp).add_(on("high", wn))
             w = WEIGHTS[key.weight](weight)
             modify = INPUTS.get(key.input)
