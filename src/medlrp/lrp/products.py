@@ -47,7 +47,13 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
     copy of the model's weights for z+, gamma and alpha-beta); clamping again costs a fraction of one
     product. An in-place change of ``weight`` in between is an error, as autograd's own check would be.
     """
-    modify = WEIGHTS[part]
+    return derived_product(call, x, weight, WEIGHTS[part])
+
+
+def derived_product(
+    call: Call, x: Tensor, weight: Tensor, modify: Callable[[Tensor], Tensor], bias: Tensor | None = None
+) -> Tensor:
+    """``call(x, modify(W), bias)``, ``modify(W)`` recomputed in the backward pass (see clamped_product)."""
     wp = modify(weight.detach())
     version = weight._version
     storage = wp.untyped_storage().data_ptr()
@@ -68,7 +74,7 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
         return modify(weight.detach()).as_strided(saved.size, saved.stride, saved.offset)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return call(x, wp, None)
+        return call(x, wp, bias)
 
 
 def bound_kernels(wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -169,6 +175,27 @@ class Products:
                 hit = self._product(key, True)
             self._routed[key] = hit
         return hit
+
+    def stack(self, dim: int) -> None:
+        """``Z`` and ``A = W+ x`` of an input >= 0 as one call through ``[W, W+]`` (fast path).
+
+        The two products read the same input, so one call with the stacked weight (``dim``: the weight's
+        output-channel dim) gives both, and autograd's backward of it is one call too (the two gradients
+        summed inside it): on a CPU one call with twice the channels costs well under two (about 0.7x
+        for a 3D U-Net's layers). ``Z`` and ``A`` are views of its output.
+        """
+        channels = self.weight.shape[dim]
+        bias = self.raw_bias()
+        if bias is not None:
+            bias = torch.cat([bias.detach(), torch.zeros_like(bias.detach())])
+
+        def both(w: Tensor) -> Tensor:
+            return torch.cat([w, w.clamp(min=0)], dim)
+
+        y = derived_product(self.call, self.x_routed, self.weight, both, bias)
+        cdim = self.channel_dim % y.dim()
+        self._routed[Product.Z] = y.narrow(cdim, 0, channels)
+        self._routed[Product.A] = y.narrow(cdim, channels, channels)
 
     def value(self, key: Product) -> Tensor:
         """The product ``key``'s true value (with its graph in dual mode)."""
