@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medlrp.lrp.ones import Geometry, OnesThrough, conv_geometry, ones_product
+from medlrp.lrp.geometry import Geometry, conv_geometry, input_grad
+from medlrp.lrp.ones import OnesThrough, ones_product
 
 DT = torch.float64
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -52,5 +53,28 @@ def test_conv_geometry_reads_the_call_or_declines():
         (2, 2), (0, 0), (1, 1), 1
     )
     assert conv_geometry(F.conv2d, (1, "same"), {}) is None  # may pad unevenly
-    assert conv_geometry(F.conv_transpose2d, (), {}) is None
+    assert conv_geometry(F.conv_transpose2d, (2, 1, 1), {"groups": 2}) == Geometry(
+        (2, 2), (1, 1), (1, 1), 2, True, (1, 1)
+    )
     assert conv_geometry(F.linear, (), {}) is None
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_input_grad_is_the_convolutions_backward(transposed):
+    """The gradient from the geometry alone equals autograd's through the call (3D, stride 2, groups 2)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 5, 6, 4, dtype=DT, requires_grad=True)
+    if transposed:
+        w = torch.randn(4, 3, 3, 3, 3, dtype=DT)
+        args = (2, 1, 1, 2)  # stride, padding, output_padding, groups
+        func = F.conv_transpose3d
+    else:
+        w = torch.randn(6, 2, 3, 3, 3, dtype=DT)
+        args = (2, 1, 1, 2)  # stride, padding, dilation, groups
+        func = F.conv3d
+    out = func(x, w, None, *args)
+    g = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, g)
+    geometry = conv_geometry(func, args, {})
+    assert geometry is not None and geometry.transposed is transposed
+    torch.testing.assert_close(input_grad(geometry, g, x.detach(), w), expected, rtol=1e-12, atol=1e-12)

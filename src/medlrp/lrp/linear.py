@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from medlrp.lrp.engine import Engine
+from medlrp.lrp.geometry import conv_geometry
 from medlrp.lrp.kernels import Fused, kernel
 from medlrp.lrp.merge import Scale, merged_products, unmerge
-from medlrp.lrp.ones import conv_geometry
 from medlrp.lrp.products import Call, Products, physical
 from medlrp.lrp.route import route
 from medlrp.lrp.rules import LinearRule, Product, Quantities
@@ -70,10 +70,12 @@ class LinearCall:
         keys = self.fused.keys(nonneg, False) if self.fused is not None else None
         wanted = set(keys) if keys is not None else physical(rule.uses(nonneg), nonneg)
         stack_dim = getattr(call, "stack_dim", None)
-        if not engine.dual and nonneg and stack_dim is not None and {Product.Z, Product.A} <= wanted:
-            p.stack(stack_dim)
+        if not engine.dual and nonneg and stack_dim is not None and Product.A in wanted:
+            p.stack(stack_dim, Product.Z in wanted)
         if engine.dual:
             self.z_true = call(x, weight, bias)
+        elif p.z_plain is not None:
+            self.z_true = p.z_plain
         elif Product.Z in wanted:
             self.z_true = p.routed(Product.Z)
         else:
@@ -208,14 +210,12 @@ def make_call(func: Any, rest: tuple[Any, ...], kw: dict[str, Any]) -> Call:
     def call(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return func(x, w, b, *rest, **kw)
 
-    call.geometry = geometry = conv_geometry(func, rest, kw)  # type: ignore[attr-defined]  # products of ones
+    call.geometry = geometry = conv_geometry(func, rest, kw)  # type: ignore[attr-defined]
     # the weight's output-channel dim where products may stack along it (no groups), else None
-    groups = rest[3] if func in _TRANSPOSED and len(rest) > 3 else kw.get("groups", 1)
-    stack_dim = 1 if func in _TRANSPOSED and groups == 1 else None
-    if func is F.linear or (geometry is not None and geometry.groups == 1):
+    stack_dim = None
+    if func is F.linear:
         stack_dim = 0
+    elif geometry is not None and geometry.groups == 1:
+        stack_dim = 1 if geometry.transposed else 0
     call.stack_dim = stack_dim  # type: ignore[attr-defined]
     return call
-
-
-_TRANSPOSED = (torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)

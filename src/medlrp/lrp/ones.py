@@ -18,58 +18,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from medlrp.lrp.geometry import Geometry, input_grad
+
 Tensor = torch.Tensor
-
-#: The functional convolutions whose geometry is read, by the number of spatial dimensions.
-_CONVOLUTIONS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Stride, padding and dilation per spatial dimension, and groups, of a ``convNd`` call."""
-
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
-
-    @property
-    def dims(self) -> int:
-        """The number of spatial dimensions."""
-        return len(self.stride)
-
-
-def _per_dim(value: Any, dims: int) -> tuple[int, ...] | None:
-    if isinstance(value, int):
-        return (value,) * dims
-    if isinstance(value, Sequence) and len(value) == dims and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    return None
-
-
-def conv_geometry(func: Any, rest: tuple[Any, ...], kw: dict[str, Any]) -> Geometry | None:
-    """The geometry of ``func(x, w, b, *rest, **kw)`` if ``func`` is ``convNd`` (else ``None``).
-
-    ``None`` too for string padding other than ``"valid"`` (``"same"`` may pad unevenly).
-    """
-    dims = _CONVOLUTIONS.get(func)
-    if dims is None:
-        return None
-    names = ("stride", "padding", "dilation", "groups")
-    values = dict(zip(names, (1, 0, 1, 1), strict=True))
-    values.update(zip(names, rest, strict=False))
-    values.update({k: v for k, v in kw.items() if k in names})
-    if values["padding"] == "valid":
-        values["padding"] = 0
-    parts = [_per_dim(values[n], dims) for n in names[:3]]
-    if any(p is None for p in parts) or not isinstance(values["groups"], int):
-        return None
-    return Geometry(parts[0], parts[1], parts[2], values["groups"])  # type: ignore[arg-type]
 
 
 def _mask(n_in: int, k: int, stride: int, padding: int, dilation: int, like: Tensor) -> Tensor:
@@ -129,21 +84,5 @@ class OnesThrough(torch.autograd.Function):
         """The input gradient of each case's convolution."""
         ones, kernels = ctx.saved_tensors
         g: Geometry = ctx.geometry
-        zeros = [0] * g.dims
-        parts = [
-            torch.ops.aten.convolution_backward(
-                grad[k : k + 1],
-                ones[k : k + 1],
-                kernels[k],
-                None,
-                list(g.stride),
-                list(g.padding),
-                list(g.dilation),
-                False,
-                zeros,
-                g.groups,
-                [True, False, False],
-            )[0]
-            for k in range(grad.shape[0])
-        ]
+        parts = [input_grad(g, grad[k : k + 1], ones[k : k + 1], kernels[k]) for k in range(grad.shape[0])]
         return parts[0] if len(parts) == 1 else torch.cat(parts), None, None

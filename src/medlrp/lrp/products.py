@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from medlrp.lrp.geometry import Geometry, input_grad
 from medlrp.lrp.ones import OnesThrough, ones_product
 from medlrp.lrp.rules import LinearRule, Product
 
@@ -102,6 +103,28 @@ def case_values(t: Tensor) -> Tensor | None:
     return None
 
 
+class _Carried(torch.autograd.Function):
+    """``A = W+ x`` whose value was computed by a stacked call: the backward is ``W+``'s input gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, value: Tensor, weight: Tensor, geometry: Geometry) -> Tensor:
+        """``value`` (a view of the stacked output), carrying ``x``'s gradient."""
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.version, ctx.geometry = weight, weight._version, geometry
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """``conv(x, W+)``'s input gradient, ``W+`` clamped again (as :func:`clamped_product` does)."""
+        (x,) = ctx.saved_tensors
+        if ctx.weight._version != ctx.version:
+            raise RuntimeError(
+                "medlrp: a weight was modified in place between the forward and the backward pass of LRP"
+            )
+        wp = ctx.weight.detach().clamp(min=0)
+        return input_grad(ctx.geometry, grad.contiguous(), x, wp), None, None, None
+
+
 class _Recipe:
     """A saved clamped weight (or a view of it) that the backward pass recomputes."""
 
@@ -164,6 +187,8 @@ class Products:
         self._routed: dict[Product, Tensor] = {}
         self._true: dict[Product, Tensor] = {}
         self.z_value: Tensor | None = None
+        #: ``Z`` computed without a graph along with a stacked product (:meth:`stack`), if it was
+        self.z_plain: Tensor | None = None
 
     def routed(self, key: Product) -> Tensor:
         """The product ``key`` on the routed input (differentiable), computed once."""
@@ -176,14 +201,21 @@ class Products:
             self._routed[key] = hit
         return hit
 
-    def stack(self, dim: int) -> None:
+    def stack(self, dim: int, carries_z: bool) -> bool:
         """``Z`` and ``A = W+ x`` of an input >= 0 as one call through ``[W, W+]`` (fast path).
 
         The two products read the same input, so one call with the stacked weight (``dim``: the weight's
-        output-channel dim) gives both, and autograd's backward of it is one call too (the two gradients
-        summed inside it): on a CPU one call with twice the channels costs well under two (about 0.7x
-        for a 3D U-Net's layers). ``Z`` and ``A`` are views of its output.
+        output-channel dim) gives both: on a CPU one call with twice the channels costs well under two
+        (about 0.7x for a 3D U-Net's layers). ``Z`` and ``A`` are views of its output. ``carries_z``
+        (gamma, alpha-beta): both carry the gradient, and autograd's backward of the call is one call
+        too (the two gradients summed inside it). Otherwise (z+: ``Z`` is only read) the call runs
+        without a graph and ``A``'s gradient is the convolution's backward through ``W+`` alone; that
+        needs the call's geometry (:mod:`medlrp.lrp.geometry`): without it nothing is stacked and the
+        result is ``False``.
         """
+        geometry = getattr(self.call, "geometry", None)
+        if not carries_z and geometry is None:
+            return False
         channels = self.weight.shape[dim]
         bias = self.raw_bias()
         if bias is not None:
@@ -192,10 +224,20 @@ class Products:
         def both(w: Tensor) -> Tensor:
             return torch.cat([w, w.clamp(min=0)], dim)
 
-        y = derived_product(self.call, self.x_routed, self.weight, both, bias)
+        if carries_z:
+            y = derived_product(self.call, self.x_routed, self.weight, both, bias)
+        else:
+            with torch.no_grad():
+                y = self.call(self.x_routed, both(self.weight.detach()), bias)
         cdim = self.channel_dim % y.dim()
-        self._routed[Product.Z] = y.narrow(cdim, 0, channels)
-        self._routed[Product.A] = y.narrow(cdim, channels, channels)
+        z, a = y.narrow(cdim, 0, channels), y.narrow(cdim, channels, channels)
+        if carries_z:
+            self._routed[Product.Z] = z
+        else:
+            self.z_plain = z
+            a = _Carried.apply(self.x_routed, a, self.weight, geometry)
+        self._routed[Product.A] = a
+        return True
 
     def value(self, key: Product) -> Tensor:
         """The product ``key``'s true value (with its graph in dual mode)."""
@@ -273,7 +315,12 @@ class Products:
             return self.call(ones * low, wp, None) + self.call(ones * high, wn, None)
         kernels = bound_kernels(wp, wn, lo, hi)
         geometry = getattr(self.call, "geometry", None)
-        if geometry is not None and not self.engine.dual and ones.dim() == geometry.dims + 2:
+        if (
+            geometry is not None
+            and not geometry.transposed
+            and not self.engine.dual
+            and ones.dim() == geometry.dims + 2
+        ):
             return OnesThrough.apply(ones, kernels, geometry)  # the value without a convolution
         return through_bounds(self.call, ones, kernels)
 
@@ -342,7 +389,7 @@ class Products:
                 lo, hi = case_values(low), case_values(inputs["high"])
                 if lo is not None and hi is not None:
                     kernels = bound_kernels(wp, wn, lo, hi)
-                    if geometry is not None and low.dim() == geometry.dims + 2:
+                    if geometry is not None and not geometry.transposed and low.dim() == geometry.dims + 2:
                         return ones_product(geometry, low.shape[2:], kernels)
                     if lo.shape[0] <= 2:  # one product of ones per case instead of two for all
                         return through_bounds(
