@@ -70,12 +70,10 @@ class LinearCall:
         keys = self.fused.keys(nonneg, False) if self.fused is not None else None
         wanted = set(keys) if keys is not None else physical(rule.uses(nonneg), nonneg)
         stack_dim = getattr(call, "stack_dim", None)
-        if not engine.dual and nonneg and stack_dim is not None and Product.A in wanted:
-            p.stack(stack_dim, Product.Z in wanted)
+        if not engine.dual and nonneg and stack_dim is not None and {Product.Z, Product.A} <= wanted:
+            p.pair(stack_dim)
         if engine.dual:
             self.z_true = call(x, weight, bias)
-        elif p.z_plain is not None:
-            self.z_true = p.z_plain
         elif Product.Z in wanted:
             self.z_true = p.routed(Product.Z)
         else:

@@ -48,13 +48,7 @@ def clamped_product(call: Call, x: Tensor, weight: Tensor, part: str) -> Tensor:
     copy of the model's weights for z+, gamma and alpha-beta); clamping again costs a fraction of one
     product. An in-place change of ``weight`` in between is an error, as autograd's own check would be.
     """
-    return derived_product(call, x, weight, WEIGHTS[part])
-
-
-def derived_product(
-    call: Call, x: Tensor, weight: Tensor, modify: Callable[[Tensor], Tensor], bias: Tensor | None = None
-) -> Tensor:
-    """``call(x, modify(W), bias)``, ``modify(W)`` recomputed in the backward pass (see clamped_product)."""
+    modify = WEIGHTS[part]
     wp = modify(weight.detach())
     version = weight._version
     storage = wp.untyped_storage().data_ptr()
@@ -75,7 +69,7 @@ def derived_product(
         return modify(weight.detach()).as_strided(saved.size, saved.stride, saved.offset)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return call(x, wp, bias)
+        return call(x, wp, None)
 
 
 def bound_kernels(wp: Tensor, wn: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -103,26 +97,31 @@ def case_values(t: Tensor) -> Tensor | None:
     return None
 
 
-class _Carried(torch.autograd.Function):
-    """``A = W+ x`` whose value was computed by a stacked call: the backward is ``W+``'s input gradient."""
+class _Pair(torch.autograd.Function):
+    """``(Z, A) = (conv(x, W) + b, conv(x, W+))``, the backward one call through ``[W, W+]``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, value: Tensor, weight: Tensor, geometry: Geometry) -> Tensor:
-        """``value`` (a view of the stacked output), carrying ``x``'s gradient."""
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, call: Call, geometry: Geometry, dim: int
+    ) -> tuple[Tensor, Tensor]:
+        """The two products, each by its own call."""
+        w = weight.detach()
         ctx.save_for_backward(x)
-        ctx.weight, ctx.version, ctx.geometry = weight, weight._version, geometry
-        return value.view_as(value)
+        ctx.weight, ctx.version, ctx.geometry, ctx.dim = weight, weight._version, geometry, dim
+        return call(x, w, None if bias is None else bias.detach()), call(x, w.clamp(min=0), None)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        """``conv(x, W+)``'s input gradient, ``W+`` clamped again (as :func:`clamped_product` does)."""
+    def backward(ctx: Any, gz: Tensor | None, ga: Tensor | None) -> tuple[Tensor | None, ...]:
+        """``[W, W+]``'s input gradient for ``[gz, ga]`` (the weights made again, not kept)."""
         (x,) = ctx.saved_tensors
         if ctx.weight._version != ctx.version:
             raise RuntimeError(
                 "medlrp: a weight was modified in place between the forward and the backward pass of LRP"
             )
-        wp = ctx.weight.detach().clamp(min=0)
-        return input_grad(ctx.geometry, grad.contiguous(), x, wp), None, None, None
+        w = ctx.weight.detach()
+        grads = [g if g is not None else torch.zeros_like(other) for g, other in ((gz, ga), (ga, gz))]
+        both = torch.cat([w, w.clamp(min=0)], ctx.dim)
+        return input_grad(ctx.geometry, torch.cat(grads, 1), x, both), None, None, None, None, None
 
 
 class _Recipe:
@@ -187,8 +186,6 @@ class Products:
         self._routed: dict[Product, Tensor] = {}
         self._true: dict[Product, Tensor] = {}
         self.z_value: Tensor | None = None
-        #: ``Z`` computed without a graph along with a stacked product (:meth:`stack`), if it was
-        self.z_plain: Tensor | None = None
 
     def routed(self, key: Product) -> Tensor:
         """The product ``key`` on the routed input (differentiable), computed once."""
@@ -201,42 +198,20 @@ class Products:
             self._routed[key] = hit
         return hit
 
-    def stack(self, dim: int, carries_z: bool) -> bool:
-        """``Z`` and ``A = W+ x`` of an input >= 0 as one call through ``[W, W+]`` (fast path).
+    def pair(self, dim: int) -> bool:
+        """``Z`` and ``A = W+ x`` of an input >= 0 whose backward is one call through ``[W, W+]``.
 
-        The two products read the same input, so one call with the stacked weight (``dim``: the weight's
-        output-channel dim) gives both: on a CPU one call with twice the channels costs well under two
-        (about 0.7x for a 3D U-Net's layers). ``Z`` and ``A`` are views of its output. ``carries_z``
-        (gamma, alpha-beta): both carry the gradient, and autograd's backward of the call is one call
-        too (the two gradients summed inside it). Otherwise (z+: ``Z`` is only read) the call runs
-        without a graph and ``A``'s gradient is the convolution's backward through ``W+`` alone; that
-        needs the call's geometry (:mod:`medlrp.lrp.geometry`): without it nothing is stacked and the
-        result is ``False``.
+        Both products read the same input, so their input gradients sum inside one call of the
+        convolution's backward with the stacked weight (``dim``: the weight's output-channel dim): on a
+        CPU one call with twice the channels costs well under two (about 0.7x for a 3D U-Net's layers).
+        The forward calls stay apart: ``Z`` is the model's own output, bit for bit. Needs the call's
+        geometry (:mod:`medlrp.lrp.geometry`); ``False`` (nothing done) without it.
         """
         geometry = getattr(self.call, "geometry", None)
-        if not carries_z and geometry is None:
+        if geometry is None:
             return False
-        channels = self.weight.shape[dim]
-        bias = self.raw_bias()
-        if bias is not None:
-            bias = torch.cat([bias.detach(), torch.zeros_like(bias.detach())])
-
-        def both(w: Tensor) -> Tensor:
-            return torch.cat([w, w.clamp(min=0)], dim)
-
-        if carries_z:
-            y = derived_product(self.call, self.x_routed, self.weight, both, bias)
-        else:
-            with torch.no_grad():
-                y = self.call(self.x_routed, both(self.weight.detach()), bias)
-        cdim = self.channel_dim % y.dim()
-        z, a = y.narrow(cdim, 0, channels), y.narrow(cdim, channels, channels)
-        if carries_z:
-            self._routed[Product.Z] = z
-        else:
-            self.z_plain = z
-            a = _Carried.apply(self.x_routed, a, self.weight, geometry)
-        self._routed[Product.A] = a
+        z, a = _Pair.apply(self.x_routed, self.weight, self.raw_bias(), self.call, geometry, dim)
+        self._routed[Product.Z], self._routed[Product.A] = z, a
         return True
 
     def value(self, key: Product) -> Tensor:
