@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medlrp.lrp.geometry import Geometry, conv_geometry, input_grad
+from medlrp.lrp.geometry import conv_geometry
 from medlrp.lrp.ones import OnesThrough, ones_product
 
 DT = torch.float64
@@ -46,35 +46,3 @@ def test_ones_product_equals_the_convolution_of_ones(dims, size, kernel, stride,
     (grad,) = torch.autograd.grad(out, leaf, g)
     (ref_grad,) = torch.autograd.grad(ref, ref_leaf, g)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
-
-
-def test_conv_geometry_reads_the_call_or_declines():
-    assert conv_geometry(F.conv2d, (), {"stride": 2, "padding": "valid"}) == Geometry(
-        (2, 2), (0, 0), (1, 1), 1
-    )
-    assert conv_geometry(F.conv2d, (1, "same"), {}) is None  # may pad unevenly
-    assert conv_geometry(F.conv_transpose2d, (2, 1, 1), {"groups": 2}) == Geometry(
-        (2, 2), (1, 1), (1, 1), 2, True, (1, 1)
-    )
-    assert conv_geometry(F.linear, (), {}) is None
-
-
-@pytest.mark.parametrize("transposed", [False, True])
-def test_input_grad_is_the_convolutions_backward(transposed):
-    """The gradient from the geometry alone equals autograd's through the call (3D, stride 2, groups 2)."""
-    torch.manual_seed(1)
-    x = torch.randn(2, 4, 5, 6, 4, dtype=DT, requires_grad=True)
-    if transposed:
-        w = torch.randn(4, 3, 3, 3, 3, dtype=DT)
-        args = (2, 1, 1, 2)  # stride, padding, output_padding, groups
-        func = F.conv_transpose3d
-    else:
-        w = torch.randn(6, 2, 3, 3, 3, dtype=DT)
-        args = (2, 1, 1, 2)  # stride, padding, dilation, groups
-        func = F.conv3d
-    out = func(x, w, None, *args)
-    g = torch.randn_like(out)
-    (expected,) = torch.autograd.grad(out, x, g)
-    geometry = conv_geometry(func, args, {})
-    assert geometry is not None and geometry.transposed is transposed
-    torch.testing.assert_close(input_grad(geometry, g, x.detach(), w), expected, rtol=1e-12, atol=1e-12)
