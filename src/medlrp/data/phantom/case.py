@@ -17,13 +17,15 @@ class PhantomCase:
         image: ``float32`` spatial array (``(H, W)`` or ``(D, H, W)``), intensities about 0..1.5.
         mask: ``uint8`` 0/1 map of the region that should matter (tumour; lung fields for the chest).
         label: Class index.
-        token: Whether the confounding corner token is drawn.
+        token: Whether the confound (the shortcut: the corner token by default) is drawn.
         lesion: The lesion's opacity map (0 outside the lesion); ``mask`` covers every non-zero value.
         meta: The drawn parameters (sizes, contrasts), for inspection and tests.
         region: ``uint8`` 0/1 map of where class evidence may lie (the head, i.e. inside the scalp
             outline, for glioma; the lung fields for the chest): the generous "may matter" annotation
-            of explanation-guided training (the corner token lies outside it). In memory only; dataset
+            of explanation-guided training (the confound lies outside it). In memory only; dataset
             folders hold ``mask``.
+        token_area: Boolean map of where the confound is, or would be when ``token`` is false (the same
+            either way; see :mod:`medlrp.data.phantom.confounds`). In memory only.
     """
 
     image: np.ndarray
@@ -33,6 +35,7 @@ class PhantomCase:
     lesion: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     region: np.ndarray | None = None
+    token_area: np.ndarray | None = None
 
 
 def rngs(seed: Sequence[int], count: int) -> list[np.random.Generator]:

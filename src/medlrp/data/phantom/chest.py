@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medlrp.data.phantom import shapes
+from medlrp.data.phantom import confounds, shapes
 from medlrp.data.phantom.case import PhantomCase, rngs
+from medlrp.data.phantom.confounds import Confound
 
 #: Class folder names; sorted order gives the labels (0: normal, 1: opacity).
 CLASSES = ("normal", "opacity")
@@ -21,7 +22,12 @@ NORMAL, OPACITY = 0, 1
 
 
 def chest_case(
-    seed: Sequence[int], shape: Sequence[int], label: int, token: bool, with_lesion: bool = True
+    seed: Sequence[int],
+    shape: Sequence[int],
+    label: int,
+    token: bool,
+    with_lesion: bool = True,
+    confound: Confound | None = None,
 ) -> PhantomCase:
     """Draw one chest case.
 
@@ -29,13 +35,15 @@ def chest_case(
         seed: Integers seeding this case (the same seed gives the same case).
         shape: ``(H, W)`` or ``(D, H, W)``.
         label: ``NORMAL`` (0) or ``OPACITY`` (1).
-        token: Draw the confounding corner token.
+        token: Draw the confound (the shortcut).
         with_lesion: ``False`` draws the same case without its opacity (for tests).
+        confound: Which shortcut ``token`` draws (``None``: the corner token); see
+            :mod:`medlrp.data.phantom.confounds`.
 
     Returns:
         The case; ``mask`` is the lung fields, ``lesion`` the opacity (zero for normal cases).
     """
-    r_anat, r_lesion, r_noise = rngs(seed, 3)
+    r_anat, r_lesion, r_noise, r_confound = rngs(seed, 4)
     coords = shapes.grid(shape)
     image, lungs = _anatomy(r_anat, coords, shape)
     lesion = np.zeros(tuple(shape))
@@ -45,8 +53,8 @@ def chest_case(
     level = meta.get("level", 0.0)
     image = image * (1.0 - lesion) + (image + level) * lesion
     image = image * r_noise.uniform(0.9, 1.1)  # exposure
-    tok, region = shapes.corner_token(shape, token)
-    image = np.where(region, tok, image)
+    tok, paste, area = confounds.draw(confound, shape, lungs > 0, token, r_confound)
+    image = np.where(paste, tok, image)
     image = image + 0.03 * r_noise.normal(size=image.shape)
     return PhantomCase(
         image=image.astype(np.float32),
@@ -56,6 +64,7 @@ def chest_case(
         lesion=lesion.astype(np.float32),
         meta=meta,
         region=(lungs > 0).astype(np.uint8),
+        token_area=area,
     )
 
 

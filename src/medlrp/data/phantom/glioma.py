@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medlrp.data.phantom import shapes
+from medlrp.data.phantom import confounds, shapes
 from medlrp.data.phantom.case import PhantomCase, rician, rngs
+from medlrp.data.phantom.confounds import Confound
 
 #: Class folder names; sorted order gives the labels (0: high_grade, 1: low_grade).
 CLASSES = ("high_grade", "low_grade")
@@ -30,7 +31,12 @@ RADIUS_SCALE_3D = 1.5
 
 
 def glioma_case(
-    seed: Sequence[int], shape: Sequence[int], label: int, token: bool, with_lesion: bool = True
+    seed: Sequence[int],
+    shape: Sequence[int],
+    label: int,
+    token: bool,
+    with_lesion: bool = True,
+    confound: Confound | None = None,
 ) -> PhantomCase:
     """Draw one glioma case.
 
@@ -38,13 +44,15 @@ def glioma_case(
         seed: Integers seeding this case (the same seed gives the same case).
         shape: ``(H, W)`` or ``(D, H, W)``.
         label: ``HIGH_GRADE`` (0) or ``LOW_GRADE`` (1).
-        token: Draw the confounding corner token.
+        token: Draw the confound (the shortcut).
         with_lesion: ``False`` draws the same case without its tumour (for tests).
+        confound: Which shortcut ``token`` draws (``None``: the corner token); see
+            :mod:`medlrp.data.phantom.confounds`.
 
     Returns:
         The case; ``mask`` is the tumour (every voxel the tumour changes), ``region`` the head.
     """
-    r_anat, r_lesion, r_noise = rngs(seed, 3)
+    r_anat, r_lesion, r_noise, r_confound = rngs(seed, 4)
     coords = shapes.grid(shape)
     image, brain, head = _anatomy(r_anat, coords, shape)
     lesion, value, meta = _tumour(r_lesion, coords, shape, label)
@@ -53,8 +61,8 @@ def glioma_case(
         lesion = np.zeros_like(lesion)
     image = image * (1.0 - lesion) + value * lesion
     image = image * shapes.bias_field(r_noise, coords, 0.15)
-    tok, region = shapes.corner_token(shape, token)
-    image = np.where(region, tok, image)
+    tok, paste, area = confounds.draw(confound, shape, head, token, r_confound)
+    image = np.where(paste, tok, image)
     image = rician(r_noise, image, sigma=0.04)
     return PhantomCase(
         image=image.astype(np.float32),
@@ -64,6 +72,7 @@ def glioma_case(
         lesion=lesion.astype(np.float32),
         meta=meta,
         region=head.astype(np.uint8),
+        token_area=area,
     )
 
 

@@ -80,17 +80,27 @@ def bias_field(rng: np.random.Generator, coords: list[np.ndarray], amplitude: fl
     return 1.0 + amplitude * field / peak
 
 
-def corner_token(shape: Sequence[int], present: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The confounding "hospital token": a label patch in the first corner, bright square when present.
+def corner_token(
+    shape: Sequence[int], present: bool, size: float = 1.0, corner: str = "top-left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The confounding "hospital token": a label patch in a corner, bright square when present.
 
     The patch (intensity 0.5) is drawn in every image, so the token's absence is visible as a mid-grey
     patch rather than as zeros (relevance methods see nothing in an all-zero region).
 
+    Args:
+        shape: The image's shape.
+        present: Draw the bright square.
+        size: Factor on the patch's edge (``0.16`` of the image's edge, at least 4 pixels).
+        corner: ``top-left`` (the first corner: index 0 along every axis), ``top-right``, ``bottom-left``
+            or ``bottom-right`` (the last two axes; volumes keep the first slices).
+
     Returns:
         ``(value, region)``: intensities to paste and a boolean map of where to paste them.
     """
-    size = shape[-1]
-    edge, offset = max(4, round(size * 0.16)), max(1, round(size * 0.03))
+    length = shape[-1]
+    edge, offset = max(4, round(length * 0.16 * size)), max(1, round(length * 0.03))
+    edge = min(edge, min(shape) - offset)
     inner = max(2, round(edge * 0.6))
     region = np.zeros(tuple(shape), dtype=bool)
     value = np.zeros(tuple(shape))
@@ -100,4 +110,7 @@ def corner_token(shape: Sequence[int], present: bool) -> tuple[np.ndarray, np.nd
     if present:
         start = offset + (edge - inner) // 2
         value[tuple(slice(start, start + inner) for _ in shape)] = 1.2
+    flip = [axis for axis, side in ((-2, "bottom"), (-1, "right")) if side in corner]
+    if flip:
+        region, value = np.flip(region, flip), np.flip(value, flip)
     return value, region

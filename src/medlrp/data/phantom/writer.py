@@ -4,11 +4,13 @@ Deterministic by seed: every case is drawn from its own seed ``(seed, kind, dims
 files are written with fixed encodings, so the same arguments give the same bytes. 2D cases are 16-bit
 PNGs (masks 8-bit PNG, 0/255); 3D cases NIfTI ``.nii.gz`` (masks 0/1) with a millimetre affine.
 
-Confounding (``confounded=True``): in the train and val splits the corner token agrees with the
-token class (``high_grade`` / ``opacity``) in 95% of the cases of each class; in the test split (and in
-every split of an unconfounded dataset) exactly half of each class carries the token, independent of the
-class. The test split of a confounded and an unconfounded dataset with the same seed is identical, so
-their test accuracies compare on the same cases.
+Confounding (``confounded=True``): in the train and val splits the token (the confound: the corner
+token by default, or another kind of :mod:`medlrp.data.phantom.confounds`) agrees with the token class
+(``high_grade`` / ``opacity``) in 95% of the cases of each class (``agreement``: one rate, or one per
+class; a case of the token class agrees when it carries the token, a case of the other class when it
+does not); in the test split (and in every split of an unconfounded dataset) exactly half of each class
+carries the token, independent of the class. The test split of a confounded and an unconfounded dataset
+with the same seed and confound is identical, so their test accuracies compare on the same cases.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from medlrp.data.phantom import chest, ecg, glioma
 from medlrp.data.phantom.case import PhantomCase
+from medlrp.data.phantom.confounds import Confound
 from medlrp.errors import InputError
 from medlrp.io import write_atomic, write_nifti, write_npy, write_png, write_wfdb
 
@@ -41,12 +44,25 @@ SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 CONFOUND_AGREEMENT = 0.95
 #: Millimetres covered by the field of view (3D affine).
 FIELD_OF_VIEW_MM = {"glioma": 180.0, "chest": 360.0}
+#: ``dataset.json``'s description of each confound (``token.where``).
+CONFOUND_WHERE = {
+    "corner-token": "label patch in a corner; bright square inside it when present",
+    "border-marker": "bright L or R on a grey plate at a random place along the border, outside the region",
+    "digits": "four burned-in digits along an edge, outside the region",
+    "ruler": "ruler-like stripe with tick marks along an edge, outside the region",
+}
 PNG_SCALE = 30000.0  # intensity 1.0 -> 30000 in the 16-bit PNG; the phantoms stay below ~2.1
 
 
 @dataclass(frozen=True)
 class PhantomSpec:
-    """What to generate (the arguments of ``medlrp phantom``)."""
+    """What to generate (the arguments of ``medlrp phantom``).
+
+    ``confound``, ``confound_size``, ``confound_position``: the shortcut
+    (:class:`~medlrp.data.phantom.confounds.Confound`; images only). ``agreement``: the share of each
+    class's train/val cases whose token agrees with the class in a confounded dataset, one rate for
+    both classes or one per class (in class order).
+    """
 
     kind: str = "glioma"
     dims: int = 2
@@ -55,13 +71,21 @@ class PhantomSpec:
     seed: int = 0
     size: int | None = None
     signal_format: str = "wfdb"
+    confound: str = "corner-token"
+    confound_size: float = 1.0
+    confound_position: str | None = None
+    agreement: tuple[float, ...] = (CONFOUND_AGREEMENT,)
 
     def checked(self) -> PhantomSpec:
         """Validate and fill the default size (64 for 2D, 32 for 3D, 1000 samples for signals)."""
         if self.kind not in KINDS:
             raise InputError(f"unknown phantom kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        self._check_agreement()
         if self.kind in SIGNAL_KINDS:
+            if self.confound_spec() != Confound():
+                raise InputError("--confound applies to image phantoms; the ECG's shortcut is a pacing spike")
             return self._checked_signal()
+        confound = self.confound_spec().checked()
         if self.dims not in (2, 3):
             raise InputError(f"--dims must be 2 or 3, not {self.dims}")
         if self.n < 10:
@@ -71,7 +95,32 @@ class PhantomSpec:
         size = self.size if self.size is not None else (64 if self.dims == 2 else 32)
         if not 16 <= size <= 512:
             raise InputError(f"--size must be between 16 and 512, not {size}")
-        return PhantomSpec(self.kind, self.dims, self.n, self.confounded, self.seed, size)
+        return replace(self, size=size, confound_position=confound.position)
+
+    def confound_spec(self) -> Confound:
+        """The confound to draw."""
+        return Confound(self.confound, self.confound_size, self.confound_position)
+
+    def agreement_of(self, label: int) -> float:
+        """The agreement rate of class ``label``'s train/val cases (0.5 in an unconfounded dataset)."""
+        if not self.confounded:
+            return 0.5
+        return self.agreement[label] if len(self.agreement) > 1 else self.agreement[0]
+
+    def is_default_confound(self) -> bool:
+        """The original corner token with the original agreement (``dataset.json`` stays as it was)."""
+        confound = self.confound_spec().checked() if self.kind not in SIGNAL_KINDS else Confound()
+        return confound == Confound().checked() and self.agreement == (CONFOUND_AGREEMENT,)
+
+    def _check_agreement(self) -> None:
+        _, classes, _ = KINDS[self.kind]
+        if len(self.agreement) not in (1, len(classes)):
+            raise InputError(
+                f"--agreement needs one rate or one per class ({', '.join(classes)}), "
+                f"not {len(self.agreement)} values"
+            )
+        if not all(0.0 <= a <= 1.0 for a in self.agreement):
+            raise InputError(f"--agreement rates must lie between 0 and 1, not {list(self.agreement)}")
 
     def _checked_signal(self) -> PhantomSpec:
         if self.n < 10:
@@ -83,7 +132,7 @@ class PhantomSpec:
             raise InputError(f"--size (samples) must be between 200 and 10000, not {size}")
         if self.signal_format not in ("wfdb", "npy"):
             raise InputError(f"--format must be wfdb or npy, not {self.signal_format!r}")
-        return PhantomSpec(self.kind, 1, self.n, self.confounded, self.seed, size, self.signal_format)
+        return replace(self, dims=1, size=size)
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -105,7 +154,7 @@ def token_plan(spec: PhantomSpec, split: str, labels: Sequence[int]) -> list[boo
         idx = np.flatnonzero(labels == c)
         order = rng.permutation(idx)
         if confounded:
-            n_flip = round(len(idx) * (1.0 - CONFOUND_AGREEMENT))
+            n_flip = round(len(idx) * (1.0 - spec.agreement_of(c)))
             base = c == token_class
             tokens[order] = base
             tokens[order[:n_flip]] = not base
@@ -120,11 +169,12 @@ def iter_cases(spec: PhantomSpec) -> Iterator[tuple[str, str, PhantomCase]]:
     make, _, _ = KINDS[spec.kind]
     kind_idx = list(KINDS).index(spec.kind)
     shape = (spec.size,) * spec.dims
+    extra = {} if spec.kind in SIGNAL_KINDS else {"confound": spec.confound_spec()}
     for split_idx, (split, count) in enumerate(split_sizes(spec.n).items()):
         labels = [i % 2 for i in range(count)]
         tokens = token_plan(spec, split, labels)
         for i in range(count):
-            case = make([spec.seed, kind_idx, spec.dims, split_idx, i], shape, labels[i], tokens[i])
+            case = make([spec.seed, kind_idx, spec.dims, split_idx, i], shape, labels[i], tokens[i], **extra)
             yield split, f"{spec.kind}_{split}_{i:04d}", case
 
 
@@ -188,6 +238,15 @@ def dataset_info(spec: PhantomSpec) -> dict[str, Any]:
             mask="ST segments of V1-V3 (leads x samples)",
         )
         info["token"]["where"] = "pacing-spike-like artefact (every lead) between two beats, outside the mask"
+    elif not spec.is_default_confound():
+        rates = [spec.agreement_of(c) for c in range(len(classes))]
+        info["token"].update(
+            kind=spec.confound,
+            size=spec.confound_size,
+            position=spec.confound_position,
+            agreement_train_val=rates[0] if len(set(rates)) == 1 else dict(zip(classes, rates, strict=True)),
+            where=CONFOUND_WHERE[spec.confound],
+        )
     return info
 
 
