@@ -79,6 +79,22 @@ def method_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def float_list(text: str, option: str) -> list[float]:
+    """``"0.9, 0.8"`` -> ``[0.9, 0.8]``: comma-separated numbers (the grammar of ``--methods``).
+
+    Raises:
+        InputError: No number, or a value that is not one (the message names ``option``).
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, not {text!r}") from None
+    if not values:
+        raise InputError(f"{option} needs at least one number")
+    return values
+
+
 def check_composite(name: str | None) -> None:
     """An unknown ``--composite`` is an :class:`InputError` listing the known ones."""
     if name is not None:

@@ -10,6 +10,13 @@ import typer
 from medlrp.commands import options as opt
 from medlrp.errors import InputError
 
+# Written out, not imported from medlrp.data.phantom.confounds (keeps --help fast); a test checks both.
+CONFOUND_HELP = "corner-token, border-marker, digits or ruler"
+POSITION_HELP = (
+    "corner-token: top-left, top-right, bottom-left, bottom-right; border-marker: any, top, bottom, "
+    "left, right; digits: bottom, top; ruler: left, right, top, bottom (the first is the default)"
+)
+
 if TYPE_CHECKING:
     from medlrp.data.phantom import PhantomSpec
 
@@ -46,7 +53,25 @@ def register(app: typer.Typer) -> None:
         dims: int = typer.Option(2, "--dims", help="2 (PNG images) or 3 (NIfTI volumes)."),
         n: int = typer.Option(400, "--n", help="Number of cases in all (60/20/20% train/val/test)."),
         confounded: bool = typer.Option(
-            False, "--confounded", help="Add a corner token that agrees with the class in 95% of train/val."
+            False, "--confounded", help="Add a shortcut (--confound) that agrees with the class in train/val."
+        ),
+        confound: str | None = typer.Option(
+            None,
+            "--confound",
+            help=f"The shortcut (implies --confounded): {CONFOUND_HELP} (default corner-token).",
+        ),
+        confound_size: float = typer.Option(
+            1.0, "--confound-size", help="Factor on the shortcut's default size (0.25-4)."
+        ),
+        confound_position: str | None = typer.Option(
+            None, "--confound-position", help=f"Where the shortcut goes: {POSITION_HELP}."
+        ),
+        agreement: str | None = typer.Option(
+            None,
+            "--agreement",
+            help="Share of each class's train/val cases whose shortcut agrees with the class (implies "
+            "--confounded): one rate (default 0.95; 0.5: independent of the class) or one per class, "
+            "comma-separated.",
         ),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         size: int | None = typer.Option(
@@ -63,7 +88,21 @@ def register(app: typer.Typer) -> None:
 
         if kind not in ("glioma", "chest", "ecg"):
             raise InputError(f"--kind must be glioma, chest or ecg, not {kind!r}")
-        spec = PhantomSpec(kind, dims, n, confounded, seed, size, signal_format)
+        rates = tuple(opt.float_list(agreement, "--agreement")) if agreement is not None else None
+        confounded = confounded or confound is not None or agreement is not None
+        spec = PhantomSpec(
+            kind,
+            dims,
+            n,
+            confounded,
+            seed,
+            size,
+            signal_format,
+            confound=confound or "corner-token",
+            confound_size=confound_size,
+            confound_position=confound_position,
+            **({"agreement": rates} if rates is not None else {}),
+        )
         info = run_phantom(out, spec, overwrite=overwrite, progress=progress)
         counts = ", ".join(f"{k} {v}" for k, v in info["n"].items())
         what = f"{info['dims']}D" if kind != "ecg" else f"12-lead {info['image_format']}"
