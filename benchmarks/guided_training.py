@@ -1,4 +1,4 @@
-"""Explanation-guided training against a shortcut: the confounded glioma phantom (2D).
+"""Explanation-guided training against a shortcut: the confounded glioma phantom (2D; 3D for ``cnn3d``).
 
 For each architecture (a small residual CNN ``cnn2d`` and a tiny ViT ``vit2d``), with the same
 architecture, budget (cases, epochs, batch size, learning rate) and seed:
@@ -22,8 +22,15 @@ inside the scalp outline, which a user draws or thresholds in seconds), so relev
 (where scanners and hospitals put labels and markers: the token) costs. ``tumour`` guides with the tumour
 masks instead (grown by ``--mask-margin``); see BENCHMARKS.md for why that does not work.
 
+The shortcut (``--confound``): the corner token by default, or a side marker, burned-in digits or a
+ruler (:mod:`medlrp.data.phantom.confounds`), with ``--confound-size``, ``--confound-position`` and
+``--agreement`` as for ``medlrp phantom``; the "token corner" scores then read the confound's area of
+each case. ``--archs cnn3d`` runs the 3D glioma phantom (``--size`` defaults to 32 there).
+
     .venv/bin/python benchmarks/guided_training.py            # writes benchmarks/results/guided.json
     .venv/bin/python benchmarks/guided_training.py --quick    # a smaller smoke run
+    .venv/bin/python benchmarks/guided_training.py --archs cnn2d --confound ruler --out ruler.json
+    .venv/bin/python benchmarks/guided_training.py --archs cnn3d --seeds 0,1,2 --out cnn3d.json
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import math
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,7 @@ import torch
 import medlrp
 from medlrp.data.folder import Batch
 from medlrp.data.phantom import PhantomSpec, glioma_case, iter_cases
+from medlrp.data.phantom.confounds import CONFOUNDS, Confound
 from medlrp.data.phantom.glioma import HIGH_GRADE
 from medlrp.data.phantom.writer import KINDS, split_sizes
 from medlrp.metrics import relevance_mass_accuracy
@@ -90,6 +99,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "reference_every": 2,
     },
 }
+#: The 3D CNN on the 3D glioma phantom (32^3 volumes), guided like the 2D CNN.
+SETTINGS["cnn3d"] = {**SETTINGS["cnn2d"], "n": 400, "epochs": 10, "lr": 2e-3, "dims": 3, "size": 32}
 
 
 #: ``(mean, std)`` of one fixed intensity map for a whole data set, or ``None``: each image z-scored on
@@ -99,9 +110,42 @@ SETTINGS: dict[str, dict[str, Any]] = {
 Scale = tuple[float, float] | None
 
 
-def _prep(scale: Scale, size: int) -> Any:
+@dataclass(frozen=True)
+class PhantomOptions:
+    """The phantom's dimensionality and shortcut (``--confound``, ``--confound-size``, ...)."""
+
+    dims: int = 2
+    confound: str = "corner-token"
+    confound_size: float = 1.0
+    confound_position: str | None = None
+    agreement: tuple[float, ...] = field(default=(0.95,))
+
+    def spec(self, confounded: bool, n: int, seed: int, size: int) -> PhantomSpec:
+        """The glioma phantom's spec with these options."""
+        return PhantomSpec(
+            "glioma",
+            self.dims,
+            n,
+            confounded,
+            seed,
+            size,
+            confound=self.confound,
+            confound_size=self.confound_size,
+            confound_position=self.confound_position,
+            agreement=self.agreement,
+        )
+
+    def confound_spec(self) -> Confound:
+        """The shortcut as drawn."""
+        return Confound(self.confound, self.confound_size, self.confound_position)
+
+
+PLAIN = PhantomOptions()
+
+
+def _prep(scale: Scale, size: int, dims: int = 2) -> Any:
     prep = Preprocessing(
-        dims=2, channels=1, size=[size, size], intensity="zscore" if scale is None else "none"
+        dims=dims, channels=1, size=[size] * dims, intensity="zscore" if scale is None else "none"
     )
     if scale is None:
         return prep
@@ -109,13 +153,13 @@ def _prep(scale: Scale, size: int) -> Any:
     return lambda image: (prep(image) - mean) / std
 
 
-def fixed_scale(n: int, seed: int, size: int) -> tuple[float, float]:
+def fixed_scale(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> tuple[float, float]:
     """Mean and std of the confounded training split's raw intensities (one map for every split)."""
-    prep = Preprocessing(dims=2, channels=1, size=[size, size], intensity="none")
+    prep = Preprocessing(dims=options.dims, channels=1, size=[size] * options.dims, intensity="none")
     x = torch.stack(
         [
             prep(c.image[None])
-            for split, _, c in iter_cases(PhantomSpec("glioma", 2, n, True, seed, size))
+            for split, _, c in iter_cases(options.spec(True, n, seed, size))
             if split == "train"
         ]
     )
@@ -123,16 +167,22 @@ def fixed_scale(n: int, seed: int, size: int) -> tuple[float, float]:
 
 
 def phantom(
-    confounded: bool, n: int, seed: int, size: int, mask_kind: str = "tumour", scale: Scale = None
+    confounded: bool,
+    n: int,
+    seed: int,
+    size: int,
+    mask_kind: str = "tumour",
+    scale: Scale = None,
+    options: PhantomOptions = PLAIN,
 ) -> dict[str, Batch]:
-    """The glioma 2D phantom in memory, split into train/val/test batches.
+    """The glioma phantom (2D unless ``options`` say 3D) in memory, split into train/val/test batches.
 
     ``mask_kind``: ``"tumour"`` (the lesion masks) or ``"head"`` (each case's ``region``); ``scale``:
     see :data:`Scale`.
     """
-    prep = _prep(scale, size)
+    prep = _prep(scale, size, options.dims)
     cases: dict[str, list[Any]] = {}
-    for split, case_id, case in iter_cases(PhantomSpec("glioma", 2, n, confounded, seed, size)):
+    for split, case_id, case in iter_cases(options.spec(confounded, n, seed, size)):
         cases.setdefault(split, []).append((case_id, case))
     out = {}
     for split, items in cases.items():
@@ -149,32 +199,53 @@ def phantom(
     return out
 
 
-def test_tokens(n: int, seed: int, size: int) -> torch.Tensor:
+def test_tokens(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> torch.Tensor:
     """Whether each test case carries the corner token (the same in both datasets)."""
-    spec = PhantomSpec("glioma", 2, n, True, seed, size)
+    spec = options.spec(True, n, seed, size)
     return torch.tensor([c.token for split, _, c in iter_cases(spec) if split == "test"])
 
 
-def token_pairs(n: int, seed: int, size: int, scale: Scale = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_areas(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> torch.Tensor:
+    """Each test case's confound area (``PhantomCase.token_area``, ``(N, 1, *spatial)``, bool)."""
+    spec = options.spec(True, n, seed, size)
+    areas = [c.token_area for split, _, c in iter_cases(spec) if split == "test"]
+    return torch.stack([torch.as_tensor(a[None]) for a in areas])
+
+
+def token_pairs(
+    n: int, seed: int, size: int, scale: Scale = None, options: PhantomOptions = PLAIN
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every test case drawn with and without the token (nothing else differs), normalised."""
-    prep = _prep(scale, size)
+    prep = _prep(scale, size, options.dims)
     split_idx = list(split_sizes(n)).index("test")
+    shape, confound = (size,) * options.dims, options.confound_spec()
     on, off = [], []
     for i in range(split_sizes(n)["test"]):
-        case_seed = [seed, list(KINDS).index("glioma"), 2, split_idx, i]
+        case_seed = [seed, list(KINDS).index("glioma"), options.dims, split_idx, i]
         label = i % 2  # as iter_cases draws them
-        on.append(prep(glioma_case(case_seed, (size, size), label, True).image[None]))
-        off.append(prep(glioma_case(case_seed, (size, size), label, False).image[None]))
+        for present, out in ((True, on), (False, off)):
+            out.append(prep(glioma_case(case_seed, shape, label, present, confound=confound).image[None]))
     return torch.stack(on), torch.stack(off)
 
 
-def token_effect(model: torch.nn.Module, pairs: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+def _corner(x: torch.Tensor) -> torch.Tensor:
+    """The default corner token's patch (every spatial axis) as a boolean map like ``x``."""
+    edge = max(4, round(x.shape[-1] * 0.16)) + max(1, round(x.shape[-1] * 0.03))
+    area = torch.zeros_like(x, dtype=torch.bool)
+    area[(..., *(slice(0, edge) for _ in x.shape[2:]))] = True
+    return area
+
+
+def token_effect(
+    model: torch.nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], areas: torch.Tensor | None = None
+) -> dict[str, float]:
     """What the token does to the decision, and how much of it LRP shows in the token corner.
 
     ``token_effect``: median change of the logit difference (token class minus the other) when the token
     is added to a case, over the median |logit difference|; ``token_corner_relevance``: median signed
     relevance (guidance composite) in the token corner over |logit difference|, on the cases with token.
     A model that reads the token has a large effect; a faithful explanation then shows it in the corner.
+    ``areas``: each case's confound area (``None``: the default corner token's patch).
     """
     on, off = pairs
     model.eval()
@@ -182,8 +253,8 @@ def token_effect(model: torch.nn.Module, pairs: tuple[torch.Tensor, torch.Tensor
         d_on, d_off = (model(x) @ torch.tensor([1.0, -1.0]) for x in (on, off))  # HIGH_GRADE is class 0
     target = torch.full((len(on),), HIGH_GRADE)
     r, out, _ = medlrp.LRP(model, guidance_composite(model), start="logit-difference").attribute(on, target)
-    edge = max(4, round(on.shape[-1] * 0.16)) + max(1, round(on.shape[-1] * 0.03))
-    corner = r.detach()[..., :edge, :edge].flatten(1).sum(1)
+    area = _corner(on) if areas is None else areas
+    corner = (r.detach() * area).flatten(1).sum(1)
     return {
         "token_effect": float((d_on - d_off).median() / d_on.abs().median()),
         "token_corner_relevance": float(
@@ -205,18 +276,22 @@ def token_split(model: torch.nn.Module, test: Batch, tokens: torch.Tensor) -> di
     }
 
 
-def explanation_scores(model: torch.nn.Module, data: Batch, chunk: int = 32) -> dict[str, float]:
-    """Relevance mass inside the tumour mask (see the module docstring) and the token corner's share."""
+def explanation_scores(
+    model: torch.nn.Module, data: Batch, chunk: int = 32, areas: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Relevance mass inside the tumour mask (see the module docstring) and the token corner's share.
+
+    ``areas``: each case's confound area (``None``: the default corner token's patch).
+    """
     model.eval()
     lrp = medlrp.LRP(model)
-    size = data.x.shape[-1]
-    edge = max(4, round(size * 0.16)) + max(1, round(size * 0.03))  # the token patch's far edge
+    areas = _corner(data.x) if areas is None else areas
     mass, corner = [], []
     for i in range(0, len(data.label), chunk):
         r = lrp.relevance(data.x[i : i + chunk], data.label[i : i + chunk]).detach()
         mass.append(relevance_mass_accuracy(r.clamp(min=0), data.mask[i : i + chunk]))
         total = r.abs().flatten(1).sum(1).clamp_min(1e-12)
-        corner.append(r[..., :edge, :edge].abs().flatten(1).sum(1) / total)
+        corner.append((r * areas[i : i + chunk]).abs().flatten(1).sum(1) / total)
     # no positive relevance at all (a constant model): no mass in the mask either
     return {
         "mass_inside_mask": float(torch.cat(mass).nan_to_num(0.0).mean()),
@@ -257,14 +332,17 @@ def step_ratio(model: torch.nn.Module, batch: Batch, guided: Any, repeats: int) 
 
 def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """(a), (b), (c) and the step-time ratio for one architecture and seed."""
-    scale = fixed_scale(s["n"], seed, args.size) if args.normalise == "fixed" else None
-    confounded = phantom(True, s["n"], seed, args.size, scale=scale)
-    guiding = phantom(True, s["n"], seed, args.size, args.mask_kind, scale=scale)["train"]
-    clean = phantom(False, s["n"], seed, args.size, scale=scale)
+    options = phantom_options(args, s)
+    size = args.size or s.get("size", 64)
+    scale = fixed_scale(s["n"], seed, size, options) if args.normalise == "fixed" else None
+    confounded = phantom(True, s["n"], seed, size, scale=scale, options=options)
+    guiding = phantom(True, s["n"], seed, size, args.mask_kind, scale=scale, options=options)["train"]
+    clean = phantom(False, s["n"], seed, size, scale=scale, options=options)
     test = confounded["test"]  # identical to clean["test"]: token independent of the class
     assert torch.equal(test.x, clean["test"].x)
-    tokens = test_tokens(s["n"], seed, args.size)
-    pairs = token_pairs(s["n"], seed, args.size, scale)
+    tokens = test_tokens(s["n"], seed, size, options)
+    pairs = token_pairs(s["n"], seed, size, scale, options)
+    areas = token_areas(s["n"], seed, size, options)
     assert torch.equal(pairs[0][tokens], test.x[tokens]) and torch.equal(pairs[1][~tokens], test.x[~tokens])
     guiding = guiding._replace(mask=grow_mask(guiding.mask, args.mask_margin))
     config = TrainConfig(epochs=s["epochs"], batch_size=args.batch_size, lr=s["lr"], seed=seed)
@@ -277,7 +355,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         reference_every=s["reference_every"],
         explain_start=s["explain_start_epochs"] * batches_per_epoch(len(guiding.label), args.batch_size),
     )
-    row: dict[str, Any] = {"settings": s, "seed": seed}
+    row: dict[str, Any] = {"settings": s, "seed": seed, "phantom": vars(options)}
     models = {}
     for name, train, loss_fn in (
         ("a_plain_confounded", confounded["train"], cross_entropy_loss),
@@ -285,14 +363,14 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         ("c_plain_clean", clean["train"], cross_entropy_loss),
     ):
         t0 = time.perf_counter()
-        model = build(arch, args.size, seed, s["arch_kwargs"])
+        model = build(arch, size, seed, s["arch_kwargs"])
         fit(model, train, config, loss_fn=loss_fn)
         models[name] = model
         row[name] = {
             "test_accuracy": accuracy(model, test),
             **token_split(model, test, tokens),
-            **token_effect(model, pairs),
-            **explanation_scores(model, test),
+            **token_effect(model, pairs, areas),
+            **explanation_scores(model, test, areas=areas),
             "train_seconds": time.perf_counter() - t0,
         }
         print(f"{arch} seed {seed} {name}: {row[name]}", flush=True)
@@ -305,6 +383,14 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         # after training, guided.steps is past explain_start: the guided steps timed include the LRP term
         row["step_time"] = step_ratio(models["a_plain_confounded"], batch, guided.loss_fn(), args.repeats)
     return row
+
+
+def phantom_options(args: argparse.Namespace, settings: dict[str, Any]) -> PhantomOptions:
+    """The phantom options of the command line, in the architecture's dimensionality."""
+    agreement = tuple(float(v) for v in args.agreement.split(","))
+    return PhantomOptions(
+        settings.get("dims", 2), args.confound, args.confound_size, args.confound_position, agreement
+    )
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,7 +412,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="cnn2d,vit2d")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (data, weights, batch order)")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=None, help="edge length (default 64; 32 for cnn3d)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--normalise",
@@ -335,6 +421,10 @@ def main() -> None:
         help="fixed: one intensity map for the data set; image: each image z-scored (leaks the token)",
     )
     parser.add_argument("--mask-kind", choices=("head", "tumour"), default="head")
+    parser.add_argument("--confound", choices=CONFOUNDS, default="corner-token", help="the shortcut")
+    parser.add_argument("--confound-size", type=float, default=1.0, help="factor on its default size")
+    parser.add_argument("--confound-position", default=None, help="as medlrp phantom --confound-position")
+    parser.add_argument("--agreement", default="0.95", help="train/val agreement: one rate or one per class")
     parser.add_argument("--mask-margin", type=int, default=0, help="grow the guidance masks (pixels)")
     parser.add_argument("--guidance-weight", type=float, default=None, help="override every arch's")
     parser.add_argument("--cnn-composite", default=None, help="override the CNN's guidance composite")
