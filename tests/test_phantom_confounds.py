@@ -60,7 +60,7 @@ def test_confound_is_deterministic_per_seed_and_varies_between_seeds(kind):
 
 @pytest.mark.parametrize("kind", [k for k in CONFOUNDS if k != "corner-token"])
 def test_default_size_fits_clear_of_the_head_in_2d(kind):
-    """At 64 px and size 1 each glyph confound is whole (its area a full box) and a pixel clear of the head."""
+    """At 64 px and size 1 a glyph confound is whole (its area a full box) and a pixel clear of the head."""
     for i in range(6):
         case = glioma_case([8, i], (64, 64), i % 2, True, confound=Confound(kind))
         rows, cols = np.nonzero(case.token_area)
