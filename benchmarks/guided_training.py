@@ -42,7 +42,7 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ import torch
 import medlrp
 from medlrp.data.folder import Batch
 from medlrp.data.phantom import PhantomSpec, glioma_case, iter_cases
-from medlrp.data.phantom.confounds import CONFOUNDS, Confound
+from medlrp.data.phantom.confounds import CONFOUNDS
 from medlrp.data.phantom.glioma import HIGH_GRADE
 from medlrp.data.phantom.writer import KINDS, split_sizes
 from medlrp.metrics import relevance_mass_accuracy
@@ -110,37 +110,13 @@ SETTINGS["cnn3d"] = {**SETTINGS["cnn2d"], "n": 400, "epochs": 10, "lr": 2e-3, "d
 Scale = tuple[float, float] | None
 
 
-@dataclass(frozen=True)
-class PhantomOptions:
-    """The phantom's dimensionality and shortcut (``--confound``, ``--confound-size``, ...)."""
-
-    dims: int = 2
-    confound: str = "corner-token"
-    confound_size: float = 1.0
-    confound_position: str | None = None
-    agreement: tuple[float, ...] = field(default=(0.95,))
-
-    def spec(self, confounded: bool, n: int, seed: int, size: int) -> PhantomSpec:
-        """The glioma phantom's spec with these options."""
-        return PhantomSpec(
-            "glioma",
-            self.dims,
-            n,
-            confounded,
-            seed,
-            size,
-            confound=self.confound,
-            confound_size=self.confound_size,
-            confound_position=self.confound_position,
-            agreement=self.agreement,
-        )
-
-    def confound_spec(self) -> Confound:
-        """The shortcut as drawn."""
-        return Confound(self.confound, self.confound_size, self.confound_position)
+#: The phantom's template: its dimensionality and shortcut (``--confound``, ...); the benchmark fills in
+#: ``confounded``, ``n``, ``seed`` and ``size``.
+PLAIN = PhantomSpec("glioma", 2)
 
 
-PLAIN = PhantomOptions()
+def _spec(options: PhantomSpec, confounded: bool, n: int, seed: int, size: int) -> PhantomSpec:
+    return replace(options, confounded=confounded, n=n, seed=seed, size=size)
 
 
 def _prep(scale: Scale, size: int, dims: int = 2) -> Any:
@@ -153,13 +129,13 @@ def _prep(scale: Scale, size: int, dims: int = 2) -> Any:
     return lambda image: (prep(image) - mean) / std
 
 
-def fixed_scale(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> tuple[float, float]:
+def fixed_scale(n: int, seed: int, size: int, options: PhantomSpec = PLAIN) -> tuple[float, float]:
     """Mean and std of the confounded training split's raw intensities (one map for every split)."""
     prep = Preprocessing(dims=options.dims, channels=1, size=[size] * options.dims, intensity="none")
     x = torch.stack(
         [
             prep(c.image[None])
-            for split, _, c in iter_cases(options.spec(True, n, seed, size))
+            for split, _, c in iter_cases(_spec(options, True, n, seed, size))
             if split == "train"
         ]
     )
@@ -173,7 +149,7 @@ def phantom(
     size: int,
     mask_kind: str = "tumour",
     scale: Scale = None,
-    options: PhantomOptions = PLAIN,
+    options: PhantomSpec = PLAIN,
 ) -> dict[str, Batch]:
     """The glioma phantom (2D unless ``options`` say 3D) in memory, split into train/val/test batches.
 
@@ -182,7 +158,7 @@ def phantom(
     """
     prep = _prep(scale, size, options.dims)
     cases: dict[str, list[Any]] = {}
-    for split, case_id, case in iter_cases(options.spec(confounded, n, seed, size)):
+    for split, case_id, case in iter_cases(_spec(options, confounded, n, seed, size)):
         cases.setdefault(split, []).append((case_id, case))
     out = {}
     for split, items in cases.items():
@@ -199,21 +175,21 @@ def phantom(
     return out
 
 
-def test_tokens(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> torch.Tensor:
+def test_tokens(n: int, seed: int, size: int, options: PhantomSpec = PLAIN) -> torch.Tensor:
     """Whether each test case carries the corner token (the same in both datasets)."""
-    spec = options.spec(True, n, seed, size)
+    spec = _spec(options, True, n, seed, size)
     return torch.tensor([c.token for split, _, c in iter_cases(spec) if split == "test"])
 
 
-def token_areas(n: int, seed: int, size: int, options: PhantomOptions = PLAIN) -> torch.Tensor:
+def token_areas(n: int, seed: int, size: int, options: PhantomSpec = PLAIN) -> torch.Tensor:
     """Each test case's confound area (``PhantomCase.token_area``, ``(N, 1, *spatial)``, bool)."""
-    spec = options.spec(True, n, seed, size)
+    spec = _spec(options, True, n, seed, size)
     areas = [c.token_area for split, _, c in iter_cases(spec) if split == "test"]
     return torch.stack([torch.as_tensor(a[None]) for a in areas])
 
 
 def token_pairs(
-    n: int, seed: int, size: int, scale: Scale = None, options: PhantomOptions = PLAIN
+    n: int, seed: int, size: int, scale: Scale = None, options: PhantomSpec = PLAIN
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every test case drawn with and without the token (nothing else differs), normalised."""
     prep = _prep(scale, size, options.dims)
@@ -355,7 +331,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         reference_every=s["reference_every"],
         explain_start=s["explain_start_epochs"] * batches_per_epoch(len(guiding.label), args.batch_size),
     )
-    row: dict[str, Any] = {"settings": s, "seed": seed, "phantom": vars(options)}
+    row: dict[str, Any] = {"settings": s, "seed": seed, "phantom": asdict(options)}
     models = {}
     for name, train, loss_fn in (
         ("a_plain_confounded", confounded["train"], cross_entropy_loss),
@@ -385,11 +361,15 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
     return row
 
 
-def phantom_options(args: argparse.Namespace, settings: dict[str, Any]) -> PhantomOptions:
-    """The phantom options of the command line, in the architecture's dimensionality."""
-    agreement = tuple(float(v) for v in args.agreement.split(","))
-    return PhantomOptions(
-        settings.get("dims", 2), args.confound, args.confound_size, args.confound_position, agreement
+def phantom_options(args: argparse.Namespace, settings: dict[str, Any]) -> PhantomSpec:
+    """The phantom template of the command line, in the architecture's dimensionality."""
+    return replace(
+        PLAIN,
+        dims=settings.get("dims", 2),
+        confound=args.confound,
+        confound_size=args.confound_size,
+        confound_position=args.confound_position,
+        agreement=tuple(float(v) for v in args.agreement.split(",")),
     )
 
 
