@@ -233,3 +233,14 @@ def test_guided_cnn3d_step_on_the_3d_phantom_has_a_gradient():
         assert torch.isfinite(grads[weight]).all()
     assert float(parts["guidance"]) > 0
     assert not torch.allclose(grads[0.0], grads[1.0])  # the guidance term adds its own gradient
+
+
+def test_cli_guided_cnn3d_on_a_confounded_3d_phantom(tmp_path, capsys):
+    data = tmp_path / "ph"
+    phantom = ["phantom", "--out", str(data), "--dims", "3", "--n", "10", "--size", "16", "--quiet"]
+    assert main([*phantom, "--confound", "border-marker"]) == 0
+    args = ["train", "--data", str(data), "--arch", "cnn3d", "--epochs", "1", "--batch-size", "3", "--quiet"]
+    out = tmp_path / "m.pt"
+    assert main([*args, "--guided", "--guidance-weight", "0.5", "--out", str(out)]) == 0
+    extra = torch.load(out, weights_only=True)["extra"]
+    assert extra["guided"] is True and extra["history"][0]["guidance"] > 0
