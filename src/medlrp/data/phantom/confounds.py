@@ -7,7 +7,7 @@ chest), so explanation-guided training with that region as its annotation can re
 
 * ``corner-token``: a mid-grey label patch in a corner of every image, a bright square inside it when
   present (the phantoms' original token; ``position`` names the corner);
-* ``border-marker``: a radiographer's side marker, a bright ``L`` or ``R`` on a grey plate at a random
+* ``border-marker``: a radiographer's side marker, a brighter ``L`` or ``R`` on a bright plate at a random
   place along the border (``position``: ``any`` edge or one of them);
 * ``digits``: four burned-in digits (a 3x5 bitmap font) at a random place along the top or bottom edge;
 * ``ruler``: a stripe with tick marks (longer every fourth) along half of an edge.
@@ -58,7 +58,7 @@ FONT = {
     "R": ("110", "101", "110", "101", "101"),
 }
 #: Intensities (the anatomy lies within about 0..1).
-MARKER_PLATE, MARKER_LETTER, DIGIT, RULER = 0.55, 1.3, 1.1, 0.95
+MARKER_PLATE, MARKER_LETTER, DIGIT, RULER = 1.0, 1.4, 1.1, 0.95
 
 
 @dataclass(frozen=True)

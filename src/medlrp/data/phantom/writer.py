@@ -47,7 +47,7 @@ FIELD_OF_VIEW_MM = {"glioma": 180.0, "chest": 360.0}
 #: ``dataset.json``'s description of each confound (``token.where``).
 CONFOUND_WHERE = {
     "corner-token": "label patch in a corner; bright square inside it when present",
-    "border-marker": "bright L or R on a grey plate at a random place along the border, outside the region",
+    "border-marker": "brighter L or R on a bright plate at a random place on the border, outside the region",
     "digits": "four burned-in digits along an edge, outside the region",
     "ruler": "ruler-like stripe with tick marks along an edge, outside the region",
 }
