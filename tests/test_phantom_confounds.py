@@ -202,6 +202,11 @@ def test_bad_confound_options_one_line_exit_2(tmp_path, capsys, extra, message):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_ecg_records_its_agreement(tmp_path):
+    info = write_phantom(tmp_path, PhantomSpec("ecg", n=10, confounded=True, size=200, agreement=(0.8,)))
+    assert info["token"]["agreement_train_val"] == 0.8 and "kind" not in info["token"]
+
+
 def test_spec_checks_raise_input_error():
     with pytest.raises(InputError, match="--confound-position"):
         PhantomSpec(confound="digits", confound_position="left").checked()

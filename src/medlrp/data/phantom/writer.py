@@ -110,7 +110,7 @@ class PhantomSpec:
     def is_default_confound(self) -> bool:
         """The original corner token with the original agreement (``dataset.json`` stays as it was)."""
         confound = self.confound_spec().checked() if self.kind not in SIGNAL_KINDS else Confound()
-        return confound == Confound().checked() and self.agreement == (CONFOUND_AGREEMENT,)
+        return confound == Confound().checked() and tuple(self.agreement) == (CONFOUND_AGREEMENT,)
 
     def _check_agreement(self) -> None:
         _, classes, _ = KINDS[self.kind]
@@ -239,13 +239,16 @@ def dataset_info(spec: PhantomSpec) -> dict[str, Any]:
         )
         info["token"]["where"] = "pacing-spike-like artefact (every lead) between two beats, outside the mask"
     elif not spec.is_default_confound():
-        rates = [spec.agreement_of(c) for c in range(len(classes))]
         info["token"].update(
             kind=spec.confound,
             size=spec.confound_size,
             position=spec.confound_position,
-            agreement_train_val=rates[0] if len(set(rates)) == 1 else dict(zip(classes, rates, strict=True)),
             where=CONFOUND_WHERE[spec.confound],
+        )
+    if tuple(spec.agreement) != (CONFOUND_AGREEMENT,):
+        rates = [spec.agreement_of(c) for c in range(len(classes))]
+        info["token"]["agreement_train_val"] = (
+            rates[0] if len(set(rates)) == 1 else dict(zip(classes, rates, strict=True))
         )
     return info
 
