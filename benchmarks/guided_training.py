@@ -58,7 +58,7 @@ from medlrp.metrics import relevance_mass_accuracy
 from medlrp.models.preprocessing import Preprocessing
 from medlrp.registry import ARCHITECTURES
 from medlrp.train import TrainConfig, accuracy, fit, predict
-from medlrp.train.guided import GuidedLoss, grow_mask, guidance_composite, logit_difference
+from medlrp.train.guided import GuidedLoss, grow_mask, guidance_composite, logit_difference, lrp_relevance
 from medlrp.train.guided_losses import GuidanceLoss
 from medlrp.train.losses import cross_entropy_loss
 from medlrp.train.tensors import batches_per_epoch
@@ -308,6 +308,18 @@ def step_ratio(model: torch.nn.Module, batch: Batch, guided: Any, repeats: int) 
     return {"plain_step_s": p, "guided_step_s": g, "guided_over_plain": g / p}
 
 
+def recipe_overrides(s: dict[str, Any], per_epoch: int) -> dict[str, Any]:
+    """``GuidedLoss`` arguments set on the command line (``--guidance-bound`` ...); else its defaults."""
+    out: dict[str, Any] = {}
+    if s.get("guidance_bound") is not None:
+        out["guidance_bound"] = None if s["guidance_bound"] < 0 else s["guidance_bound"]
+    if s.get("explain_ramp_epochs") is not None:
+        out["explain_ramp"] = s["explain_ramp_epochs"] * per_epoch
+    if s.get("guidance_epsilon") is not None:
+        out["relevance_fn"] = lrp_relevance(s["composite"], epsilon=s["guidance_epsilon"])
+    return out
+
+
 def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """(a), (b), (c) and the step-time ratio for one architecture and seed."""
     options = phantom_options(args, s)
@@ -324,6 +336,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
     assert torch.equal(pairs[0][tokens], test.x[tokens]) and torch.equal(pairs[1][~tokens], test.x[~tokens])
     guiding = guiding._replace(mask=grow_mask(guiding.mask, args.mask_margin))
     config = TrainConfig(epochs=s["epochs"], batch_size=args.batch_size, lr=s["lr"], seed=seed)
+    per_epoch = batches_per_epoch(len(guiding.label), args.batch_size)
     guided = GuidedLoss(
         s["weight"],
         criterion=GuidanceLoss(tau=1.0),
@@ -331,7 +344,8 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         explain_every=s["explain_every"],
         reference_weight=s["reference_weight"],
         reference_every=s["reference_every"],
-        explain_start=s["explain_start_epochs"] * batches_per_epoch(len(guiding.label), args.batch_size),
+        explain_start=s["explain_start_epochs"] * per_epoch,
+        **recipe_overrides(s, per_epoch),
     )
     row: dict[str, Any] = {"settings": s, "seed": seed, "phantom": asdict(options)}
     models = {}
@@ -414,6 +428,11 @@ def main() -> None:
     parser.add_argument("--explain-start-epochs", type=int, default=None, help="override every arch's")
     parser.add_argument("--reference-weight", type=float, default=None, help="override every arch's")
     parser.add_argument("--reference-every", type=int, default=None, help="override every arch's")
+    parser.add_argument(
+        "--guidance-bound", type=float, default=None, help="GuidedLoss(guidance_bound=); < 0: unbounded"
+    )
+    parser.add_argument("--explain-ramp-epochs", type=int, default=None, help="GuidedLoss(explain_ramp=)")
+    parser.add_argument("--guidance-epsilon", type=float, default=None, help="epsilon of the guidance LRP")
     parser.add_argument("--repeats", type=int, default=10, help="step-time repeats (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs: a smoke run")
@@ -428,6 +447,9 @@ def main() -> None:
         "reference_weight": args.reference_weight,
         "reference_every": args.reference_every,
         "explain_start_epochs": args.explain_start_epochs,
+        "guidance_bound": args.guidance_bound,
+        "explain_ramp_epochs": args.explain_ramp_epochs,
+        "guidance_epsilon": args.guidance_epsilon,
     }
     for s in settings.values():
         s.update({k: v for k, v in overrides.items() if v is not None})

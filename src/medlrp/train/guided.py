@@ -75,6 +75,7 @@ from torch import nn
 from medlrp.cam.guard import explaining
 from medlrp.errors import InputError
 from medlrp.targets import STARTS, StartFn, logit_difference, one_hot_logit, resolve_start
+from medlrp.train.guided_clip import bounded_sum
 from medlrp.train.guided_losses import GuidanceLoss, ReferenceLoss, masked_reference
 
 __all__ = [
@@ -82,6 +83,8 @@ __all__ = [
     "GUIDANCE_CNN_COMPOSITE",
     "class_relevance",
     "guidance_composite",
+    "guidance_options",
+    "GUIDANCE_TRANSFORMER_EPSILON",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -125,13 +128,31 @@ def guidance_composite(model: nn.Module) -> str:
     return GUIDANCE_CNN_COMPOSITE if name == CNN_DEFAULT else name
 
 
+#: The stabiliser of the linear layers' epsilon rule when a transformer is explained for guidance.
+#: ``attnlrp``'s own 1e-6 makes the guidance loss rough at the scale of rounding (its gradient jumped
+#: from ~0.1 to ~1e3 between runs 1e-8 apart, so the outcome depended on the CPU's kernels; 0.1 keeps
+#: the tiny ViT's outcome the same under every kernel, BENCHMARKS.md).
+GUIDANCE_TRANSFORMER_EPSILON = 0.1
+
+
+def guidance_options(model: nn.Module) -> dict[str, Any]:
+    """Options :func:`lrp_relevance` gives :func:`guidance_composite` by default (a transformer's epsilon)."""
+    from medlrp.lrp.composites import TRANSFORMER_DEFAULT
+
+    if guidance_composite(model) == TRANSFORMER_DEFAULT:
+        return {"epsilon": GUIDANCE_TRANSFORMER_EPSILON}
+    return {}
+
+
 def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
     """A relevance function running :class:`medlrp.LRP` with ``create_graph=True``.
 
     Args:
         composite: LRP composite name (``None``: :func:`guidance_composite`, i.e.
-            ``epsilon-alpha2-beta1-flat`` for CNNs, ``attnlrp`` for transformers).
-        **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box).
+            ``epsilon-alpha2-beta1-flat`` for CNNs, ``attnlrp`` with ``epsilon=``
+            :data:`GUIDANCE_TRANSFORMER_EPSILON` for transformers).
+        **options: Further options of :class:`medlrp.LRP` (e.g. ``low=``, ``high=`` for z-box,
+            ``epsilon=``).
     """
     names = {id(fn): name for name, fn in STARTS.items()}
 
@@ -143,7 +164,8 @@ def lrp_relevance(composite: str | None = None, **options: Any) -> RelevanceFn:
         # the engine's own names skip a division by the logits
         engine_start: Any = names.get(id(start), start)
         name = composite if composite is not None else guidance_composite(model)
-        explainer = LRP(model, composite=name, start=engine_start, **options)
+        defaults = guidance_options(model) if composite is None else {}
+        explainer = LRP(model, composite=name, start=engine_start, **{**defaults, **options})
         relevance, logits, _ = explainer.attribute(x, target, create_graph=True)
         return relevance, logits
 
@@ -307,6 +329,11 @@ class GuidedLoss(nn.Module):
             n: an unbiased estimate, as for ``explain_every``).
         explain_start: Training steps (calls with the model in training mode, counted in ``steps``)
             before the explanation term starts; the reference term runs from the first step.
+        explain_ramp: Training steps over which the explanation term's weight rises linearly from 0 to
+            ``guidance_weight`` after ``explain_start`` (0: a hard start).
+        guidance_bound: Largest ratio of the explanation term's gradient norm to that of the rest of
+            the loss (cross-entropy and reference term) in a training step
+            (:func:`~medlrp.train.guided_clip.bounded_sum`); ``None``: unbounded.
     """
 
     def __init__(
@@ -321,6 +348,8 @@ class GuidedLoss(nn.Module):
         reference_weight: float = 3.0,
         reference_every: int = 2,
         explain_start: int = 0,
+        explain_ramp: int = 0,
+        guidance_bound: float | None = None,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -347,8 +376,22 @@ class GuidedLoss(nn.Module):
         if explain_start < 0:
             raise InputError(f"explain_start must be >= 0, got {explain_start}")
         self.explain_start = int(explain_start)
+        if explain_ramp < 0:
+            raise InputError(f"explain_ramp must be >= 0, got {explain_ramp}")
+        self.explain_ramp = int(explain_ramp)
+        if guidance_bound is not None and not guidance_bound >= 0:
+            raise InputError(f"guidance_bound must be >= 0 or None, got {guidance_bound}")
+        self.guidance_bound = None if guidance_bound is None else float(guidance_bound)
         self.steps = 0
         self.reference = ReferenceLoss()
+
+    def ramp(self, step: int) -> float:
+        """The explanation term's share of ``guidance_weight`` at training step ``step`` (0 to 1)."""
+        if step < self.explain_start:
+            return 0.0
+        if self.explain_ramp == 0:
+            return 1.0
+        return min(1.0, (step - self.explain_start + 1) / (self.explain_ramp + 1))
 
     def selection(
         self, n: int, has_mask: torch.Tensor | None, offset: int = 0, every: int | None = None
@@ -400,7 +443,8 @@ class GuidedLoss(nn.Module):
             "acc": (logits.detach().argmax(dim=1) == y).float().mean(),
         }
         step = self.steps
-        if model.training:
+        training = model.training
+        if training:
             self.steps += 1
         if mask is None or self.guidance_weight == 0:
             return ce, parts
@@ -411,7 +455,8 @@ class GuidedLoss(nn.Module):
             reference = self._reference(model, x, y, logits, mask, has_mask, stats, parts, offset, partner)
             loss = loss + self.guidance_weight * self.reference_weight * reference
         picked = self.selection(x.shape[0], has_mask, offset).to(x.device)
-        if step < self.explain_start or not bool(picked.any()):
+        share = self.ramp(step)
+        if share == 0 or not bool(picked.any()):
             return loss, parts
         region = grow_mask(mask[picked], self.mask_margin)
         with eval_mode(model), batch_statistics_as_running(stats):
@@ -421,7 +466,13 @@ class GuidedLoss(nn.Module):
         # mean over the explained cases -> unbiased estimate of the mean over the batch
         guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
         parts["guidance"] = guidance.detach()
-        return loss + self.guidance_weight * guidance, parts
+        term = share * self.guidance_weight * guidance
+        if self.guidance_bound is None or not (training and torch.is_grad_enabled()):
+            return loss + term, parts
+        params = [p for p in model.parameters() if p.requires_grad]
+        bounded, ratio = bounded_sum(loss, term, params, self.guidance_bound)
+        parts["guidance_grad_ratio"] = torch.tensor(ratio)
+        return bounded, parts
 
     def _reference(
         self,

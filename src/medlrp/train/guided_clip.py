@@ -1,0 +1,62 @@
+"""A loss term whose gradient may not outweigh the rest of the loss: the guidance term's bound.
+
+The gradient of a loss on an LRP explanation is rough: at the scale of rounding (1e-8 in the
+parameters) the guidance gradient of a tiny ViT jumped from ~0.1 to ~1e3 from one step to the next
+(BENCHMARKS.md, "Why the guided ViT depends on the CPU's rounding"), and Adam turns any such spike into
+a full-size step, so the run's outcome depended on the CPU's kernels. :func:`bounded_sum` returns a
+scalar whose value is ``rest + term`` and whose gradient is ``grad(rest) + s * grad(term)`` with
+``s = min(1, bound * |grad(rest)| / |grad(term)|)`` (norms over all parameters together): the term can
+steer, never dominate, and a spike is cut to the size of an ordinary step.
+
+Both gradients are taken here (``torch.autograd.grad``), the returned scalar only deposits their
+bounded sum on ``backward()``: the cost is one backward of each part, as for ``(rest + term).backward()``
+when the two parts share no intermediate tensors (a ViT); where they do (a BatchNorm CNN's batch
+statistics feed the explanation), the shared part is differentiated twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["bounded_sum", "gradient_norm"]
+
+
+def gradient_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """The Euclidean norm of several gradients taken together (``None`` counts as zero)."""
+    squares = [g.detach().double().pow(2).sum() for g in grads if g is not None]
+    return torch.stack(squares).sum().sqrt() if squares else torch.zeros((), dtype=torch.float64)
+
+
+def bounded_sum(
+    rest: torch.Tensor, term: torch.Tensor, params: Sequence[torch.Tensor], bound: float
+) -> tuple[torch.Tensor, float]:
+    """``rest + term`` whose gradient w.r.t. ``params`` has the term's part at most ``bound`` x the rest's.
+
+    Args:
+        rest: Scalar loss (e.g. cross-entropy plus the reference term).
+        term: Scalar loss whose gradient is bounded (the explanation term).
+        params: The parameters both are differentiated with respect to (those that require grad).
+        bound: Largest ratio of the term's gradient norm to the rest's (0: the term moves nothing).
+
+    Returns:
+        ``(loss, ratio)``: a scalar with the value of ``rest + term`` (no graph beyond ``params``) whose
+        ``backward()`` accumulates the bounded gradient into ``params``; ``ratio`` is the term's gradient
+        norm over the rest's before the bound (``inf`` when the rest's gradient vanishes).
+    """
+    params = list(params)
+    g_term = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    g_rest = torch.autograd.grad(rest, params, allow_unused=True)
+    n_term, n_rest = gradient_norm(g_term), gradient_norm(g_rest)
+    ratio = float(n_term / n_rest) if n_rest > 0 else (float("inf") if n_term > 0 else 0.0)
+    scale = 1.0 if ratio <= bound else (bound / ratio if n_rest > 0 else 0.0)
+    value = (rest + term).detach()
+    loss = value.clone()
+    for p, a, b in zip(params, g_rest, g_term, strict=True):
+        g = (a if a is not None else 0) + (scale * b if b is not None else 0)
+        if isinstance(g, torch.Tensor):
+            # value unchanged (p * g - p * g), gradient exactly g
+            dot = (p * g.detach()).sum()
+            loss = loss + (dot - dot.detach())
+    return loss, ratio
