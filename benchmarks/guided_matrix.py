@@ -1,0 +1,192 @@
+"""Guided training over architectures x seeds x CPU kernels: does the outcome depend on rounding?
+
+Runs ``benchmarks/guided_training.py`` once per (architecture, seed, kernel setting), each in its own
+process with ``ATEN_CPU_CAPABILITY`` set (``native``: unset, the machine's own kernels) and one thread,
+collects per run (a) plain confounded, (b) guided, (c) plain clean test accuracy, the recovered share of
+the gap, the guided model's token effect and relevance mass in the tumour (against (a)'s), and prints
+and writes the table with the median and minimum per architecture (issue 18's judged goals: every run
+recovers at least 90 %, the median run at least 100 %, token effect under 0.1, mass above (a)'s).
+
+    .venv/bin/python benchmarks/guided_matrix.py --archs vit2d,cnn2d --seeds 0-4 --jobs 2
+    .venv/bin/python benchmarks/guided_matrix.py --seeds 0 --kernels default,native -- --quick
+
+Arguments after ``--`` go to ``guided_training.py`` unchanged (``--guidance-bound``, ``--quick`` ...).
+Each run's own JSON lands in ``--work`` (kept: ``--resume`` skips runs whose JSON is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results")
+SCRIPT = Path(__file__).with_name("guided_training.py")
+KERNELS = ("default", "avx2", "native")
+KEYS = ("a_plain_confounded", "b_guided_confounded", "c_plain_clean")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` or ``"0,2,5"`` (or both: ``"0-2,7"``) as a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    return seeds
+
+
+def kernel_env(kernel: str) -> dict[str, str]:
+    """The environment of one run: ``ATEN_CPU_CAPABILITY=kernel`` (unset for ``native``), one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if kernel != "native":
+        env["ATEN_CPU_CAPABILITY"] = kernel
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def run_one(arch: str, seed: int, kernel: str, work: Path, extra: list[str], resume: bool) -> dict[str, Any]:
+    """One ``guided_training.py`` run in a subprocess; its row (or the error)."""
+    out = work / f"{arch}_seed{seed}_{kernel}.json"
+    t0 = time.perf_counter()
+    if not (resume and out.exists()):
+        cmd = [sys.executable, str(SCRIPT), "--archs", arch, "--seeds", str(seed), "--out", str(out), *extra]
+        done = subprocess.run(cmd, env=kernel_env(kernel), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return {"arch": arch, "seed": seed, "kernel": kernel, "error": done.stderr[-2000:]}
+    row = summarise(json.loads(out.read_text())["results"][arch]["runs"][0])
+    print(f"{arch} seed {seed} {kernel}: {fmt(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"arch": arch, "seed": seed, "kernel": kernel, **row}
+
+
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
+    """The figures the goals judge, from one run of ``guided_training.py``."""
+    a, b, c = (run[k] for k in KEYS)
+    row = {
+        "a": a["test_accuracy"],
+        "b": b["test_accuracy"],
+        "c": c["test_accuracy"],
+        "recovered": run["gap_recovered"],
+        "token_effect_b": b["token_effect"],
+        "mass_a": a["mass_inside_mask"],
+        "mass_b": b["mass_inside_mask"],
+    }
+    if "step_time" in run:
+        row["step_ratio"] = run["step_time"]["guided_over_plain"]
+    return row
+
+
+def fmt(row: dict[str, Any]) -> str:
+    """One row as text."""
+    return (
+        f"(a) {row['a']:.3f} (b) {row['b']:.3f} (c) {row['c']:.3f} recovered {100 * row['recovered']:.0f} % "
+        f"token effect {row['token_effect_b']:.3f} mass a/b {row['mass_a']:.2f}/{row['mass_b']:.2f}"
+    )
+
+
+def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and minimum per architecture, and whether each judged goal holds in every run."""
+    out: dict[str, Any] = {}
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        done = [r for r in rows if r["arch"] == arch and "error" not in r]
+        if not done:
+            continue
+        rec = [r["recovered"] for r in done]
+        effect = [abs(r["token_effect_b"]) for r in done]
+        out[arch] = {
+            "runs": len(done),
+            "failed_runs": sum(1 for r in rows if r["arch"] == arch and "error" in r),
+            "recovered_median": statistics.median(rec),
+            "recovered_min": min(rec),
+            "b_median": statistics.median(r["b"] for r in done),
+            "b_min": min(r["b"] for r in done),
+            "token_effect_b_max": max(effect),
+            "mass_b_over_a_everywhere": all(r["mass_b"] > r["mass_a"] for r in done),
+            "goals_met": min(rec) >= 0.9
+            and statistics.median(rec) >= 1.0
+            and max(effect) < 0.1
+            and all(r["mass_b"] > r["mass_a"] for r in done),
+        }
+        steps = [r["step_ratio"] for r in done if "step_ratio" in r]
+        if steps:
+            out[arch]["step_ratio_max"] = max(steps)
+    return out
+
+
+def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The rows and the per-architecture summary as a Markdown table."""
+    lines = [
+        "| arch | seed | kernels | (a) | (b) | (c) | recovered | token effect (b) | mass a / b |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['arch']} | {r['seed']} | {r['kernel']} | failed | | | | | |")
+            continue
+        lines.append(
+            f"| {r['arch']} | {r['seed']} | {r['kernel']} | {r['a']:.3f} | {r['b']:.3f} | {r['c']:.3f} | "
+            f"{100 * r['recovered']:.0f} % | {r['token_effect_b']:.3f} | "
+            f"{r['mass_a']:.2f} / {r['mass_b']:.2f} |"
+        )
+    for arch, s in summary.items():
+        lines.append(
+            f"| {arch} | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | | "
+            f"{100 * s['recovered_median']:.0f} % / {100 * s['recovered_min']:.0f} % | "
+            f"max {s['token_effect_b_max']:.3f} | b > a in every run: {s['mass_b_over_a_everywhere']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary name (nothing half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="vit2d,cnn2d")
+    parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="default, avx2, native (unset)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    parser.add_argument("--repeats", type=int, default=0, help="step-time repeats per run (0: skip)")
+    parser.add_argument("--work", type=Path, default=RESULTS / "guided_matrix_runs")
+    parser.add_argument("--resume", action="store_true", help="reuse runs whose JSON is in --work")
+    parser.add_argument("--out", type=Path, default=RESULTS / "guided_matrix.json")
+    args = parser.parse_args(own)
+    kernels = args.kernels.split(",")
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        parser.error(f"unknown kernels {unknown}; choose from {', '.join(KERNELS)}")
+    extra = ["--repeats", str(args.repeats), *extra]
+    # seed by seed: an interrupted matrix still has every kernel of its first seeds
+    jobs = [(a, s, k) for s in parse_seeds(args.seeds) for a in args.archs.split(",") for k in kernels]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda j: run_one(*j, args.work, extra, args.resume), jobs))
+    summary = per_arch(rows)
+    info = {
+        "command": " ".join([Path(sys.argv[0]).name, *argv]),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+        "total_seconds": time.perf_counter() - t0,
+        "runs": rows,
+        "summary": summary,
+    }
+    write_json(args.out, info)
+    print(table(rows, summary))
+    print(f"wrote {args.out} ({info['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
