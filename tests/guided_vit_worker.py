@@ -1,11 +1,13 @@
 """The tiny ViT trained plain, with the LRP term and with both guided terms; prints one JSON line.
 
-Run by ``test_guided_training.py`` in a subprocess under fixed CPU kernels (see ``FIXED_KERNELS``
-there): a whole guided run of this tiny ViT ends in one of two basins depending on rounding, so its
-outcome is asserted only where the arithmetic is the same on every x86-64 CPU.
+``python guided_vit_worker.py [plain] [lrp] [both]`` (default: all three). Run by
+``test_guided_training.py`` in a subprocess under fixed CPU kernels (see ``FIXED_KERNELS`` there), and
+by ``test_guided_recipe.py`` under each of ``ATEN_CPU_CAPABILITY=default``, ``avx2`` and the machine's
+own kernels (with the guidance recipe's defaults the outcome must not depend on them).
 """
 
 import json
+import sys
 
 import torch
 
@@ -49,7 +51,9 @@ def main() -> None:
             "shuffled": read,
         }
 
-    print(json.dumps({"plain": train(0.0, 0.0), "lrp": train(0.3, 0.0), "both": train(0.3, 3.0)}))
+    runs = {"plain": (0.0, 0.0), "lrp": (0.3, 0.0), "both": (0.3, 3.0)}
+    names = sys.argv[1:] or list(runs)
+    print(json.dumps({name: train(*runs[name]) for name in names}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from medlrp.errors import InputError
 from medlrp.lrp.composites import resolve_composite
 from medlrp.models.vit import vit2d
 from medlrp.train.guided import (
+    GUIDANCE_BOUND,
     GUIDANCE_TRANSFORMER_EPSILON,
     GuidedLoss,
     guidance_options,
@@ -105,7 +106,7 @@ def test_explanation_term_ramps_in_linearly():
 
 def test_defaults_are_the_robust_recipe():
     crit = GuidedLoss()
-    assert crit.guidance_bound is not None and crit.guidance_bound > 0
+    assert crit.guidance_bound == GUIDANCE_BOUND == 0.3 and crit.explain_ramp == 0
     assert crit.guidance_weight == 0.3 and crit.explain_every == 32 and crit.reference_weight == 3.0
     vit = vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2).eval()
     assert guidance_options(vit) == {"epsilon": GUIDANCE_TRANSFORMER_EPSILON}
@@ -119,3 +120,15 @@ def test_defaults_are_the_robust_recipe():
     r_plain, _ = lrp_relevance("attnlrp")(vit, x, y, logit_difference)
     assert torch.equal(r_default, r_named) and not torch.allclose(r_default, r_plain)
     assert resolve_composite(vit, "attnlrp", epsilon=GUIDANCE_TRANSFORMER_EPSILON).options()
+
+
+def test_cli_guided_checkpoint_records_the_bound(tmp_path):
+    from medlrp.cli import main as cli_main
+
+    assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "8", "--size", "16"]) == 0
+    out = tmp_path / "m.pt"
+    args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
+    assert cli_main([*args, "--out", str(out), "--guided"]) == 0
+    extra = torch.load(out, weights_only=True)["extra"]
+    assert extra["guidance_bound"] == GUIDANCE_BOUND
+    assert all("guidance_grad_ratio" in e for e in extra["history"])  # the bound ran in every epoch

@@ -85,6 +85,7 @@ __all__ = [
     "guidance_composite",
     "guidance_options",
     "GUIDANCE_TRANSFORMER_EPSILON",
+    "GUIDANCE_BOUND",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -304,6 +305,14 @@ def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
     return pool(mask.float(), 2 * margin + 1, stride=1, padding=margin).to(mask.dtype)
 
 
+#: Default of ``GuidedLoss(guidance_bound=)``: the explanation term's gradient is at most this share of
+#: the rest's (cross-entropy and reference term) in every step. The LRP term's gradient is rough (its
+#: norm was 3-300x the rest's, epoch means, in the guided ViT), and Adam makes a full step of any spike;
+#: bounded at 0.3 the guided ViT recovered the whole gap where the unbounded one depended on the CPU's
+#: kernels (BENCHMARKS.md, "A guided recipe that does not depend on rounding").
+GUIDANCE_BOUND = 0.3
+
+
 class GuidedLoss(nn.Module):
     """Cross-entropy on every case plus ``guidance_weight`` times the explanation losses on masked cases.
 
@@ -333,7 +342,8 @@ class GuidedLoss(nn.Module):
             ``guidance_weight`` after ``explain_start`` (0: a hard start).
         guidance_bound: Largest ratio of the explanation term's gradient norm to that of the rest of
             the loss (cross-entropy and reference term) in a training step
-            (:func:`~medlrp.train.guided_clip.bounded_sum`); ``None``: unbounded.
+            (:func:`~medlrp.train.guided_clip.bounded_sum`; default :data:`GUIDANCE_BOUND`); ``None``:
+            unbounded. Under DDP the bound applies to the whole batch's gradient.
     """
 
     def __init__(
@@ -349,7 +359,7 @@ class GuidedLoss(nn.Module):
         reference_every: int = 2,
         explain_start: int = 0,
         explain_ramp: int = 0,
-        guidance_bound: float | None = None,
+        guidance_bound: float | None = GUIDANCE_BOUND,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
@@ -384,6 +394,9 @@ class GuidedLoss(nn.Module):
         self.guidance_bound = None if guidance_bound is None else float(guidance_bound)
         self.steps = 0
         self.reference = ReferenceLoss()
+        #: Set by :mod:`medlrp.train.guided_dist`: this shard's gradients -> the whole batch's, so that
+        #: ``guidance_bound`` applies to the whole batch as in one process.
+        self.reduce_gradients: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def ramp(self, step: int) -> float:
         """The explanation term's share of ``guidance_weight`` at training step ``step`` (0 to 1)."""
@@ -470,7 +483,7 @@ class GuidedLoss(nn.Module):
         if self.guidance_bound is None or not (training and torch.is_grad_enabled()):
             return loss + term, parts
         params = [p for p in model.parameters() if p.requires_grad]
-        bounded, ratio = bounded_sum(loss, term, params, self.guidance_bound)
+        bounded, ratio = bounded_sum(loss, term, params, self.guidance_bound, self.reduce_gradients)
         parts["guidance_grad_ratio"] = torch.tensor(ratio)
         return bounded, parts
 

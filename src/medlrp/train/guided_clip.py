@@ -16,7 +16,7 @@ statistics feed the explanation), the shared part is differentiated twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,7 +30,11 @@ def gradient_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
 
 
 def bounded_sum(
-    rest: torch.Tensor, term: torch.Tensor, params: Sequence[torch.Tensor], bound: float
+    rest: torch.Tensor,
+    term: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    bound: float,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """``rest + term`` whose gradient w.r.t. ``params`` has the term's part at most ``bound`` x the rest's.
 
@@ -39,6 +43,9 @@ def bounded_sum(
         term: Scalar loss whose gradient is bounded (the explanation term).
         params: The parameters both are differentiated with respect to (those that require grad).
         bound: Largest ratio of the term's gradient norm to the rest's (0: the term moves nothing).
+        reduce: Maps this process's flat gradients (rest's and term's, stacked as ``(2, P)``) to the
+            whole batch's (a weighted all-reduce under DDP, :mod:`medlrp.train.guided_dist`); the bound
+            then holds for the whole batch's gradient, and every process returns that gradient.
 
     Returns:
         ``(loss, ratio)``: a scalar with the value of ``rest + term`` (no graph beyond ``params``) whose
@@ -48,11 +55,14 @@ def bounded_sum(
     params = list(params)
     g_term = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
     g_rest = torch.autograd.grad(rest, params, allow_unused=True)
+    if reduce is not None:
+        flat = torch.stack([_flat(g_rest, params), _flat(g_term, params)])
+        flat = reduce(flat)
+        g_rest, g_term = _unflat(flat[0], params), _unflat(flat[1], params)
     n_term, n_rest = gradient_norm(g_term), gradient_norm(g_rest)
     ratio = float(n_term / n_rest) if n_rest > 0 else (float("inf") if n_term > 0 else 0.0)
     scale = 1.0 if ratio <= bound else (bound / ratio if n_rest > 0 else 0.0)
-    value = (rest + term).detach()
-    loss = value.clone()
+    loss = (rest + term).detach().clone()
     for p, a, b in zip(params, g_rest, g_term, strict=True):
         g = (a if a is not None else 0) + (scale * b if b is not None else 0)
         if isinstance(g, torch.Tensor):
@@ -60,3 +70,16 @@ def bounded_sum(
             dot = (p * g.detach()).sum()
             loss = loss + (dot - dot.detach())
     return loss, ratio
+
+
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    pairs = zip(grads, params, strict=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in pairs])
+
+
+def _unflat(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    out, i = [], 0
+    for p in params:
+        out.append(flat[i : i + p.numel()].view_as(p))
+        i += p.numel()
+    return out

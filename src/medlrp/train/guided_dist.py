@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -111,6 +112,8 @@ class DistributedLoss:
             self._model = model
         n = len(batch.label)
         start, stop = self.info.shard(n)
+        # the guidance bound sees the whole batch's gradients: this shard's, weighted by its share, summed
+        self.criterion.reduce_gradients = partial(_weighted_sum, weight=(stop - start) / n)
         loss, parts = self._ddp(
             batch.x[start:stop],
             batch.label[start:stop],
@@ -121,6 +124,13 @@ class DistributedLoss:
             batch.x.roll(1, dims=0)[start:stop],  # each case's reference partner, as in one process
         )
         return loss, _mean_parts(parts, (stop - start) / n)
+
+
+def _weighted_sum(t: torch.Tensor, weight: float) -> torch.Tensor:
+    """``sum over processes of weight * t`` (every process gets the sum)."""
+    t = t * weight
+    dist.all_reduce(t)
+    return t
 
 
 def _mean_parts(parts: dict[str, torch.Tensor], weight: float) -> dict[str, float]:
