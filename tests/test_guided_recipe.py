@@ -132,3 +132,38 @@ def test_cli_guided_checkpoint_records_the_bound(tmp_path):
     extra = torch.load(out, weights_only=True)["extra"]
     assert extra["guidance_bound"] == GUIDANCE_BOUND
     assert all("guidance_grad_ratio" in e for e in extra["history"])  # the bound ran in every epoch
+
+
+def _worker(kernel: str, *runs: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if kernel != "native":
+        env["ATEN_CPU_CAPABILITY"] = kernel
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    worker = Path(__file__).with_name("guided_vit_worker.py")
+    done = subprocess.run(
+        [sys.executable, str(worker), *runs], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_guided_vit_outcome_does_not_depend_on_the_cpu_kernels():
+    """The tiny ViT with the recipe's defaults (bounded guidance gradient, epsilon 0.1) under torch's
+    portable, AVX2 and the machine's own kernels: the same outcome, not one of two basins. Unbounded with
+    attnlrp's epsilon 1e-6 the outside share was 0.09 / 0.26 / 0.38 under the three (measured, issue 18);
+    with the recipe 0.475 / 0.473 / 0.468."""
+    results = {k: _worker(k, "plain", "both") for k in ("default", "avx2", "native")}
+    outside = []
+    for kernel, r in results.items():
+        plain, both = r["plain"], r["both"]
+        assert plain["accuracy"] == 1.0 and plain["shuffled"] < 0.3, kernel  # plain follows the token
+        assert both["accuracy"] > 0.9 and both["shuffled"] > 0.85, kernel  # guided does not
+        assert both["outside"] < 0.75 * plain["outside"], kernel
+        outside.append(both["outside"])
+    assert max(outside) - min(outside) < 0.05
