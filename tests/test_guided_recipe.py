@@ -146,9 +146,8 @@ def _worker(kernel: str, *runs: str) -> dict:
         env["ATEN_CPU_CAPABILITY"] = kernel
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     worker = Path(__file__).with_name("guided_vit_worker.py")
-    done = subprocess.run(
-        [sys.executable, str(worker), *runs], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    cmd = [sys.executable, str(worker), *runs]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
