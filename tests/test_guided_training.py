@@ -175,8 +175,16 @@ def test_guidance_moves_relevance_off_a_shortcut():
         model = nn.Sequential(
             nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * size * size, 2)
         )
-        # the LRP term alone, in the unit of the logit (tau ~ 0: this toy model's logits stay small)
-        crit = GuidedLoss(weight, GuidanceLoss(), composite="epsilon", explain_every=1, reference_weight=0.0)
+        # the LRP term alone, in the unit of the logit (tau ~ 0: this toy model's logits stay small),
+        # unbounded (bounded relative to a cross-entropy that the token drives to ~0, it moves nothing)
+        crit = GuidedLoss(
+            weight,
+            GuidanceLoss(),
+            composite="epsilon",
+            explain_every=1,
+            reference_weight=0.0,
+            guidance_bound=None,
+        )
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(20):
             loss, _ = crit(model, x, y, mask)
