@@ -107,9 +107,19 @@ def test_explanation_term_ramps_in_linearly():
 
 def test_defaults_are_the_robust_recipe():
     crit = GuidedLoss()
-    assert crit.guidance_bound == GUIDANCE_BOUND == 0.3 and crit.explain_ramp == 0
+    assert crit.guidance_bound == "auto" and crit.explain_ramp == 0
     assert crit.guidance_weight == 0.3 and crit.explain_every == 32 and crit.reference_weight == 3.0
     vit = vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2).eval()
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    # "auto": transformers explained by the default relevance are bounded, CNNs and own choices not
+    assert crit.bound_for(vit) == GUIDANCE_BOUND == 0.3 and crit.bound_for(cnn) is None
+    assert GuidedLoss(composite="attnlrp").bound_for(vit) is None
+    assert (
+        GuidedLoss(guidance_bound=0.5).bound_for(cnn) == 0.5
+        and GuidedLoss(guidance_bound=None).bound_for(vit) is None
+    )
+    with pytest.raises(InputError, match="guidance_bound"):
+        GuidedLoss(guidance_bound="always")
     assert guidance_options(vit) == {"epsilon": GUIDANCE_TRANSFORMER_EPSILON}
     assert guidance_options(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) == {}
     # the default relevance function explains a transformer with the smooth epsilon: the same as asking
@@ -129,10 +139,11 @@ def test_cli_guided_checkpoint_records_the_bound(tmp_path):
     assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "1", "--batch-size", "4", "--quiet"]
-    assert cli_main([*args, "--out", str(out), "--guided"]) == 0
+    vit = ["--arch", "vit2d", "--arch-option", "patch_size=8", "--arch-option", "depth=1"]
+    assert cli_main([*args, "--out", str(out), "--guided", *vit]) == 0
     extra = torch.load(out, weights_only=True)["extra"]
-    assert extra["guidance_bound"] == GUIDANCE_BOUND
-    assert all("guidance_grad_ratio" in e for e in extra["history"])  # the bound ran in every epoch
+    assert extra["guidance_bound"] == "auto"
+    assert all("guidance_grad_ratio" in e for e in extra["history"])  # the ViT's term was bounded
 
 
 def _worker(kernel: str, *runs: str) -> dict:

@@ -223,7 +223,7 @@ def guided_setup(
     if guided:
         extra["mask_margin"] = margin
         extra["explain_start_steps"] = explain_start
-        extra["guidance_bound"] = criterion.guidance_bound
+        extra["guidance_bound"] = criterion.guidance_bound  # "auto": see GuidedLoss
     if info is not None:
         extra["world_size"] = info.world
     return guided_loss_fn(criterion, info), extra, info is None or info.is_main
