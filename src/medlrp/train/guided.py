@@ -54,6 +54,13 @@ Design decisions, each with its reason:
   penalising it from the first step holds a tiny ViT at chance (measured: cross-entropy stuck at
   log 2 for 40 epochs, with every weight, unit and term tried; BENCHMARKS.md), while the reference term
   alone already keeps the shortcut out and lets the network learn. The CNN needs no delay.
+- For transformers the explanation term's gradient is bounded (``guidance_bound``: at most 0.3x the
+  gradient of cross-entropy plus reference term, every step) and their guidance relevance uses attnlrp
+  with epsilon 0.1: the gradient of a loss on attnlrp relevance is rough at the scale of rounding
+  (runs 1e-8 apart saw gradients of 0.1 and 1e3), Adam makes a full step of any spike, and the guided
+  ViT's outcome depended on the CPU's kernels (20-108 % of the gap recovered); bounded, it does not
+  (BENCHMARKS.md). CNNs stay unbounded (the bound would differentiate their BatchNorm statistics
+  twice; their guidance was not rough).
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
