@@ -17,6 +17,7 @@ statistics feed the explanation), the shared part is differentiated twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -62,14 +63,31 @@ def bounded_sum(
     n_term, n_rest = gradient_norm(g_term), gradient_norm(g_rest)
     ratio = float(n_term / n_rest) if n_rest > 0 else (float("inf") if n_term > 0 else 0.0)
     scale = 1.0 if ratio <= bound else (bound / ratio if n_rest > 0 else 0.0)
-    loss = (rest + term).detach().clone()
-    for p, a, b in zip(params, g_rest, g_term, strict=True):
-        g = (a if a is not None else 0) + (scale * b if b is not None else 0)
-        if isinstance(g, torch.Tensor):
-            # value unchanged (p * g - p * g), gradient exactly g
-            dot = (p * g.detach()).sum()
-            loss = loss + (dot - dot.detach())
-    return loss, ratio
+    grads = [_combine(a, b, scale) for a, b in zip(g_rest, g_term, strict=True)]
+    used = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+    value = (rest + term).detach()
+    return _Deposit.apply(value, [g for _, g in used], *(p for p, _ in used)), ratio
+
+
+def _combine(a: torch.Tensor | None, b: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    if b is None:
+        return a
+    return scale * b if a is None else a + scale * b
+
+
+class _Deposit(torch.autograd.Function):
+    """``value`` as a function of ``params`` whose gradient is ``grads`` (times the incoming gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, value: torch.Tensor, grads: list[torch.Tensor], *params: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, *(g * grad_out.to(g.dtype) for g in ctx.grads))
 
 
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
