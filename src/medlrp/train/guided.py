@@ -318,7 +318,7 @@ def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
 #: full step of any spike; bounded at 0.3 the guided ViT's outcome no longer depended on the CPU's
 #: kernels (BENCHMARKS.md, "A guided recipe that does not depend on rounding"). CNNs are left unbounded:
 #: their BatchNorm statistics feed both parts, so bounding differentiates the training forward twice
-#: (a guided ``cnn2d`` step 3.9x a plain one instead of 2.3x) for the same result.
+#: (a guided ``cnn2d`` step 3.4x a plain one instead of 2.4x) for the same result.
 GUIDANCE_BOUND = 0.3
 
 
