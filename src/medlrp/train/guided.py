@@ -462,7 +462,9 @@ class GuidedLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(loss, parts)``; ``parts``: the detached ``ce``, ``guidance``, ``acc`` (``reference``).
 
-        ``guidance`` is the batch-mean explanation loss (estimated from the explained cases), unweighted.
+        With the bound on (:meth:`bound_for`), ``guidance_grad_ratio`` too: the explanation term's
+        gradient norm over the rest's before the bound. ``guidance`` is the batch-mean explanation
+        loss (estimated from the explained cases), unweighted.
 
         Args:
             model: The model being trained (the plain module: not a DistributedDataParallel wrapper).
