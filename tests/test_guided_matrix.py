@@ -1,0 +1,55 @@
+"""benchmarks/guided_matrix.py: seeds, kernel environments, the per-architecture goals (no training)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "guided_matrix.py"
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    spec = importlib.util.spec_from_file_location("guided_matrix", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeds_and_kernel_environments(matrix, monkeypatch):
+    assert matrix.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert matrix.parse_seeds("0-2,7") == [0, 1, 2, 7] and matrix.parse_seeds("3") == [3]
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert "ATEN_CPU_CAPABILITY" not in matrix.kernel_env("native")  # the machine's own kernels
+    for kernel in ("default", "avx2"):
+        env = matrix.kernel_env(kernel)
+        assert env["ATEN_CPU_CAPABILITY"] == kernel and env["OMP_NUM_THREADS"] == "1"
+
+
+def _run(a, b, c, effect=0.01, mass=(0.1, 0.2)):
+    parts = {
+        "a_plain_confounded": {"test_accuracy": a, "token_effect": 2.0, "mass_inside_mask": mass[0]},
+        "b_guided_confounded": {"test_accuracy": b, "token_effect": effect, "mass_inside_mask": mass[1]},
+        "c_plain_clean": {"test_accuracy": c, "token_effect": 0.0, "mass_inside_mask": 0.2},
+    }
+    return {**parts, "gap_recovered": (b - a) / (c - a)}
+
+
+def test_goals_per_architecture(matrix, tmp_path):
+    runs = [_run(0.5, 0.9, 0.9), _run(0.5, 0.95, 0.9), _run(0.5, 0.89, 0.9)]
+    rows = [{"arch": "x", "seed": i, "kernel": "default", **matrix.summarise(r)} for i, r in enumerate(runs)]
+    s = matrix.per_arch(rows)["x"]
+    assert s["recovered_median"] == pytest.approx(1.0) and s["recovered_min"] == pytest.approx(0.975)
+    assert s["goals_met"] and s["runs"] == 3 and s["mass_b_over_a_everywhere"]
+    # one run under 90 %, a token read, or less mass than the plain model: not met
+    for bad in (_run(0.5, 0.8, 0.9), _run(0.5, 0.9, 0.9, effect=0.5), _run(0.5, 0.9, 0.9, mass=(0.2, 0.1))):
+        row = {"arch": "x", "seed": 9, "kernel": "avx2", **matrix.summarise(bad)}
+        assert not matrix.per_arch([*rows, row])["x"]["goals_met"]
+    failed = {"arch": "x", "seed": 9, "kernel": "native", "error": "boom"}
+    assert matrix.per_arch([*rows, failed])["x"]["failed_runs"] == 1
+    assert "failed" in matrix.table([*rows, failed], matrix.per_arch(rows))
+    # --resume reads a run's JSON instead of running it
+    (tmp_path / "x_seed0_avx2.json").write_text(json.dumps({"results": {"x": {"runs": [runs[0]]}}}))
+    row = matrix.run_one("x", 0, "avx2", tmp_path, [], resume=True)
+    assert row["b"] == 0.9 and row["kernel"] == "avx2"
