@@ -58,6 +58,7 @@ def test_corrupt_files_go_to_errors_and_all_others_are_done(archive, tmp_path: P
     assert [r["case"] for r in index] == ids  # sorted, each good case once
     for rec in index:
         assert rec["label"] == "ab".index(rec["class_name"])
+        assert rec["label_name"] == rec["class_name"]  # the true label, as explain records it
         assert abs(sum(rec["probabilities"]) - 1) < 1e-9
         assert rec["prediction"] == int(np.argmax(rec["probabilities"]))
         assert set(rec["methods"]) == {TEST_METHOD, "gradcam"}
@@ -100,6 +101,60 @@ def test_target_label_explains_the_class_folder(archive, tmp_path: Path):
     assert [r["case"] for r in index] == ids
     assert all(r["target"] == r["label"] for r in index)
     assert {r["target"] for r in index} == {0, 1}
+
+
+def test_target_class_name_is_its_index_and_resumes_with_it(archive, tmp_path: Path, capsys):
+    model, data, ids = archive
+    out = tmp_path / "out"
+    args = ("--methods", TEST_METHOD, "--workers", "0", "--writers", "0")
+    assert main(batch_args(model, data, out, *args, "--target", "b")) == 2  # the corrupt files
+    index = read_records(out / "index.jsonl")
+    assert [r["case"] for r in index] == ids
+    assert all(r["target"] == 1 for r in index)
+    assert json.loads((out / "run.json").read_text())["target"] == "1"
+    capsys.readouterr()
+    # The index spells the same run: a rerun with it resumes (no "settings differ" refusal).
+    assert main(batch_args(model, data, out, *args, "--target", "1")) == 2
+    assert f"{len(ids)} done before, 0 done now" in capsys.readouterr().err
+
+
+def test_unknown_target_name_is_refused_listing_the_names(archive, tmp_path: Path, capsys):
+    model, data, _ = archive
+    out = tmp_path / "out"
+    code = main(batch_args(model, data, out, "--methods", TEST_METHOD, "--target", "glioma"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "'glioma'" in err and "names: a, b" in err
+    assert not (out / "run.json").exists() and not (out / "index.jsonl").exists()
+
+
+def test_true_label_reaches_the_overlay_and_flat_cases_have_none(archive, tmp_path: Path, monkeypatch):
+    import medlrp.batch.outputs as outputs
+
+    model, data, _ = archive
+    seen: dict[str, str | None] = {}
+    real = outputs.write_case_files
+
+    def spy(result, *args, **kwargs):
+        seen[result.case] = result.label  # the overlay's caption shows it ("(true: b)")
+        return real(result, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_case_files", spy)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("c00.png", "c01.png"):
+        (flat / name).write_bytes((data / "b" / name).read_bytes())
+    args = ("--methods", TEST_METHOD, "--workers", "0", "--writers", "0")
+    assert main(batch_args(model, flat, tmp_path / "out", *args)) == 0
+    assert [r["label_name"] for r in read_records(tmp_path / "out" / "index.jsonl")] == [None, None]
+    assert seen == {"c00": None, "c01": None}
+    seen.clear()
+    sub = tmp_path / "one"
+    (sub / "b").mkdir(parents=True)
+    (sub / "b" / "c00.png").write_bytes((data / "b" / "c00.png").read_bytes())
+    assert main(batch_args(model, sub, tmp_path / "out1", *args)) == 0
+    assert [r["label_name"] for r in read_records(tmp_path / "out1" / "index.jsonl")] == ["b"]
+    assert seen == {"c00": "b"}
 
 
 @pytest.mark.parametrize(

@@ -110,20 +110,24 @@ def probe_model(loaded: LoadedModel, source: Path | str) -> int | None:
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim >= 2 else None
 
 
-def check_target(target: int | str | None, loaded: LoadedModel, classes: int | None) -> None:
+def check_target(target: int | str | None, loaded: LoadedModel, classes: int | None) -> int | str | None:
     """Refuse a target class beyond the model's ``classes`` (or its class names) before any work.
 
+    Returns:
+        The target as a class index (a class name resolved), or ``None``/``"label"`` unchanged.
+
     Raises:
-        InputError: ``--target`` names no class of the model.
+        InputError: ``--target`` names no class of the model (an unknown name: one line listing the names).
     """
     if target is None or target == "label":
-        return
+        return target
     wanted = class_index(target, loaded.class_names)
     known = classes if classes is not None else (len(loaded.class_names) or None)
     if wanted is not None and (wanted < 0 or (known is not None and wanted >= known)):
         names = ", ".join(f"{k}={n}" for k, n in enumerate(loaded.class_names))
         listed = f" ({names})" if names else ""
         raise InputError(f"--target {target} out of range: the model has {known} classes{listed}")
+    return wanted
 
 
 def check_output_folder(out_dir: str | Path) -> Path:

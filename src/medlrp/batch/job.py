@@ -234,8 +234,16 @@ class BatchJob:
         # Plain-JSON options: a module given as layer= must not travel to a writer process.
         plain = {m: replace(e, options=_jsonable(e.options)) for m, e in explanations.items()}
         given = None if region is None else (rc.mask if region.source != PREDICTED else PREDICTED)
-        job = WriteJob(rc.image, plain, self.settings.out / case_path.parent, case_path.name, rc.mask, given)
         record = self._record(rc, explanations, region)
+        job = WriteJob(
+            rc.image,
+            plain,
+            self.settings.out / case_path.parent,
+            case_path.name,
+            rc.mask,
+            given,
+            record["label_name"],
+        )
         record["timing"] = {"read_s": round(rc.read_s, 6), "explain_s": round(explain_s, 6)}
         self._pending.append(_Pending(rc.case, self.writer.submit(job), record))
 
@@ -283,6 +291,8 @@ class BatchJob:
             "mask": relative(rc.case.mask, data) if rc.case.mask is not None else None,
             "class_name": rc.case.class_name,
             "label": label,
+            # The true class name, as explain records it (the report and the overlay show it).
+            "label_name": names[label] if label is not None else None,
         }
         if region is None:
             probabilities = torch.softmax(first.output[0].detach().to(torch.float64), dim=0)

@@ -46,6 +46,7 @@ def write_case(
     keep_identifiers: bool = False,
     dicom: DicomWriter | None = None,
     region: str | Image | None = None,
+    label: str | None = None,
 ) -> dict[str, MethodFiles]:
     """Write the case's relevance maps and overlays; return them per method (scores when ``mask``).
 
@@ -60,10 +61,18 @@ def write_case(
         dicom: Also write the DICOM outputs of a DICOM input with this run's writer (``--dicom``); a
             series off a regular grid fails before any file is written.
         region: Segmentation models: the region the explanations explain (outlined, recorded).
+        label: The case's true class name, when known (in the overlay's caption, as explain).
     """
     sources = dicom.sources(image) if dicom is not None else None
     result = compute_case(
-        loaded, image, list(explanations), name=name, mask=mask, explanations=explanations, region=region
+        loaded,
+        image,
+        list(explanations),
+        name=name,
+        mask=mask,
+        explanations=explanations,
+        region=region,
+        label=label,
     )
     record = write_case_files(result, case_dir, keep_identifiers=keep_identifiers, views=False)
     written = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ class BatchOptions:
         out: Output folder; rerunning into it resumes.
         methods: Method names (``medlrp.registry.METHODS``).
         composite: LRP composite (``None``: the model's default).
-        target: ``None`` explains the prediction, ``"label"`` the class folder's class, ``"K"`` class K.
+        target: ``None`` explains the prediction, ``"label"`` the class folder's class, ``"K"`` class K,
+            a class name (of the checkpoint's class names) that class.
         workers: DataLoader worker processes reading and preprocessing (0: in this process).
         writers: Processes writing the per-case files while the next batch is explained (0: in this
             process, between batches).
@@ -153,8 +154,6 @@ def _validate(options: BatchOptions) -> None:
         raise InputError(f"--workers must be 0 or more, not {options.workers}")
     if options.writers < 0:
         raise InputError(f"--writers must be 0 or more, not {options.writers}")
-    if options.target not in (None, "label") and not str(options.target).isdigit():
-        raise InputError(f"--target must be a class index or 'label', not {options.target!r}")
     if options.region not in (None, "predicted", "mask"):
         raise InputError(f"--region must be 'predicted' or 'mask', not {options.region!r}")
 
@@ -167,7 +166,9 @@ def _run(options: BatchOptions, ctx: DistContext) -> BatchSummary:
     check_output_folder(out)
     loaded = load_model(options.model, trust_model=options.trust_model, device=ctx.device)
     check_model_methods(loaded, options.methods, options.layer, options.model)
-    check_target(options.target, loaded, probe_model(loaded, options.model))
+    # A class name becomes its index (as explain accepts it): the manifest and the jobs see one spelling.
+    target = check_target(options.target, loaded, probe_model(loaded, options.model))
+    options = replace(options, target=None if target is None else str(target))
     check_region_option(loaded, options.region, str(options.model))
     cases = list_cases(options.data)
     listing = hashlib.sha256("\n".join(c.case_id for c in cases).encode()).hexdigest()

@@ -37,6 +37,8 @@ class WriteJob:
     mask: Image | None
     #: Segmentation models: the explained region (``"predicted"`` or the mask image), else ``None``.
     region: str | Image | None = None
+    #: The case's true class name, when its class folder is one of the model's classes.
+    label: str | None = None
 
 
 @dataclass
@@ -62,6 +64,7 @@ def write_job(
         keep_identifiers,
         dicom,
         region=job.region,
+        label=job.label,
     )
     fsync_files([p for f in files.values() for p in (f.relevance, f.overlay, *f.dicom)])
     return Written(files, time.perf_counter() - tic)

@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         target: str | None = typer.Option(
             None,
             "--target",
-            help="Class index K, 'label' (the class folder) or 'predicted'; default: the prediction.",
+            help="Class index K or class name (as explain), 'label' (the class folder) or 'predicted'; "
+            "default: the prediction.",
         ),
         workers: int = typer.Option(2, "--workers", help="Reader processes (0: read in this process)."),
         writers: int = typer.Option(
