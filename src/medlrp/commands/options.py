@@ -95,6 +95,41 @@ def float_list(text: str, option: str) -> list[float]:
     return values
 
 
+def auto_none_or_number(text: str, option: str) -> float | str | None:
+    """``"auto"`` -> ``"auto"``, ``"none"`` -> ``None``, else a finite number >= 0 (case and blanks ignored).
+
+    Raises:
+        InputError: Anything else (the message names ``option`` and what it takes).
+    """
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
+    try:
+        value = float(word)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise InputError(f"{option} takes auto, none or a number >= 0, not {text!r}")
+    return value
+
+
+def check_at_least_zero(value: float, option: str, unit: str = "") -> None:
+    """``value >= 0``, else an :class:`InputError` naming ``option`` (``unit``: e.g. ``" epochs"``)."""
+    if not value >= 0:
+        raise InputError(f"{option} must be >= 0{unit}, not {value}")
+
+
+def check_needs(flag: str, given: dict[str, bool]) -> None:
+    """Options that only apply with ``flag``: each name in ``given`` mapped to True is refused.
+
+    Raises:
+        InputError: The first option given without ``flag``.
+    """
+    for option, present in given.items():
+        if present:
+            raise InputError(f"{option} applies to {flag} only; add {flag} or leave {option} out")
+
+
 def check_composite(name: str | None) -> None:
     """An unknown ``--composite`` is an :class:`InputError` listing the known ones."""
     if name is not None:

@@ -145,6 +145,19 @@ def register(app: typer.Typer) -> None:
             help="--guided: epochs before the LRP term starts (the reference term runs from the first "
             "step); a ViT trained from scratch needs it (docs/data-and-training.md).",
         ),
+        explain_ramp: int | None = typer.Option(
+            None,
+            "--explain-ramp",
+            help="--guided: epochs over which the LRP term's weight rises linearly from 0 after "
+            "--explain-start (default 0: at once).",
+        ),
+        guidance_bound: str | None = typer.Option(
+            None,
+            "--guidance-bound",
+            help="--guided: largest ratio of the LRP term's gradient norm to that of the rest of the "
+            "loss, every step: auto (default: 0.3 for transformers, unbounded for CNNs), none "
+            "(unbounded) or a number >= 0.",
+        ),
         init: Path | None = typer.Option(
             None,
             "--init",
@@ -171,17 +184,20 @@ def register(app: typer.Typer) -> None:
         segment = task == "segmentation"
         if segment and guided:
             raise InputError("--guided trains classifiers; it does not apply to --task segmentation")
-        if explain_start < 0:
-            raise InputError(f"--explain-start must be >= 0 epochs, not {explain_start}")
+        bound = check_guided_options(guided, mask_margin, explain_start, explain_ramp, guidance_bound)
         start = load_model(init) if init is not None else None
         splits = load_splits(data, start.preprocessing if start is not None else None, 1 if segment else 2)
         seg = segmentation_task(data, splits.classes, seg_labels, dice_weight) if segment else None
-        steps = explain_start * batches_per_epoch(len(splits.train.label), batch_size)
-        loss_fn, extra, main = guided_setup(guided, guidance_weight, mask_margin, steps)
+        per_epoch = batches_per_epoch(len(splits.train.label), batch_size)
+        ramp = explain_ramp or 0
+        loss_fn, extra, main = guided_setup(
+            guided, guidance_weight, mask_margin, explain_start * per_epoch, ramp * per_epoch, bound
+        )
         if segment and "world_size" in extra:
             raise InputError("--task segmentation runs in one process; torchrun is not supported for it")
         if guided:
             extra["explain_start_epochs"] = explain_start
+            extra["explain_ramp_epochs"] = ramp
         if init is not None:
             extra["init"] = str(init)
         result = run_train(
@@ -202,12 +218,42 @@ def register(app: typer.Typer) -> None:
                 typer.echo(line)
 
 
+def check_guided_options(
+    guided: bool, margin: int, explain_start: int, explain_ramp: int | None, bound: str | None
+) -> float | str | None:
+    """Check the ``--guided`` options before any work; return ``--guidance-bound`` parsed (default auto).
+
+    Raises:
+        InputError: A negative or unparsable value, or an option that needs ``--guided`` given without it.
+    """
+    opt.check_at_least_zero(margin, "--mask-margin", " pixels")
+    opt.check_at_least_zero(explain_start, "--explain-start", " epochs")
+    if explain_ramp is not None:
+        opt.check_at_least_zero(explain_ramp, "--explain-ramp", " epochs")
+    parsed = opt.auto_none_or_number(bound, "--guidance-bound") if bound is not None else "auto"
+    if not guided:
+        given = {
+            "--mask-margin": margin != 0,
+            "--explain-start": explain_start != 0,
+            "--explain-ramp": explain_ramp is not None,
+            "--guidance-bound": bound is not None,
+        }
+        opt.check_needs("--guided", given)
+    return parsed
+
+
 def guided_setup(
-    guided: bool, weight: float, margin: int = 0, explain_start: int = 0
+    guided: bool,
+    weight: float,
+    margin: int = 0,
+    explain_start: int = 0,
+    explain_ramp: int = 0,
+    bound: float | str | None = "auto",
 ) -> tuple[LossFn, dict[str, Any], bool]:
     """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0.
 
-    ``explain_start`` is in training steps (see :class:`medlrp.train.guided.GuidedLoss`).
+    ``explain_start`` and ``explain_ramp`` are in training steps, ``bound`` is ``guidance_bound`` (see
+    :class:`medlrp.train.guided.GuidedLoss`).
     """
     if not weight >= 0:
         raise InputError(f"--guidance-weight must be >= 0, not {weight}")
@@ -218,11 +264,18 @@ def guided_setup(
     info = init_distributed()
     if not guided and info is None:
         return cross_entropy_loss, {}, True
-    criterion = GuidedLoss(weight if guided else 0.0, mask_margin=margin, explain_start=explain_start)
+    criterion = GuidedLoss(
+        weight if guided else 0.0,
+        mask_margin=margin,
+        explain_start=explain_start,
+        explain_ramp=explain_ramp,
+        guidance_bound=bound,
+    )
     extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
     if guided:
         extra["mask_margin"] = margin
         extra["explain_start_steps"] = explain_start
+        extra["explain_ramp_steps"] = explain_ramp
         extra["guidance_bound"] = criterion.guidance_bound  # "auto": see GuidedLoss
     if info is not None:
         extra["world_size"] = info.world
