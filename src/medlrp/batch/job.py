@@ -338,11 +338,6 @@ def _one(e: Explanation, i: int) -> Explanation:
     return Explanation(e.relevance[i : i + 1], e.output[i : i + 1], e.target[i : i + 1], e.method, e.options)
 
 
-def _method_entry(e: Explanation) -> dict[str, Any]:
-    """The record's entry for one method, before its files exist."""
-    return {"target": int(e.target[0]), "options": _jsonable(e.options)}
-
-
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     """Options as plain JSON (a module given as ``layer=`` becomes its text)."""
     return json.loads(json.dumps(options, default=str, sort_keys=True))

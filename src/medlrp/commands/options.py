@@ -37,7 +37,6 @@ LAYER_HELP = (
     "run several times). Default: the last convolutional block of a classifier, the bottleneck of a "
     "segmentation network."
 )
-TARGET_HELP = "Class to explain: an index or a class name, 'label' (the case's class folder) or 'predicted'."
 
 Model = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
 Methods = Annotated[str, typer.Option("--methods", "--method", help=METHODS_HELP)]
