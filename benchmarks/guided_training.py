@@ -53,7 +53,7 @@ from medlrp.data.folder import Batch
 from medlrp.data.phantom import PhantomSpec, glioma_case, iter_cases
 from medlrp.data.phantom.confounds import CONFOUNDS
 from medlrp.data.phantom.glioma import HIGH_GRADE
-from medlrp.data.phantom.writer import KINDS, split_sizes
+from medlrp.data.phantom.writer import KINDS, iter_split, split_sizes
 from medlrp.metrics import relevance_mass_accuracy
 from medlrp.models.preprocessing import Preprocessing
 from medlrp.registry import ARCHITECTURES
@@ -152,16 +152,22 @@ def phantom(
     mask_kind: str = "tumour",
     scale: Scale = None,
     options: PhantomSpec = PLAIN,
+    test_cases: int | None = None,
 ) -> dict[str, Batch]:
     """The glioma phantom (2D unless ``options`` say 3D) in memory, split into train/val/test batches.
 
     ``mask_kind``: ``"tumour"`` (the lesion masks) or ``"head"`` (each case's ``region``); ``scale``:
-    see :data:`Scale`.
+    see :data:`Scale`; ``test_cases``: draw this many test cases instead of the split's share of ``n``
+    (the same distribution, unconfounded; the first cases are the same).
     """
     prep = _prep(scale, size, options.dims)
     cases: dict[str, list[Any]] = {}
-    for split, case_id, case in iter_cases(_spec(options, confounded, n, seed, size)):
-        cases.setdefault(split, []).append((case_id, case))
+    spec = _spec(options, confounded, n, seed, size)
+    for split, case_id, case in iter_cases(spec):
+        if not (split == "test" and test_cases):
+            cases.setdefault(split, []).append((case_id, case))
+    if test_cases:
+        cases["test"] = list(iter_split(spec, "test", test_cases))
     out = {}
     for split, items in cases.items():
         x = torch.stack([prep(c.image[None]) for _, c in items])
@@ -177,28 +183,41 @@ def phantom(
     return out
 
 
-def test_tokens(n: int, seed: int, size: int, options: PhantomSpec = PLAIN) -> torch.Tensor:
+def _test_split(n: int, seed: int, size: int, options: PhantomSpec, count: int | None) -> list[Any]:
+    """The test cases (``count`` of them; ``None``: the split's share of ``n``), the same in both datasets."""
+    spec = _spec(options, True, n, seed, size)
+    return [c for _, c in iter_split(spec, "test", count or split_sizes(n)["test"])]
+
+
+def test_tokens(
+    n: int, seed: int, size: int, options: PhantomSpec = PLAIN, count: int | None = None
+) -> torch.Tensor:
     """Whether each test case carries the corner token (the same in both datasets)."""
-    spec = _spec(options, True, n, seed, size)
-    return torch.tensor([c.token for split, _, c in iter_cases(spec) if split == "test"])
+    return torch.tensor([c.token for c in _test_split(n, seed, size, options, count)])
 
 
-def token_areas(n: int, seed: int, size: int, options: PhantomSpec = PLAIN) -> torch.Tensor:
+def token_areas(
+    n: int, seed: int, size: int, options: PhantomSpec = PLAIN, count: int | None = None
+) -> torch.Tensor:
     """Each test case's confound area (``PhantomCase.token_area``, ``(N, 1, *spatial)``, bool)."""
-    spec = _spec(options, True, n, seed, size)
-    areas = [c.token_area for split, _, c in iter_cases(spec) if split == "test"]
+    areas = [c.token_area for c in _test_split(n, seed, size, options, count)]
     return torch.stack([torch.as_tensor(a[None]) for a in areas])
 
 
 def token_pairs(
-    n: int, seed: int, size: int, scale: Scale = None, options: PhantomSpec = PLAIN
+    n: int,
+    seed: int,
+    size: int,
+    scale: Scale = None,
+    options: PhantomSpec = PLAIN,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every test case drawn with and without the token (nothing else differs), normalised."""
     prep = _prep(scale, size, options.dims)
     split_idx = list(split_sizes(n)).index("test")
     shape, confound = (size,) * options.dims, options.confound_spec()
     on, off = [], []
-    for i in range(split_sizes(n)["test"]):
+    for i in range(count or split_sizes(n)["test"]):
         case_seed = [seed, list(KINDS).index("glioma"), options.dims, split_idx, i]
         label = i % 2  # as iter_cases draws them
         for present, out in ((True, on), (False, off)):
@@ -315,6 +334,8 @@ def recipe_overrides(s: dict[str, Any], per_epoch: int) -> dict[str, Any]:
         out["guidance_bound"] = None if s["guidance_bound"] < 0 else s["guidance_bound"]
     if s.get("explain_ramp_epochs") is not None:
         out["explain_ramp"] = s["explain_ramp_epochs"] * per_epoch
+    if s.get("counterfactual_weight") is not None:
+        out["counterfactual_weight"] = s["counterfactual_weight"]
     if s.get("guidance_epsilon") is not None:
         out["relevance_fn"] = lrp_relevance(s["composite"], epsilon=s["guidance_epsilon"])
     return out
@@ -325,14 +346,15 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
     options = phantom_options(args, s)
     size = args.size or s.get("size", 64)
     scale = fixed_scale(s["n"], seed, size, options) if args.normalise == "fixed" else None
-    confounded = phantom(True, s["n"], seed, size, scale=scale, options=options)
+    count = args.test_cases or None
+    confounded = phantom(True, s["n"], seed, size, scale=scale, options=options, test_cases=count)
     guiding = phantom(True, s["n"], seed, size, args.mask_kind, scale=scale, options=options)["train"]
-    clean = phantom(False, s["n"], seed, size, scale=scale, options=options)
+    clean = phantom(False, s["n"], seed, size, scale=scale, options=options, test_cases=count)
     test = confounded["test"]  # identical to clean["test"]: token independent of the class
     assert torch.equal(test.x, clean["test"].x)
-    tokens = test_tokens(s["n"], seed, size, options)
-    pairs = token_pairs(s["n"], seed, size, scale, options)
-    areas = token_areas(s["n"], seed, size, options)
+    tokens = test_tokens(s["n"], seed, size, options, count)
+    pairs = token_pairs(s["n"], seed, size, scale, options, count)
+    areas = token_areas(s["n"], seed, size, options, count)
     assert torch.equal(pairs[0][tokens], test.x[tokens]) and torch.equal(pairs[1][~tokens], test.x[~tokens])
     guiding = guiding._replace(mask=grow_mask(guiding.mask, args.mask_margin))
     config = TrainConfig(epochs=s["epochs"], batch_size=args.batch_size, lr=s["lr"], seed=seed)
@@ -433,6 +455,16 @@ def main() -> None:
     )
     parser.add_argument("--explain-ramp-epochs", type=int, default=None, help="GuidedLoss(explain_ramp=)")
     parser.add_argument("--guidance-epsilon", type=float, default=None, help="epsilon of the guidance LRP")
+    parser.add_argument(
+        "--counterfactual-weight", type=float, default=None, help="GuidedLoss(counterfactual_weight=)"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override every arch's (all of a, b, c)")
+    parser.add_argument(
+        "--test-cases",
+        type=int,
+        default=400,
+        help="test cases every model is scored on (0: the split's share of the cases, 20%%)",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="step-time repeats (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs: a smoke run")
@@ -450,6 +482,8 @@ def main() -> None:
         "guidance_bound": args.guidance_bound,
         "explain_ramp_epochs": args.explain_ramp_epochs,
         "guidance_epsilon": args.guidance_epsilon,
+        "counterfactual_weight": args.counterfactual_weight,
+        "epochs": args.epochs,
     }
     for s in settings.values():
         s.update({k: v for k, v in overrides.items() if v is not None})
@@ -459,7 +493,7 @@ def main() -> None:
     if args.cnn_composite is not None and "cnn2d" in settings:
         settings["cnn2d"]["composite"] = args.cnn_composite
     if args.quick:
-        args.repeats = min(args.repeats, 2)
+        args.repeats, args.test_cases = min(args.repeats, 2), 0
     t0 = time.perf_counter()
     info: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -330,7 +330,7 @@ def test_reference_term_sees_a_model_that_reads_outside_the_mask():
     crit = GuidedLoss(2.0, reference_weight=1.5, reference_every=1, composite="epsilon")
     loss, parts = crit(corner, x, y, mask)
     assert parts["reference"] > 0
-    expected = parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"])
+    expected = parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"]) + parts["counterfactual_ce"]
     assert loss.item() == pytest.approx(float(expected))
     assert GuidedLoss(0.0)(corner, x, y, mask)[0].item() == pytest.approx(float(parts["ce"]))  # plain
     # the same model reading only the inside: no reference term
@@ -374,7 +374,7 @@ def test_explain_start_delays_the_explanation_term_only():
         assert float(parts["reference"]) == pytest.approx(float(ref_parts["reference"]))
         if step < 2:
             assert parts["guidance"] == 0
-            expected = parts["ce"] + crit.reference_weight * parts["reference"]
+            expected = parts["ce"] + crit.reference_weight * parts["reference"] + parts["counterfactual_ce"]
             assert loss.item() == pytest.approx(float(expected))
         else:
             assert (
@@ -422,3 +422,42 @@ def test_guided_vit_drops_a_shortcut_token():
     assert plain["accuracy"] == 1.0 and plain["shuffled"] < 0.3  # the plain ViT follows the token
     assert lrp_only["outside"] < 0.75 * plain["outside"] and lrp_only["accuracy"] > 0.9
     assert both["accuracy"] > 0.9 and both["shuffled"] > 0.85
+
+
+def test_counterfactual_cross_entropy_is_the_label_on_the_reference_cases():
+    torch.manual_seed(0)
+    x, y, mask = _data(n=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
+    plain = GuidedLoss(
+        1.0,
+        reference_weight=1.0,
+        reference_every=2,
+        composite="epsilon",
+        explain_every=4,
+        counterfactual_weight=0,
+    )
+    crit = GuidedLoss(
+        1.0,
+        reference_weight=1.0,
+        reference_every=2,
+        composite="epsilon",
+        explain_every=4,
+        counterfactual_weight=0.5,
+    )
+    loss0, parts0 = plain(model, x, y, mask)
+    loss, parts = crit(model, x, y, mask)
+    # written out: every 2nd case with its predecessor's content outside its mask, the case's own label
+    picked = torch.arange(8) % 2 == 0
+    ref = x * mask + x.roll(1, 0) * (1 - mask)
+    expected = F.cross_entropy(model(ref[picked]), y[picked])  # mean over the used cases = batch estimate
+    assert float(parts["counterfactual_ce"]) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(loss0.detach() + 0.5 * expected.detach()), rel=1e-5)
+    for k in ("ce", "guidance", "reference"):
+        assert float(parts[k]) == pytest.approx(float(parts0[k]))
+    # its gradient is the written-out one's
+    g = torch.autograd.grad(loss, list(model.parameters()))
+    g0 = torch.autograd.grad(plain(model, x, y, mask)[0] + 0.5 * expected, list(model.parameters()))
+    for a, b in zip(g, g0, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(InputError):
+        GuidedLoss(1.0, counterfactual_weight=-1.0)

@@ -158,6 +158,12 @@ def register(app: typer.Typer) -> None:
             "loss, every step: auto (default: 0.3 for transformers, unbounded for CNNs), none "
             "(unbounded) or a number >= 0.",
         ),
+        counterfactual_weight: float | None = typer.Option(
+            None,
+            "--counterfactual-weight",
+            help="--guided: weight of the cross-entropy on each referenced case with another case's "
+            "content outside its mask (default 1; 0: off).",
+        ),
         init: Path | None = typer.Option(
             None,
             "--init",
@@ -184,14 +190,22 @@ def register(app: typer.Typer) -> None:
         segment = task == "segmentation"
         if segment and guided:
             raise InputError("--guided trains classifiers; it does not apply to --task segmentation")
-        bound = check_guided_options(guided, mask_margin, explain_start, explain_ramp, guidance_bound)
+        bound = check_guided_options(
+            guided, mask_margin, explain_start, explain_ramp, guidance_bound, counterfactual_weight
+        )
         start = load_model(init) if init is not None else None
         splits = load_splits(data, start.preprocessing if start is not None else None, 1 if segment else 2)
         seg = segmentation_task(data, splits.classes, seg_labels, dice_weight) if segment else None
         per_epoch = batches_per_epoch(len(splits.train.label), batch_size)
         ramp = explain_ramp or 0
         loss_fn, extra, main = guided_setup(
-            guided, guidance_weight, mask_margin, explain_start * per_epoch, ramp * per_epoch, bound
+            guided,
+            guidance_weight,
+            mask_margin,
+            explain_start * per_epoch,
+            ramp * per_epoch,
+            bound,
+            counterfactual_weight,
         )
         if segment and "world_size" in extra:
             raise InputError("--task segmentation runs in one process; torchrun is not supported for it")
@@ -219,7 +233,12 @@ def register(app: typer.Typer) -> None:
 
 
 def check_guided_options(
-    guided: bool, margin: int, explain_start: int, explain_ramp: int | None, bound: str | None
+    guided: bool,
+    margin: int,
+    explain_start: int,
+    explain_ramp: int | None,
+    bound: str | None,
+    counterfactual: float | None = None,
 ) -> float | str | None:
     """Check the ``--guided`` options before any work; return ``--guidance-bound`` parsed (default auto).
 
@@ -230,6 +249,8 @@ def check_guided_options(
     opt.check_at_least_zero(explain_start, "--explain-start", " epochs")
     if explain_ramp is not None:
         opt.check_at_least_zero(explain_ramp, "--explain-ramp", " epochs")
+    if counterfactual is not None:
+        opt.check_at_least_zero(counterfactual, "--counterfactual-weight", "")
     parsed = opt.auto_none_or_number(bound, "--guidance-bound") if bound is not None else "auto"
     if not guided:
         given = {
@@ -237,6 +258,7 @@ def check_guided_options(
             "--explain-start": explain_start != 0,
             "--explain-ramp": explain_ramp is not None,
             "--guidance-bound": bound is not None,
+            "--counterfactual-weight": counterfactual is not None,
         }
         opt.check_needs("--guided", given)
     return parsed
@@ -249,10 +271,12 @@ def guided_setup(
     explain_start: int = 0,
     explain_ramp: int = 0,
     bound: float | str | None = "auto",
+    counterfactual: float | None = None,
 ) -> tuple[LossFn, dict[str, Any], bool]:
     """The loss for ``--guided`` / ``torchrun``, checkpoint extras, and whether this process is rank 0.
 
-    ``explain_start`` and ``explain_ramp`` are in training steps, ``bound`` is ``guidance_bound`` (see
+    ``explain_start`` and ``explain_ramp`` are in training steps, ``bound`` is ``guidance_bound``,
+    ``counterfactual`` is ``counterfactual_weight`` (``None``: its default; see
     :class:`medlrp.train.guided.GuidedLoss`).
     """
     if not weight >= 0:
@@ -270,6 +294,7 @@ def guided_setup(
         explain_start=explain_start,
         explain_ramp=explain_ramp,
         guidance_bound=bound,
+        **({} if counterfactual is None else {"counterfactual_weight": counterfactual}),
     )
     extra: dict[str, Any] = {"guided": guided, "guidance_weight": weight if guided else 0.0}
     if guided:
@@ -277,6 +302,7 @@ def guided_setup(
         extra["explain_start_steps"] = explain_start
         extra["explain_ramp_steps"] = explain_ramp
         extra["guidance_bound"] = criterion.guidance_bound  # "auto": see GuidedLoss
+        extra["counterfactual_weight"] = criterion.counterfactual_weight
     if info is not None:
         extra["world_size"] = info.world
     return guided_loss_fn(criterion, info), extra, info is None or info.is_main

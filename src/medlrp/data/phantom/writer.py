@@ -166,16 +166,29 @@ def token_plan(spec: PhantomSpec, split: str, labels: Sequence[int]) -> list[boo
 def iter_cases(spec: PhantomSpec) -> Iterator[tuple[str, str, PhantomCase]]:
     """Yield ``(split, case id, case)`` for every case of the dataset, in a fixed order."""
     spec = spec.checked()
+    for split, count in split_sizes(spec.n).items():
+        for case_id, case in iter_split(spec, split, count):
+            yield split, case_id, case
+
+
+def iter_split(spec: PhantomSpec, split: str, count: int) -> Iterator[tuple[str, PhantomCase]]:
+    """Yield ``(case id, case)`` for the first ``count`` cases of one split.
+
+    Case ``i`` of a split is the same whatever ``count`` (its seed holds the split and ``i``); which
+    cases carry the token is planned over the ``count`` cases. A benchmark may so draw a larger test
+    split than ``spec.n`` gives (a more precise accuracy) from the same distribution.
+    """
+    spec = spec.checked()
     make, _, _ = KINDS[spec.kind]
     kind_idx = list(KINDS).index(spec.kind)
+    split_idx = list(SPLIT_FRACTIONS).index(split)
     shape = (spec.size,) * spec.dims
     extra = {} if spec.kind in SIGNAL_KINDS else {"confound": spec.confound_spec()}
-    for split_idx, (split, count) in enumerate(split_sizes(spec.n).items()):
-        labels = [i % 2 for i in range(count)]
-        tokens = token_plan(spec, split, labels)
-        for i in range(count):
-            case = make([spec.seed, kind_idx, spec.dims, split_idx, i], shape, labels[i], tokens[i], **extra)
-            yield split, f"{spec.kind}_{split}_{i:04d}", case
+    labels = [i % 2 for i in range(count)]
+    tokens = token_plan(spec, split, labels)
+    for i in range(count):
+        case = make([spec.seed, kind_idx, spec.dims, split_idx, i], shape, labels[i], tokens[i], **extra)
+        yield f"{spec.kind}_{split}_{i:04d}", case
 
 
 def write_case(folder: Path, case_id: str, case: PhantomCase, spec: PhantomSpec) -> Path:
