@@ -9,6 +9,7 @@ recovers at least 90 %, the median run at least 100 %, token effect under 0.1, m
 
     .venv/bin/python benchmarks/guided_matrix.py --archs vit2d,cnn2d --seeds 0-4 --jobs 2
     .venv/bin/python benchmarks/guided_matrix.py --seeds 0 --kernels default,native -- --quick
+    .venv/bin/python benchmarks/guided_matrix.py --archs cnn2d --confounds corner-token,digits,ruler
 
 Arguments after ``--`` go to ``guided_training.py`` unchanged (``--guidance-bound``, ``--quick`` ...).
 Each run's own JSON lands in ``--work`` (kept: ``--resume`` skips runs whose JSON is there).
@@ -32,6 +33,7 @@ RESULTS = Path(__file__).with_name("results")
 SCRIPT = Path(__file__).with_name("guided_training.py")
 KERNELS = ("default", "avx2", "native")
 KEYS = ("a_plain_confounded", "b_guided_confounded", "c_plain_clean")
+DEFAULT_CONFOUND = "corner-token"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -52,18 +54,35 @@ def kernel_env(kernel: str) -> dict[str, str]:
     return env
 
 
-def run_one(arch: str, seed: int, kernel: str, work: Path, extra: list[str], resume: bool) -> dict[str, Any]:
+def run_one(
+    arch: str,
+    seed: int,
+    kernel: str,
+    work: Path,
+    extra: list[str],
+    resume: bool,
+    confound: str = DEFAULT_CONFOUND,
+) -> dict[str, Any]:
     """One ``guided_training.py`` run in a subprocess; its row (or the error)."""
-    out = work / f"{arch}_seed{seed}_{kernel}.json"
+    tag = arch if confound == DEFAULT_CONFOUND else f"{arch}_{confound}"
+    out = work / f"{tag}_seed{seed}_{kernel}.json"
+    head = {"arch": arch, "confound": confound, "seed": seed, "kernel": kernel}
     t0 = time.perf_counter()
     if not (resume and out.exists()):
-        cmd = [sys.executable, str(SCRIPT), "--archs", arch, "--seeds", str(seed), "--out", str(out), *extra]
+        cmd = [sys.executable, str(SCRIPT), "--archs", arch, "--seeds", str(seed), "--out", str(out)]
+        cmd += ["--confound", confound, *extra]
         done = subprocess.run(cmd, env=kernel_env(kernel), capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            return {"arch": arch, "seed": seed, "kernel": kernel, "error": done.stderr[-2000:]}
+            return {**head, "error": done.stderr[-2000:]}
     row = summarise(json.loads(out.read_text())["results"][arch]["runs"][0])
-    print(f"{arch} seed {seed} {kernel}: {fmt(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"arch": arch, "seed": seed, "kernel": kernel, **row}
+    print(f"{tag} seed {seed} {kernel}: {fmt(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {**head, **row}
+
+
+def group(row: dict[str, Any]) -> str:
+    """The summary a row counts in: its architecture, and its shortcut unless the corner token."""
+    confound = row.get("confound", DEFAULT_CONFOUND)
+    return row["arch"] if confound == DEFAULT_CONFOUND else f"{row['arch']} {confound}"
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
@@ -92,17 +111,24 @@ def fmt(row: dict[str, Any]) -> str:
 
 
 def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and minimum per architecture, and whether each judged goal holds in every run."""
-    out: dict[str, Any] = {}
+    """Median and minimum per architecture and shortcut (:func:`group`), and with several shortcuts per
+    architecture over all of them too (``"cnn2d all"``); whether each judged goal holds in every run."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(group(r), []).append(r)
     for arch in dict.fromkeys(r["arch"] for r in rows):
-        done = [r for r in rows if r["arch"] == arch and "error" not in r]
+        if len({group(r) for r in rows if r["arch"] == arch}) > 1:
+            groups[f"{arch} all"] = [r for r in rows if r["arch"] == arch]
+    out: dict[str, Any] = {}
+    for name, members in groups.items():
+        done = [r for r in members if "error" not in r]
         if not done:
             continue
         rec = [r["recovered"] for r in done]
         effect = [abs(r["token_effect_b"]) for r in done]
-        out[arch] = {
+        out[name] = {
             "runs": len(done),
-            "failed_runs": sum(1 for r in rows if r["arch"] == arch and "error" in r),
+            "failed_runs": len(members) - len(done),
             "recovered_median": statistics.median(rec),
             "recovered_min": min(rec),
             "b_median": statistics.median(r["b"] for r in done),
@@ -116,28 +142,29 @@ def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         steps = [r["step_ratio"] for r in done if "step_ratio" in r]
         if steps:
-            out[arch]["step_ratio_max"] = max(steps)
+            out[name]["step_ratio_max"] = max(steps)
     return out
 
 
 def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The rows and the per-architecture summary as a Markdown table."""
     lines = [
-        "| arch | seed | kernels | (a) | (b) | (c) | recovered | token effect (b) | mass a / b |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arch | shortcut | seed | kernels | (a) | (b) | (c) | recovered | token effect (b) | mass a / b |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        head = f"| {r['arch']} | {r.get('confound', DEFAULT_CONFOUND)} | {r['seed']} | {r['kernel']} |"
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['seed']} | {r['kernel']} | failed | | | | | |")
+            lines.append(f"{head} failed | | | | | |")
             continue
         lines.append(
-            f"| {r['arch']} | {r['seed']} | {r['kernel']} | {r['a']:.3f} | {r['b']:.3f} | {r['c']:.3f} | "
+            f"{head} {r['a']:.3f} | {r['b']:.3f} | {r['c']:.3f} | "
             f"{100 * r['recovered']:.0f} % | {r['token_effect_b']:.3f} | "
             f"{r['mass_a']:.2f} / {r['mass_b']:.2f} |"
         )
     for arch, s in summary.items():
         lines.append(
-            f"| {arch} | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | | "
+            f"| {arch} | | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | | "
             f"{100 * s['recovered_median']:.0f} % / {100 * s['recovered_min']:.0f} % | "
             f"max {s['token_effect_b_max']:.3f} | b > a in every run: {s['mass_b_over_a_everywhere']} |"
         )
@@ -158,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="vit2d,cnn2d")
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
+    parser.add_argument(
+        "--confounds",
+        default=DEFAULT_CONFOUND,
+        help="shortcuts, comma-separated (guided_training.py --confound)",
+    )
     parser.add_argument("--kernels", default=",".join(KERNELS), help="default, avx2, native (unset)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     parser.add_argument("--repeats", type=int, default=0, help="step-time repeats per run (0: skip)")
@@ -171,10 +203,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown kernels {unknown}; choose from {', '.join(KERNELS)}")
     extra = ["--repeats", str(args.repeats), *extra]
     # seed by seed: an interrupted matrix still has every kernel of its first seeds
-    jobs = [(a, s, k) for s in parse_seeds(args.seeds) for a in args.archs.split(",") for k in kernels]
+    jobs = [
+        (a, s, k, c)
+        for c in args.confounds.split(",")
+        for s in parse_seeds(args.seeds)
+        for a in args.archs.split(",")
+        for k in kernels
+    ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda j: run_one(*j, args.work, extra, args.resume), jobs))
+        rows = list(pool.map(lambda j: run_one(*j[:3], args.work, extra, args.resume, j[3]), jobs))
     summary = per_arch(rows)
     info = {
         "command": " ".join([Path(sys.argv[0]).name, *argv]),

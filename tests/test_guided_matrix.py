@@ -53,3 +53,21 @@ def test_goals_per_architecture(matrix, tmp_path):
     (tmp_path / "x_seed0_avx2.json").write_text(json.dumps({"results": {"x": {"runs": [runs[0]]}}}))
     row = matrix.run_one("x", 0, "avx2", tmp_path, [], resume=True)
     assert row["b"] == 0.9 and row["kernel"] == "avx2"
+
+
+def test_shortcuts_are_summarised_apart_and_together(matrix, tmp_path):
+    rows = [
+        {"arch": "x", "confound": c, "seed": s, "kernel": "native", **matrix.summarise(_run(0.5, b, 0.9))}
+        for c, s, b in (("corner-token", 0, 0.9), ("ruler", 0, 0.95), ("ruler", 1, 0.7))
+    ]
+    summary = matrix.per_arch(rows)
+    assert set(summary) == {"x", "x ruler", "x all"}
+    assert summary["x"]["goals_met"] and not summary["x ruler"]["goals_met"]
+    assert summary["x all"]["runs"] == 3 and summary["x all"]["recovered_min"] == pytest.approx(0.5)
+    assert "| x | ruler | 1 |" in matrix.table(rows, summary)
+    # each shortcut's runs are kept apart on disk
+    (tmp_path / "x_ruler_seed1_native.json").write_text(
+        json.dumps({"results": {"x": {"runs": [_run(0.5, 0.95, 0.9)]}}})
+    )
+    row = matrix.run_one("x", 1, "native", tmp_path, [], resume=True, confound="ruler")
+    assert row["confound"] == "ruler" and row["b"] == 0.95
