@@ -10,7 +10,7 @@ from medlrp.cli import main
 from medlrp.commands.phantom import CONFOUND_HELP, POSITION_HELP
 from medlrp.data.phantom import PhantomSpec, chest_case, glioma_case, iter_cases, write_phantom
 from medlrp.data.phantom.confounds import CONFOUNDS, POSITIONS, Confound, draw, font_scale
-from medlrp.data.phantom.writer import KINDS
+from medlrp.data.phantom.writer import KINDS, iter_split
 from medlrp.errors import InputError
 from medlrp.registry import ARCHITECTURES
 from medlrp.train.guided import GuidedLoss
@@ -142,6 +142,21 @@ def test_test_split_is_the_same_in_confounded_and_clean_data():
     ]
     tests = [[c.image for split, _, c in iter_cases(s) if split == "test"] for s in specs]
     assert all(np.array_equal(a, b) for a, b in zip(*tests, strict=True))
+
+
+def test_a_larger_test_split_draws_more_of_the_same_cases():
+    spec = PhantomSpec("glioma", 2, 20, True, 2, 32, confound="digits")
+    test = [(i, c) for split, i, c in iter_cases(spec) if split == "test"]  # 4 cases
+    more = list(iter_split(spec, "test", 24))
+    assert [i for i, _ in more[: len(test)]] == [i for i, _ in test]
+    for (_, a), (_, b) in zip(test, more, strict=False):
+        assert a.label == b.label and np.array_equal(a.region, b.region) and np.array_equal(a.mask, b.mask)
+        if a.token == b.token:
+            assert np.array_equal(a.image, b.image)
+    # the shortcut is independent of the class in the larger split too: half of each class carries it
+    for label in (0, 1):
+        assert sum(c.token for _, c in more if c.label == label) == 6
+    assert len({i for i, _ in more}) == 24
 
 
 def test_default_spec_is_the_corner_token(tmp_path):
