@@ -371,7 +371,12 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         explain_start=s["explain_start_epochs"] * per_epoch,
         **recipe_overrides(s, per_epoch),
     )
-    row: dict[str, Any] = {"settings": s, "seed": seed, "phantom": asdict(options)}
+    row: dict[str, Any] = {
+        "settings": s,
+        "seed": seed,
+        "phantom": asdict(options),
+        "test_cases": len(test.label),
+    }
     models = {}
     for name, train, loss_fn in (
         ("a_plain_confounded", confounded["train"], cross_entropy_loss),
@@ -495,7 +500,7 @@ def main() -> None:
     if args.cnn_composite is not None and "cnn2d" in settings:
         settings["cnn2d"]["composite"] = args.cnn_composite
     if args.quick:
-        args.repeats, args.test_cases = min(args.repeats, 2), 0
+        args.repeats, args.test_cases = min(args.repeats, 2), min(args.test_cases, 40)
     t0 = time.perf_counter()
     info: dict[str, Any] = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

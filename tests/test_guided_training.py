@@ -461,3 +461,22 @@ def test_counterfactual_cross_entropy_is_the_label_on_the_reference_cases():
         torch.testing.assert_close(a, b)
     with pytest.raises(InputError):
         GuidedLoss(1.0, counterfactual_weight=-1.0)
+
+
+def test_guided_benchmark_smoke_run_scores_on_the_larger_test_split(tmp_path):
+    """``benchmarks/guided_training.py --quick``: (a), (b), (c) trained and scored on 40 test cases."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "guided_training.py"
+    out = tmp_path / "g.json"
+    cmd = [sys.executable, str(script), "--archs", "cnn2d", "--quick", "--repeats", "0", "--size", "32"]
+    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(out.read_text())["results"]["cnn2d"]["runs"][0]
+    assert run["test_cases"] == 40  # not the 20 % of the 120 quick cases
+    for key in ("a_plain_confounded", "b_guided_confounded", "c_plain_clean"):
+        acc = run[key]["test_accuracy"] * 40  # a whole number of the 40 cases
+        assert acc == pytest.approx(round(acc), abs=1e-4) and 0 <= acc <= 40
