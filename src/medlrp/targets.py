@@ -19,15 +19,16 @@ def resolve_target(target: Target, output: torch.Tensor) -> torch.Tensor:
     """
     n, num_classes = output.shape[0], output.shape[-1]
     if target is None:
-        t = output.detach().argmax(dim=-1)
-    elif isinstance(target, int) and not isinstance(target, bool):
-        t = torch.full((n,), target, dtype=torch.long, device=output.device)
-    else:
-        t = torch.as_tensor(target, dtype=torch.long, device=output.device).reshape(-1)
-        if t.numel() == 1 and n != 1:
-            t = t.expand(n).clone()
-        if t.numel() != n:
-            raise InputError(f"target has {t.numel()} entries but the batch has {n} samples")
+        return output.detach().argmax(dim=-1)  # in range: no check (no host read of a device value)
+    if isinstance(target, int) and not isinstance(target, bool):
+        if n and not 0 <= target < num_classes:  # checked on the host, as the tensor check below words it
+            raise InputError(f"target {[target] * n} out of range for a model with {num_classes} classes")
+        return torch.full((n,), target, dtype=torch.long, device=output.device)
+    t = torch.as_tensor(target, dtype=torch.long, device=output.device).reshape(-1)
+    if t.numel() == 1 and n != 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise InputError(f"target has {t.numel()} entries but the batch has {n} samples")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise InputError(f"target {t.tolist()} out of range for a model with {num_classes} classes")
     return t

@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from medlrp.errors import InputError, MedlrpError, UnsupportedLayerError
 from medlrp.lrp.products import WEIGHTS
+from medlrp.lrp.reads import Read
 from medlrp.lrp.route import settle
 
 _ATTR = "_medlrp_node"
@@ -114,6 +115,9 @@ class Engine(TorchFunctionMode):
         #: The explainer's store of derived weights kept between passes (the ViT fast path's ``k |W|``).
         self.weights = None if dual else weights
         self._tracked: list[weakref.ref[torch.Tensor]] = []
+        #: How :meth:`flag` reads a value a rule branches on (``None``: a plain host read; see
+        #: :mod:`medlrp.lrp.reads`).
+        self.reads: Read | None = None
         #: The first error a rule raised in this pass (see :meth:`__exit__`).
         self.failure: MedlrpError | None = None
         self._stack: list[tuple[str, torch.nn.Module]] = []
@@ -303,6 +307,14 @@ class Engine(TorchFunctionMode):
         """Whether ``t`` is the model input (or a value-preserving copy of it)."""
         node = self.node(t)
         return node is not None and node.is_input
+
+    def flag(self, condition: torch.Tensor) -> bool:
+        """The value of ``condition`` (a 0-dim bool tensor) that a rule branches on.
+
+        Every host read of a tensor's value in a rule goes through here, so that a captured pass can
+        take the recorded value instead (see :mod:`medlrp.lrp.reads`).
+        """
+        return bool(condition) if self.reads is None else self.reads(condition)
 
     def reference(self, key: str, value: torch.Tensor) -> torch.Tensor:
         """A leaf standing for a reference input (low, high, ones): returns the routed leaf.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +12,8 @@ from medlrp.explanation import Explanation
 from medlrp.lrp.composites import Composite, resolve_composite
 from medlrp.lrp.engine import Engine, WeightCache
 from medlrp.lrp.handlers import HANDLERS
+from medlrp.lrp.reads import Read
+from medlrp.lrp.replay import Replay
 from medlrp.region import Goal, Region, check_main_head, resolve_goal
 from medlrp.registry import METHODS
 from medlrp.targets import STARTS, StartFn, Target
@@ -36,6 +39,11 @@ class LRP:
         start: The initial relevance at the output: ``"logit"`` (the target logit, default),
             ``"one-hot"`` (1 at the target), ``"logit-difference"`` (target logit minus the mean of
             the other logits), ``"all-classes"`` (every logit), or ``start(output, target) -> R0``.
+        graphs: Capture the pass once per input shape and replay it (:mod:`medlrp.lrp.replay`):
+            ``"auto"`` (default) for CUDA inputs, ``True`` on every device (on the CPU the same protocol
+            runs the pass eagerly: a check, not a speed-up), ``False`` never. Differentiable relevance
+            (``create_graph=True``) and segmentation outputs always run eagerly. Results equal the eager
+            pass's.
         **options: Options of the named composite (``epsilon=``, ``gamma=``, ``low=``, ``high=`` ...).
     """
 
@@ -45,6 +53,7 @@ class LRP:
         composite: str | Composite | None = None,
         *,
         start: str | StartFn = "logit",
+        graphs: bool | str = "auto",
         **options: Any,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -56,12 +65,17 @@ class LRP:
             )
         if not callable(start) and start not in STARTS:
             raise InputError(f"unknown start {start!r}; known: {', '.join(STARTS)} or a callable")
+        if graphs not in (True, False, "auto"):
+            raise InputError(f"graphs must be True, False or 'auto', not {graphs!r}")
         self.model = model
         self.composite = resolve_composite(model, composite, **options)
         self.start = start
         self._select = self.composite.selector(model)
         self._handlers = {**HANDLERS, **self.composite.handlers}
         self._weights = WeightCache()
+        self.graphs = graphs
+        #: The captured passes (:mod:`medlrp.lrp.replay`); ``None`` with ``graphs=False``.
+        self.replay = None if graphs is False else Replay(self._pass, model)
 
     def __call__(self, x: Tensor, target: Target = None, region: Region = None) -> Explanation:
         """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``.
@@ -103,11 +117,36 @@ class LRP:
             raise InputError("x must be a floating-point tensor with a batch dimension")
         check_main_head(self.model)  # the more specific refusal of a train-mode model first
         _refuse_batch_statistics(self.model)
-        engine = Engine(self.model, self._handlers, self._select, create_graph, {}, self._weights)
+        if self._replays(x, create_graph, region):
+            return self.replay(x, target)  # type: ignore[misc]
+        return self._pass(x, lambda output: resolve_goal(output, target, region), None, create_graph)
+
+    def _replays(self, x: Tensor, create_graph: bool, region: Region) -> bool:
+        """Whether this call goes through the captured passes (see ``graphs``)."""
+        if self.replay is None or create_graph or region is not None:
+            return False
+        return self.graphs is True or x.device.type == "cuda"
+
+    def _pass(
+        self,
+        x: Tensor,
+        goal_of: Callable[[Tensor], Goal],
+        reads: Read | None = None,
+        create_graph: bool = False,
+    ) -> tuple[Tensor, Tensor, Goal]:
+        """One LRP pass: ``(relevance, logits, goal)``, the goal made from the logits by ``goal_of``.
+
+        ``reads``: how the engine reads the values rules branch on (:mod:`medlrp.lrp.reads`); a pass
+        given them (a recorded or captured one) keeps no derived weights between passes, whose memory
+        a replay could not see change.
+        """
+        weights = self._weights if reads is None else None
+        engine = Engine(self.model, self._handlers, self._select, create_graph, {}, weights)
+        engine.reads = reads
         try:
             with torch.enable_grad():
                 output, routed, references = self._forward(engine, x, create_graph)
-                goal = resolve_goal(output, target, region)
+                goal = goal_of(output)
                 grad_out = self._start_gradient(output if create_graph else output.detach(), goal)
                 leaves = [engine.routed_input] + [ref for _, ref in references]
                 grads = torch.autograd.grad(

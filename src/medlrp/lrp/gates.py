@@ -39,17 +39,17 @@ def _tracked(engine: Engine, t: Any) -> bool:
     return isinstance(t, Tensor) and engine.node(t) is not None
 
 
-def _nonneg_constant(c: Any) -> bool:
+def _nonneg_constant(engine: Engine, c: Any) -> bool:
     """Whether a constant factor is known to be >= 0 (so the product keeps its factor's sign)."""
     if isinstance(c, Tensor):
-        return c.numel() == 0 or bool((c >= 0).all())
+        return c.numel() == 0 or engine.flag((c >= 0).all())
     return isinstance(c, (int, float)) and c >= 0
 
 
 def scale(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A product or quotient with one constant factor: linear, its plain gradient is the rule."""
     constant = args[1] if len(args) > 1 and _tracked(engine, args[0]) else args[0]
-    handler = _SCALE if _nonneg_constant(constant) else _SCALE_SIGNED
+    handler = _SCALE if _nonneg_constant(engine, constant) else _SCALE_SIGNED
     return handler(engine, func, args, kwargs)
 
 
@@ -79,7 +79,7 @@ def _in_place(engine: Engine, a: Tensor, b: Any) -> bool:
         a.mul_(b.detach() if isinstance(b, Tensor) else b)
     except RuntimeError:
         return False
-    nonneg = node.nonneg and (engine.node(b).gate if _tracked(engine, b) else _nonneg_constant(b))
+    nonneg = node.nonneg and (engine.node(b).gate if _tracked(engine, b) else _nonneg_constant(engine, b))
     node.linear, node.gate, node.is_input, node.nonneg = None, False, False, nonneg
     return True
 

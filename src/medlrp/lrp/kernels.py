@@ -347,9 +347,10 @@ class _GammaLinear(torch.autograd.Function):
         w_abs: Tensor,
         gamma: float,
         stabilizer: float,
+        flag: Callable[[Tensor], bool],
     ) -> Tensor:
         z = F.linear(x, weight, bias)
-        nonneg = bool((x.min() >= 0).item()) if x.numel() else True
+        nonneg = flag(x.min() >= 0) if x.numel() else True
         with torch.no_grad():
             grow = 1.0 + 0.5 * gamma
             if nonneg:
@@ -357,7 +358,7 @@ class _GammaLinear(torch.autograd.Function):
                 zeros = False
             else:
                 x_abs = x.abs()
-                zeros = bool((x_abs.min() == 0).item()) if x.numel() else False
+                zeros = flag(x_abs.min() == 0) if x.numel() else False
                 den = mm(x_abs, w_abs.t())
                 del x_abs
             # den = D / (1 + g/2) = |z| + k (q + |b|) + eps / (1 + g/2); w_abs is already k |W|
@@ -383,26 +384,29 @@ class _GammaLinear(torch.autograd.Function):
         t = mm(c.mul_(grad), weight)
         m = mm(d.mul_(grad), w_abs)
         if ctx.nonneg:
-            return t.add_(m), None, None, None, None, None
+            return t.add_(m), None, None, None, None, None, None
         if ctx.zeros:  # x == 0 takes both branches: 2 t (m cancels)
             sign = x.sign()
             m.mul_(sign)
             t.mul_(sign.abs_().neg_().add_(2.0))
-            return t.add_(m), None, None, None, None, None
-        return t.addcmul_(m, x.sign()), None, None, None, None, None
+            return t.add_(m), None, None, None, None, None, None
+        return t.addcmul_(m, x.sign()), None, None, None, None, None, None
 
 
-#: ``tokens(rule, x, flat_weight, bias, derived) -> z``; ``derived(k)`` gives ``k |W|`` (cached).
-Tokens = Callable[[Any, Tensor, Tensor, Tensor | None, Callable[[float], Tensor]], Tensor]
+#: ``tokens(rule, x, flat_weight, bias, derived, flag) -> z``; ``derived(k)`` gives ``k |W|`` (cached),
+#: ``flag`` reads a value the form branches on (:meth:`Engine.flag <medlrp.lrp.engine.Engine.flag>`).
+Tokens = Callable[
+    [Any, Tensor, Tensor, Tensor | None, Callable[[float], Tensor], Callable[[Tensor], bool]], Tensor
+]
 
 
-def _epsilon_tokens(rule: Epsilon, x: Tensor, w: Tensor, b: Tensor | None, derived: Any) -> Tensor:
+def _epsilon_tokens(rule: Epsilon, x: Tensor, w: Tensor, b: Tensor | None, derived: Any, flag: Any) -> Tensor:
     return _EpsilonLinear.apply(x, w, b, rule.epsilon)
 
 
-def _gamma_tokens(rule: Gamma, x: Tensor, w: Tensor, b: Tensor | None, derived: Any) -> Tensor:
+def _gamma_tokens(rule: Gamma, x: Tensor, w: Tensor, b: Tensor | None, derived: Any, flag: Any) -> Tensor:
     k = 0.5 * rule.gamma / (1.0 + 0.5 * rule.gamma)
-    return _GammaLinear.apply(x, w, b, derived(k).reshape(w.shape), rule.gamma, rule.stabilizer)
+    return _GammaLinear.apply(x, w, b, derived(k).reshape(w.shape), rule.gamma, rule.stabilizer, flag)
 
 
 @dataclass(frozen=True)

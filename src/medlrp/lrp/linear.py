@@ -58,7 +58,7 @@ class LinearCall:
         if rule.needs_signs:
             node = engine.node(x)
             known = node is not None and node.nonneg
-            nonneg = known or (bool((x.detach().min() >= 0).item()) if x.numel() else True)
+            nonneg = known or (engine.flag(x.detach().min() >= 0) if x.numel() else True)
         self.engine, self.rule, self.nonneg = engine, rule, nonneg
         self.bias = None if bias is None else _channel(bias, x.dim(), channel_dim)
         self.channel_dim, self.dims = channel_dim, x.dim()
@@ -89,7 +89,7 @@ class LinearCall:
 
     def merged_output(self, y: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """The output ``y = s * z + t`` of a BatchNorm merged into this layer, routed by the rule."""
-        scale = Scale(_channel(s, self.dims, self.channel_dim))
+        scale = Scale(_channel(s, self.dims, self.channel_dim), self.engine.flag)
         shift = _channel(t, self.dims, self.channel_dim)
         bias = shift if self.bias is None else scale.s * self.bias + shift
         return self._build(y, scale, bias if self.engine.dual else bias.detach())

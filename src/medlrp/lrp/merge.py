@@ -23,10 +23,11 @@ Tensor = torch.Tensor
 class Scale:
     """A per-output-channel scale ``s`` (a merged BatchNorm), with its signed parts."""
 
-    def __init__(self, s: Tensor) -> None:
+    def __init__(self, s: Tensor, flag: Callable[[Tensor], bool] = bool) -> None:
         self.s = s
-        # all positive: the common case (trained or fresh BatchNorm), where merging is a plain rescale
-        self.mixed = bool((s < 0).any())
+        # all positive: the common case (trained or fresh BatchNorm), where merging is a plain rescale;
+        # ``flag`` reads the value (the engine's, so a captured pass can replay it)
+        self.mixed = flag((s < 0).any())
         self.pos = s.clamp(min=0) if self.mixed else s
         self.neg = s.clamp(max=0) if self.mixed else None
 

@@ -66,7 +66,7 @@ def _fast_linear(engine: Engine, x: Tensor, weight: Tensor, bias: Tensor | None,
     if tokens is None:
         return None
     flat = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], -1)  # a patch embedding's kernel
-    return tokens(rule, x, flat, bias, lambda k: engine.derived_weight(weight, k))
+    return tokens(rule, x, flat, bias, lambda k: engine.derived_weight(weight, k), engine.flag)
 
 
 def _linear(engine: Engine, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
