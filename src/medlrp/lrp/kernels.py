@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medlrp.lrp.reads import on_device
 from medlrp.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, LinearRule, Product, ZBox, ZPlus, positive
 
 Tensor = torch.Tensor
@@ -35,9 +36,7 @@ Bias = Tensor | float
 def affine(a: Tensor, scale: Tensor | float, shift: Tensor | float) -> Tensor:
     """``shift + scale * a`` as one new tensor (``scale``/``shift``: per channel or scalars)."""
     if isinstance(scale, Tensor) or isinstance(shift, Tensor):
-        scale_t = torch.as_tensor(scale, dtype=a.dtype, device=a.device)
-        shift_t = torch.as_tensor(shift, dtype=a.dtype, device=a.device)
-        return torch.addcmul(shift_t, a, scale_t)
+        return torch.addcmul(on_device(shift, a), a, on_device(scale, a))
     return torch.mul(a, scale).add_(shift)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from medlrp.lrp.geometry import Geometry, input_grad
 from medlrp.lrp.ones import OnesThrough, ones_product
+from medlrp.lrp.reads import on_device
 from medlrp.lrp.rules import LinearRule, Product
 
 Tensor = torch.Tensor
@@ -259,7 +260,7 @@ class Products:
             value = torch.ones_like(x)
         else:
             bound = self.rule.reference(kind, x)
-            value = torch.as_tensor(bound, dtype=x.dtype, device=x.device).expand_as(x)
+            value = on_device(bound, x).expand_as(x)
             if not self.engine.dual:
                 value = value.detach()
         return value, self.engine.reference(kind, value)
@@ -269,7 +270,7 @@ class Products:
         x = self.x_true
         out = []
         for kind in ("low", "high"):
-            value = torch.as_tensor(self.rule.reference(kind, x), dtype=x.dtype, device=x.device).expand_as(x)
+            value = on_device(self.rule.reference(kind, x), x).expand_as(x)
             out.append(value if self.engine.dual else value.detach())
         return out[0], out[1]
 

@@ -84,11 +84,35 @@ _READS = {
     torch.nonzero,
     torch.unique,
     torch.masked_select,
+    torch.equal,
+    Tensor.equal,
+    torch.allclose,
+    Tensor.allclose,
+    torch.is_nonzero,
+    Tensor.__repr__,
 }
 
 
+#: Functions that copy host data (a number, a list) into a new tensor: on a GPU a synchronising copy.
+_COPIES = {torch.as_tensor, torch.tensor, Tensor.new_tensor}
+
+
+def on_device(value: Tensor | float, like: Tensor) -> Tensor:
+    """``value`` as a tensor of ``like``'s dtype and device, a number filled on the device.
+
+    ``torch.as_tensor(number, device=cuda)`` copies the number from the host, which a CUDA capture
+    refuses; the fill writes the same value (the number rounded to the dtype) without a copy.
+    """
+    if isinstance(value, Tensor):
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
 class HostReads(TorchFunctionMode):
-    """Refuse every host read of a tensor's value (as a CUDA graph capture does), with a clear error."""
+    """Refuse every host read of a tensor's value and every copy of host data into a tensor.
+
+    What a CUDA graph capture refuses, with a clear error (the CPU stand-in of its refusal).
+    """
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -98,7 +122,11 @@ class HostReads(TorchFunctionMode):
             raise HostReadError(
                 f"the pass reads a tensor's value on the host ({name}), which a capture refuses"
             )
+        data = args[1] if func is Tensor.new_tensor and len(args) > 1 else args[0] if args else None
+        if func in _COPIES and not isinstance(data, Tensor):
+            name = getattr(func, "__name__", repr(func))
+            raise HostReadError(f"the pass copies host data into a tensor ({name}), which a capture refuses")
         return func(*args, **(kwargs or {}))
 
 
-__all__ = ["HostReadError", "HostReads", "Read", "Recorder", "Replayer"]
+__all__ = ["HostReadError", "HostReads", "Read", "Recorder", "Replayer", "on_device"]

@@ -120,7 +120,7 @@ class CudaGraphs:
     name = "cuda"
 
     def __init__(self, warmup: int = 2) -> None:
-        self.warmup = warmup
+        self.warmup = max(warmup, 1)
         self.pool: Any = None
 
     def capture(self, step: Callable[[], Outputs], device: torch.device) -> Captured:  # noqa: D102
@@ -128,7 +128,9 @@ class CudaGraphs:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(self.warmup):  # lazy initialisation (cuDNN autotuning, workspaces)
+                with HostReads():  # a pass that cannot be captured fails here, before any capture
+                    step()
+                for _ in range(self.warmup - 1):  # lazy initialisation (cuDNN autotuning, workspaces)
                     step()
             torch.cuda.current_stream().wait_stream(side)
             if self.pool is None:
