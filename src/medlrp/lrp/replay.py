@@ -21,9 +21,10 @@ The key holds everything that changes the operations or the buffers: the input's
 and device, whether a target is given, the autocast state and the train/eval mode of every module.
 Each entry also holds the model's tensors (parameters, buffers, tensor attributes) with their version
 counters and storage addresses: a model whose weights changed in place (an optimiser step) or were
-replaced is recaptured, and after :data:`STALE_LIMIT` such changes that key runs eagerly for good (a
-model in training). Never is a captured pass replayed with stale weights. (A write through ``.data``
-bypasses the version counter and cannot be seen; call ``LRP(..., graphs=False)`` for such models.)
+replaced is recaptured, and after :data:`STALE_LIMIT` such changes in a row (no replay in between)
+that key runs eagerly for good (a model in training). Never is a captured pass replayed with stale
+weights. (A write through ``.data`` bypasses the version counter and cannot be seen; explain such
+models with ``LRP(..., graphs=False)``.)
 
 Fallbacks, each with one logged line (logger ``medlrp.lrp.replay``), never an error for the user: a
 capture that fails (an operation the backend cannot capture, a host read inside the pass, out of
@@ -55,7 +56,7 @@ from medlrp.targets import Target, resolve_target
 Tensor = torch.Tensor
 LOG = logging.getLogger(__name__)
 
-#: Weight changes of one key after which it runs eagerly (a model in training).
+#: Weight changes of one key in a row (no replay in between) after which it runs eagerly (training).
 STALE_LIMIT = 2
 #: Failed guards of one key after which it runs eagerly (inputs that keep changing a rule's branch).
 MISMATCH_LIMIT = 3
@@ -213,6 +214,7 @@ class Replay:
         #: Keys that run eagerly for good, with the reason.
         self.eager: dict[Any, str] = {}
         self.stats = Stats()
+        self._stale: dict[Any, int] = {}  # weight changes with no replay in between, by key
         self._lock = threading.Lock()
 
     def __call__(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Goal]:
@@ -225,7 +227,8 @@ class Replay:
             entry = self.entries.get(key)
             if entry is not None and not entry.current(tensors, versions):
                 self._drop(key)
-                stale = self.stats.stale[key] = self.stats.stale.get(key, 0) + 1
+                stale = self._stale[key] = self._stale.get(key, 0) + 1
+                self.stats.stale[key] = self.stats.stale.get(key, 0) + 1
                 if stale >= STALE_LIMIT:
                     return self._give_up(key, x, target, "the model's weights keep changing (training)")
                 entry = None
@@ -238,6 +241,7 @@ class Replay:
             result = entry.run(x, t)
             if result is not None:
                 self.stats.replays += 1
+                self._stale.pop(key, None)
                 return result
             misses = self.stats.mismatches[key] = self.stats.mismatches.get(key, 0) + 1
             if misses >= MISMATCH_LIMIT:
