@@ -162,6 +162,7 @@ class Entry:
     tensors: tuple[Tensor, ...]
     versions: tuple[tuple[int, int], ...]
     classes: int
+    backend: str
 
     def current(self, tensors: tuple[Tensor, ...], versions: tuple[tuple[int, int], ...]) -> bool:
         """Whether the model still holds the same tensors, unchanged."""
@@ -310,7 +311,9 @@ class Replay:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             return result
-        self.entries[key] = Entry(static_x, static_target, captured, tensors, versions, output.shape[1])
+        self.entries[key] = Entry(
+            static_x, static_target, captured, tensors, versions, output.shape[1], backend.name
+        )
         self.stats.captures += 1
         return result
 
