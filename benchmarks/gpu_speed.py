@@ -9,15 +9,20 @@ header prints); every model from torchvision with random weights (nothing downlo
 of ``--rounds`` interleaved rounds (every contender once per round, in turn, the device synchronised
 around each call; one warm-up call each first; see benchmarks/timing.py). Memory: the peak growth above
 what was allocated before one call (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak resident set
-size growth, Linux ``VmHWM``, indicative only), as a multiple of the plain pass's.
+size growth, Linux ``VmHWM``, indicative only), as a multiple of the plain pass's. A replayed row's
+memory is the peak of a fresh explainer's first call (record, warm-up and capture), the size of what its
+captured pass keeps in its memory pool: a replay alone allocates only its outputs. A replayed row whose
+capture fell back to the eager pass says so in a note.
 
 Sections (each row's ratios are against its own "plain"):
 
 * ``lrp``: CNNs, plain = a forward and a backward to the input (parameters frozen). medlrp
-  ``epsilon``, ``epsilon-plus-flat``, ``epsilon-gamma-box``; zennit 0.5 ``EpsilonPlusFlat`` and
-  ``EpsilonGammaBox`` with its canonizers (ResNet and VGG only, on the issue's rows).
-* ``vit``: torchvision ViT-B/16, plain as above; medlrp ``cp-lrp`` and ``attnlrp`` against LXT 2.1's
-  CP-LRP (its class patches applied around each of its calls and undone after).
+  ``epsilon``, ``epsilon-plus-flat``, ``epsilon-gamma-box``, each eager (``graphs=False``) and captured
+  and replayed (``graphs=True``: CUDA graphs on a GPU, see medlrp.lrp.replay; on the CPU the eager
+  stand-in, which only checks the protocol); zennit 0.5 ``EpsilonPlusFlat`` and ``EpsilonGammaBox``
+  with its canonizers (ResNet and VGG only, on the issue's rows).
+* ``vit``: torchvision ViT-B/16, plain as above; medlrp ``cp-lrp`` and ``attnlrp`` (eager and replayed)
+  against LXT 2.1's CP-LRP (its class patches applied around each of its calls and undone after).
 * ``cam``: Grad-CAM on ResNet50's ``layer4``, plain = a forward and a backward to every parameter (what
   pytorch-grad-cam needs); medlrp against pytorch-grad-cam 1.5.
 * ``guided``: one training step (AdamW) on ResNet18 (2 classes), plain = cross-entropy; medlrp's
@@ -128,13 +133,18 @@ def batch_input(batch: int, shape: tuple[int, ...], device: torch.device) -> tor
 
 
 def measure(
-    fns: dict[str, Callable[[], object]], args: argparse.Namespace, device: torch.device, label: str
+    fns: dict[str, Callable[[], object]],
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str,
+    memory_fns: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median seconds per contender and (unless ``--no-memory``) peak memory growth in bytes.
 
     Each contender is called once first (the warm-up); one that fails there (out of memory, a peer
     that does not support this torch) is dropped with a note, so one failure costs its row's cell, not
-    the run. ``plain`` must work.
+    the run. ``plain`` must work. ``memory_fns``: the call whose peak is a contender's memory, where it
+    is not one call of the contender itself (a replayed pass: its capture).
     """
     for name, fn in list(fns.items()):
         try:
@@ -152,8 +162,36 @@ def measure(
     out = {name: {"seconds": t} for name, t in times.items()}
     if not args.no_memory:
         for name, fn in fns.items():
-            out[name]["memory"] = float(peak_memory(fn, device))
+            out[name]["memory"] = float(peak_memory((memory_fns or {}).get(name, fn), device))
     return out
+
+
+def medlrp_contenders(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, composites: tuple[str, ...], label: str
+) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]], Callable[[], None]]:
+    """medlrp's contenders ``medlrp NAME`` (eager) and ``medlrp NAME graphs`` (captured and replayed).
+
+    Returns the timed calls, the memory calls of the replayed ones (a fresh explainer's first call:
+    its capture) and a function adding a note for each replayed contender that ran eagerly instead.
+    """
+    fns: dict[str, Callable[[], object]] = {}
+    memory: dict[str, Callable[[], object]] = {}
+    graphed: dict[str, medlrp.LRP] = {}
+    for name in composites:
+        eager = medlrp.LRP(model, name, graphs=False)
+        fns[f"medlrp {name}"] = lambda lrp=eager: lrp.relevance(x, target)
+        graphed[name] = medlrp.LRP(model, name, graphs=True)
+        fns[f"medlrp {name} graphs"] = lambda lrp=graphed[name]: lrp.relevance(x, target)
+        memory[f"medlrp {name} graphs"] = lambda name=name: medlrp.LRP(model, name, graphs=True).relevance(
+            x, target
+        )
+
+    def notes() -> None:
+        for name, lrp in graphed.items():
+            for why in lrp.replay.eager.values():  # type: ignore[union-attr]
+                NOTES.append(f"{label}: medlrp {name} graphs ran eagerly: {why}")
+
+    return fns, memory, notes
 
 
 def ratios(res: dict[str, dict[str, float]], base: str = "plain") -> dict[str, dict[str, float]]:
@@ -171,12 +209,14 @@ def lrp_row(case: Case, device: torch.device, args: argparse.Namespace, with_zen
     with torch.no_grad():
         target = model(x).argmax(1)
     fns = {"plain": contender("plain", "", case.arch, model, x, target)}
-    for name in COMPOSITES:
-        fns[f"medlrp {name}"] = contender("medlrp", name, case.arch, model, x, target)
+    ours, memory, notes = medlrp_contenders(model, x, target, COMPOSITES, case.label)
+    fns.update(ours)
     if with_zennit and case.zennit:
         for name in ZENNIT_COMPOSITES:
             fns[f"zennit {name}"] = contender("zennit", name, case.arch, model, x, target)
-    return {"case": case.label, "results": ratios(measure(fns, args, device, case.label))}
+    res = ratios(measure(fns, args, device, case.label, memory))
+    notes()
+    return {"case": case.label, "results": res}
 
 
 def _x(res: dict[str, dict[str, float]], key: str, field: str = "x_time") -> str:
@@ -194,18 +234,21 @@ def _span(res: dict[str, dict[str, float]], keys: list[str]) -> str:
 
 def print_lrp(rows: list[dict[str, Any]]) -> None:
     print(
-        "\n| model, batch | plain | medlrp epsilon | plus-flat | gamma-box | zennit plus-flat / gamma-box "
-        "| peak memory medlrp / zennit |"
+        "\n| model, batch | plain | medlrp epsilon | plus-flat | gamma-box | graphs: epsilon / plus-flat / "
+        "gamma-box | zennit plus-flat / gamma-box | peak memory medlrp / graphs / zennit |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         res = row["results"]
         medlrp_keys = [f"medlrp {n}" for n in COMPOSITES]
+        graph_keys = [f"medlrp {n} graphs" for n in COMPOSITES]
         zennit_keys = [f"zennit {n}" for n in ZENNIT_COMPOSITES]
         zennit = " / ".join(_x(res, k) for k in zennit_keys) if zennit_keys[0] in res else ""
-        memory = _span(res, medlrp_keys) + (f" / {_span(res, zennit_keys)}" if zennit else "")
+        graphs = " / ".join(_x(res, k) for k in graph_keys)
+        memory = f"{_span(res, medlrp_keys)} / {_span(res, graph_keys)}"
+        memory += f" / {_span(res, zennit_keys)}" if zennit else ""
         cells = [row["case"], f"{1000 * res['plain']['seconds']:.1f} ms", *(_x(res, k) for k in medlrp_keys)]
-        print("| " + " | ".join([*cells, zennit, memory]) + " |")
+        print("| " + " | ".join([*cells, graphs, zennit, memory]) + " |")
 
 
 def vit_rows(device: torch.device, args: argparse.Namespace, batch: int, size: int) -> dict[str, Any]:
@@ -219,16 +262,17 @@ def vit_rows(device: torch.device, args: argparse.Namespace, batch: int, size: i
     model = frozen(model, device)
     x = batch_input(batch, (3, size, size), device)
     target = torch.arange(batch, device=device) % 1000
+    name = "ViT (2 blocks, width 32)" if args.mode == "smoke" else "ViT-B/16"
+    label = f"{name}, {batch} ({size} px)"
     fns: dict[str, Callable[[], object]] = {"plain": contender("plain", "", "vit_b_16", model, x, target)}
-    for name in ("cp-lrp", "attnlrp"):
-        lrp = medlrp.LRP(model, name)
-        fns[f"medlrp {name}"] = lambda lrp=lrp: lrp.relevance(x, target)
+    ours, memory, notes = medlrp_contenders(model, x, target, ("cp-lrp", "attnlrp"), label)
+    fns.update(ours)
     patch_map = peer("LXT 2.1 CP-LRP", lxt_cp_map)  # without running lxt's package init (it imports LLMs)
     if patch_map is not None:
         fns["LXT 2.1 CP-LRP"] = lambda: lxt_relevance(model, x, target, patch_map)
-    name = "ViT (2 blocks, width 32)" if args.mode == "smoke" else "ViT-B/16"
-    label = f"{name}, {batch} ({size} px)"
-    return {"case": label, "results": ratios(measure(fns, args, device, label))}
+    res = ratios(measure(fns, args, device, label, memory))
+    notes()
+    return {"case": label, "results": res}
 
 
 def cam_rows(device: torch.device, args: argparse.Namespace, batch: int, size: int) -> dict[str, Any]:

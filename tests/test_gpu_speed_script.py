@@ -21,6 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_speed.py"
 PEERS = ("zennit", "lxt", "pytorch_grad_cam")
+#: medlrp's contenders: each composite eager and captured/replayed (``graphs``; the eager stand-in on a CPU).
+MEDLRP_LRP = {
+    f"medlrp {c}{g}" for c in ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box") for g in ("", " graphs")
+}
+MEDLRP_VIT = {f"medlrp {c}{g}" for c in ("cp-lrp", "attnlrp") for g in ("", " graphs")}
 
 #: Runs the script with the peer packages made unimportable (as on a machine with only torch).
 BLOCKED = f"""
@@ -62,13 +67,11 @@ def test_every_section_and_peer_runs_on_the_cpu(tmp_path):
     (lrp,) = report["lrp"]
     assert set(lrp["results"]) == {
         "plain",
-        "medlrp epsilon",
-        "medlrp epsilon-plus-flat",
-        "medlrp epsilon-gamma-box",
+        *MEDLRP_LRP,
         "zennit epsilon-plus-flat",
         "zennit epsilon-gamma-box",
     }
-    assert set(report["vit"]["results"]) == {"plain", "medlrp cp-lrp", "medlrp attnlrp", "LXT 2.1 CP-LRP"}
+    assert set(report["vit"]["results"]) == {"plain", *MEDLRP_VIT, "LXT 2.1 CP-LRP"}
     assert set(report["cam"]["results"]) == {"plain", "medlrp gradcam", "pytorch-grad-cam GradCAM"}
     assert len(report["guided"]["results"]) == 3
     for results in (lrp["results"], report["vit"]["results"], report["cam"]["results"]):
@@ -78,16 +81,16 @@ def test_every_section_and_peer_runs_on_the_cpu(tmp_path):
     assert (
         "| ResNet18, 1 (32 px) |" in report["stdout"] and "zennit plus-flat / gamma-box" in report["stdout"]
     )
+    assert "graphs: epsilon / plus-flat / gamma-box" in report["stdout"]
+    # the replayed rows' memory is their capture's (a fresh explainer's first call), never missing
+    assert all(lrp["results"][f"{k} graphs"]["memory"] >= 0 for k in MEDLRP_LRP if "graphs" not in k)
 
 
 @pytest.mark.slow
 def test_missing_peers_are_skipped_with_a_note(tmp_path):
     report = _run(tmp_path, "--sections", "lrp,vit,cam", "--no-memory", blocked=True)
-    assert set(report["lrp"][0]["results"]) == {
-        "plain",
-        *(f"medlrp {c}" for c in ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box")),
-    }
-    assert set(report["vit"]["results"]) == {"plain", "medlrp cp-lrp", "medlrp attnlrp"}
+    assert set(report["lrp"][0]["results"]) == {"plain", *MEDLRP_LRP}
+    assert set(report["vit"]["results"]) == {"plain", *MEDLRP_VIT}
     assert set(report["cam"]["results"]) == {"plain", "medlrp gradcam"}
     notes = "\n".join(report["notes"])
     for what in ("zennit", "LXT", "pytorch-grad-cam"):
