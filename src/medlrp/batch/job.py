@@ -27,6 +27,7 @@ from medlrp.batch.writers import CaseWriter, WriteJob, Written
 from medlrp.errors import InputError
 from medlrp.explanation import Explanation
 from medlrp.io import Image
+from medlrp.lrp import LRP
 from medlrp.models import LoadedModel
 from medlrp.pipeline import check_finite
 from medlrp.region_case import (
@@ -90,6 +91,8 @@ class BatchJob:
         self.done = 0
         self.failed = 0
         self._pending: deque[_Pending] = deque()
+        #: One LRP explainer for the job's batches: on a GPU its captured passes are replayed.
+        self._lrp: LRP | None = None
 
     def run(self, batch: LoadedBatch) -> None:
         """Explain one batch and hand each of its unfinished cases to the writers."""
@@ -208,6 +211,10 @@ class BatchJob:
                 e = explain_region(
                     self.loaded.model, x, [r.target for r in regions], masks, method, **options
                 )
+            elif method == "lrp":  # as explain(method="lrp") does, with the job's reused explainer
+                if self._lrp is None:
+                    self._lrp = LRP(self.loaded.model, self.settings.composite)
+                e = self._lrp(x, target)
             else:
                 e = explain(self.loaded.model, x, target=target, method=method, **options)
             result[method] = e.to("cpu")

@@ -246,5 +246,10 @@ def lrp_method(
     region: Region = None,
     **options: Any,
 ) -> Explanation:
-    """``medlrp.explain(..., method="lrp", composite=...)``."""
+    """``medlrp.explain(..., method="lrp", composite=...)``.
+
+    A one-call explainer, so nothing is captured unless ``graphs=`` is given: a capture pays off over
+    the calls of one reused :class:`LRP`.
+    """
+    options.setdefault("graphs", False)
     return LRP(model, composite, **options)(x, target, region)
