@@ -370,3 +370,24 @@ def test_reads_recorded_then_replayed_with_a_device_guard():
         torch.as_tensor(0.5)
     with HostReads(), pytest.raises(HostReadError, match="tolist"):
         cond[0].tolist()
+
+
+@pytest.mark.parametrize("name", ["torchvision_swin_v2", "monai_senet_3d", "timm_efficientnet_evos"])
+def test_zoo_members_capture_without_host_reads(name):
+    """Layer norm and shifted windows, 3D squeeze-excitation, EvoNorm: captured (no host read), equal."""
+    from medlrp.lrp import looks_like_transformer
+    from test_lrp_zoo import ZOO
+
+    make, shape = ZOO[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    composite = "attnlrp" if looks_like_transformer(model) else "epsilon-gamma-box"
+    eager, replayed = medlrp.LRP(model, composite, graphs=False), medlrp.LRP(model, composite, graphs=True)
+    for shift in (0.0, 0.5):
+        assert torch.equal(replayed.relevance(x + shift), eager.relevance(x + shift))
+    assert (replayed.replay.stats.captures, replayed.replay.stats.replays, replayed.replay.eager) == (
+        1,
+        1,
+        {},
+    )
