@@ -103,6 +103,7 @@ def test_a_new_shape_dtype_or_target_mode_is_a_new_capture_the_same_one_a_hit():
     lrp.relevance(x_of(2, size=12))  # image size
     lrp.relevance(x_of(2), 1)  # a given target
     assert (stats.captures, stats.replays) == (4, 1)
+    assert list(lrp.replay.backends) == [torch.device("cpu")]  # one backend (one memory pool) per device
     model64 = cnn().double()
     lrp64 = medlrp.LRP(model64, "epsilon", graphs=True)
     x = x_of(2)

@@ -137,7 +137,8 @@ class CudaGraphs:
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # "thread_local": other threads (a loader pinning memory) may go on with their CUDA calls
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 outputs = step()
 
         def replay() -> Outputs:
@@ -215,6 +216,8 @@ class Replay:
         #: Keys that run eagerly for good, with the reason.
         self.eager: dict[Any, str] = {}
         self.stats = Stats()
+        #: The default backend of each device, made once (its graphs share one memory pool).
+        self.backends: dict[torch.device, Backend] = {}
         self._stale: dict[Any, int] = {}  # weight changes with no replay in between, by key
         self._lock = threading.Lock()
 
@@ -298,7 +301,9 @@ class Replay:
             r, out, g = self.run(static_x, goal_of, reads)
             return r, out, g.target, reads.guard()
 
-        backend = self.backend or default_backend(x.device)
+        backend = self.backend
+        if backend is None:
+            backend = self.backends.setdefault(x.device, default_backend(x.device))
         while len(self.entries) >= self.limit:
             self._drop(next(iter(self.entries)))
             self.stats.evictions += 1
