@@ -392,3 +392,29 @@ def test_zoo_members_capture_without_host_reads(name):
         1,
         {},
     )
+
+
+def test_a_batch_job_reuses_one_explainer_and_writes_the_same_files(tmp_path, monkeypatch):
+    """``medlrp batch`` explains every batch with one LRP (on a GPU: replayed); the files are the same."""
+    import medlrp.batch.job as job
+    from medlrp.cli import main
+    from test_batch_support import batch_args, make_checkpoint, make_dataset, output_files
+
+    make_dataset(tmp_path / "data", per_class=3)
+    model = make_checkpoint(tmp_path / "m.pt")
+    args = ("--methods", "lrp", "--batch-size", "2")
+    assert main(batch_args(model, tmp_path / "data", tmp_path / "eager", *args)) == 0
+    made: list[medlrp.LRP] = []
+
+    class Replayed(medlrp.LRP):  # graphs=True: the eager backend's protocol on the CPU
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, graphs=True, **k)
+            made.append(self)
+
+    monkeypatch.setattr(job, "LRP", Replayed)
+    assert main(batch_args(model, tmp_path / "data", tmp_path / "replayed", *args)) == 0
+    (lrp,) = made
+    assert (lrp.replay.stats.captures, lrp.replay.stats.replays) == (1, 2)  # 6 cases, batches of 2
+    eager, replayed = output_files(tmp_path / "eager"), output_files(tmp_path / "replayed")
+    assert eager.keys() == replayed.keys() and any(k.endswith(".nii.gz") for k in eager)
+    assert eager == replayed
