@@ -281,6 +281,19 @@ def test_at_most_limit_passes_are_kept_least_recently_used_first_out():
     assert not lrp.replay.entries and backend.freed == 4
 
 
+def test_an_explainer_with_captures_copies_without_them():
+    import copy
+
+    model = cnn()
+    lrp = medlrp.LRP(model, "epsilon", graphs=True)
+    x = x_of(2)
+    lrp.relevance(x)
+    twin = copy.deepcopy(lrp)  # its own model copy: its passes are captured again, for that model
+    assert not twin.replay.entries and twin.replay.stats.captures == 1 and twin.replay.model is twin.model
+    assert torch.equal(twin.relevance(x), lrp.relevance(x))
+    assert twin.replay.stats.captures == 2 and lrp.replay.stats.replays == 1
+
+
 def test_what_stays_eager():
     model = cnn()
     x = x_of(2)

@@ -252,6 +252,16 @@ class Replay:
                 return self._give_up(key, x, target, "inputs keep changing a rule's branch")
             return self._eager(x, target)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copied (or pickled) without its captured passes, backends and lock (made again on use)."""
+        state = dict(self.__dict__)
+        state.update(entries=OrderedDict(), backends={}, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def clear(self) -> None:
         """Free every captured pass."""
         with self._lock:
