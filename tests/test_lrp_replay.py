@@ -294,6 +294,22 @@ def test_an_explainer_with_captures_copies_without_them():
     assert twin.replay.stats.captures == 2 and lrp.replay.stats.replays == 1
 
 
+def test_threads_sharing_one_explainer_get_their_own_maps():
+    """The static buffers are one per key: calls from several threads are serialised, never mixed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = cnn()
+    lrp = medlrp.LRP(model, "epsilon-gamma-box", graphs=True)
+    eager = medlrp.LRP(model, "epsilon-gamma-box", graphs=False)
+    xs = [x_of(2, seed=seed) for seed in range(8)]
+    lrp.relevance(xs[0])
+    with ThreadPoolExecutor(4) as pool:
+        maps = list(pool.map(lrp.relevance, xs))
+    for x, r in zip(xs, maps, strict=True):
+        assert torch.equal(r, eager.relevance(x))
+    assert lrp.replay.stats.replays == 8
+
+
 def test_what_stays_eager():
     model = cnn()
     x = x_of(2)
