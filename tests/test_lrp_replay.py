@@ -447,3 +447,61 @@ def test_a_batch_job_reuses_one_explainer_and_writes_the_same_files(tmp_path, mo
     eager, replayed = output_files(tmp_path / "eager"), output_files(tmp_path / "replayed")
     assert eager.keys() == replayed.keys() and any(k.endswith(".nii.gz") for k in eager)
     assert eager == replayed
+
+
+def test_the_cuda_backend_protocol_with_a_stand_in_for_torch_cuda(monkeypatch):
+    """The CUDA backend's steps, run on the CPU with torch.cuda's graph API stood in for.
+
+    Warm-up on a side stream (the first under HostReads), one capture into the shared pool in
+    thread-local error mode, the graph reset when freed; the real API takes these arguments.
+    """
+    import contextlib
+    import inspect
+
+    from medlrp.lrp.replay import CudaGraphs
+
+    params = inspect.signature(torch.cuda.graph).parameters
+    assert {"cuda_graph", "pool", "capture_error_mode"} <= set(params)
+    log: list[object] = []
+
+    class Graph:
+        def replay(self) -> None:
+            log.append("replay")
+
+        def reset(self) -> None:
+            log.append("reset")
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, capture_error_mode="global"):
+        log.append(("capture", pool, capture_error_mode))
+        yield
+
+    class Stream:
+        def wait_stream(self, other) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", len(log)))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    backend = CudaGraphs(warmup=3)
+
+    def step():
+        guarded = isinstance(torch.overrides._get_current_function_mode(), HostReads)
+        log.append("step under HostReads" if guarded else "step")
+        return (torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.long), None)
+
+    first = backend.capture(step, torch.device("cpu"))
+    second = backend.capture(step, torch.device("cpu"))
+    pool = log[3][1]
+    assert log == [
+        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step",
+        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step",
+    ]  # fmt: skip
+    assert pool is not None and first.outputs[0] is not second.outputs[0]
+    assert first.replay() is first.outputs and log[-1] == "replay"  # the graph rewrites the static outputs
+    first.free()
+    assert log[-1] == "reset"
