@@ -310,6 +310,22 @@ def test_threads_sharing_one_explainer_get_their_own_maps():
     assert lrp.replay.stats.replays == 8
 
 
+def test_a_model_switched_to_train_mode_is_refused_also_after_a_capture():
+    model = cnn()
+    lrp = medlrp.LRP(model, "epsilon", graphs=True)
+    x = x_of(2)
+    lrp.relevance(x)
+    lrp.relevance(x)
+    model.train()
+    counted = model[1].num_batches_tracked.clone()
+    with pytest.raises(medlrp.InputError, match=r"model\.eval\(\)"):
+        lrp.relevance(x)
+    assert torch.equal(model[1].num_batches_tracked, counted)  # the refusal came before any pass
+    model.eval()
+    assert torch.equal(lrp.relevance(x), medlrp.LRP(model, "epsilon", graphs=False).relevance(x))
+    assert (lrp.replay.stats.captures, lrp.replay.stats.replays) == (1, 2)
+
+
 def test_what_stays_eager():
     model = cnn()
     x = x_of(2)

@@ -75,7 +75,7 @@ class LRP:
         self._weights = WeightCache()
         self.graphs = graphs
         #: The captured passes (:mod:`medlrp.lrp.replay`); ``None`` with ``graphs=False``.
-        self.replay = None if graphs is False else Replay(self._pass, model)
+        self.replay = None if graphs is False else Replay(self._pass, model, check=self._check_model)
 
     def __call__(self, x: Tensor, target: Target = None, region: Region = None) -> Explanation:
         """Explain ``x``: an :class:`~medlrp.explanation.Explanation` with ``method="lrp"``.
@@ -115,11 +115,15 @@ class LRP:
     ) -> tuple[Tensor, Tensor, Goal]:
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise InputError("x must be a floating-point tensor with a batch dimension")
+        if self._replays(x, create_graph, region):
+            return self.replay(x, target)  # type: ignore[misc]  # it runs _check_model but on a replay
+        self._check_model()
+        return self._pass(x, lambda output: resolve_goal(output, target, region), None, create_graph)
+
+    def _check_model(self) -> None:
+        """Refuse a model the pass would explain wrongly or change (train-mode heads, batch statistics)."""
         check_main_head(self.model)  # the more specific refusal of a train-mode model first
         _refuse_batch_statistics(self.model)
-        if self._replays(x, create_graph, region):
-            return self.replay(x, target)  # type: ignore[misc]
-        return self._pass(x, lambda output: resolve_goal(output, target, region), None, create_graph)
 
     def _replays(self, x: Tensor, create_graph: bool, region: Region) -> bool:
         """Whether this call goes through the captured passes (see ``graphs``)."""

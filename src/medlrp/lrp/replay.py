@@ -204,14 +204,21 @@ class Replay:
         model: The explained model (its tensors and modes are part of every entry).
         limit: The most passes kept captured (least recently used first out).
         backend: The capture backend; ``None``: :func:`default_backend` of the input's device.
+        check: The explainer's checks of the model (raising for a model it refuses), run before every
+            pass except a replay: a replayed key's modes are those checked when it was captured.
     """
 
     def __init__(
-        self, run: Pass, model: torch.nn.Module, limit: int = 8, backend: Backend | None = None
+        self,
+        run: Pass,
+        model: torch.nn.Module,
+        limit: int = 8,
+        backend: Backend | None = None,
+        check: Callable[[], None] = lambda: None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        self.run, self.model, self.limit, self.backend = run, model, limit, backend
+        self.run, self.model, self.limit, self.backend, self.check = run, model, limit, backend, check
         self.entries: OrderedDict[Any, Entry] = OrderedDict()
         #: Keys that run eagerly for good, with the reason.
         self.eager: dict[Any, str] = {}
@@ -226,9 +233,11 @@ class Replay:
         modes, tensors, versions = model_state(self.model)
         key = self._key(x, target, modes)
         with self._lock:
+            entry = None if key in self.eager else self.entries.get(key)
+            if entry is None or not entry.current(tensors, versions):
+                self.check()  # any pass but a replay
             if key in self.eager:
                 return self._eager(x, target)
-            entry = self.entries.get(key)
             if entry is not None and not entry.current(tensors, versions):
                 self._drop(key)
                 stale = self._stale[key] = self._stale.get(key, 0) + 1
