@@ -234,11 +234,12 @@ class Replay:
         key = self._key(x, target, modes)
         with self._lock:
             entry = None if key in self.eager else self.entries.get(key)
-            if entry is None or not entry.current(tensors, versions):
-                self.check()  # any pass but a replay
+            current = entry is not None and entry.current(tensors, versions)
+            if not current:
+                self.check()  # before any pass but a replay
             if key in self.eager:
                 return self._eager(x, target)
-            if entry is not None and not entry.current(tensors, versions):
+            if entry is not None and not current:  # weights changed in place or replaced
                 self._drop(key)
                 stale = self._stale[key] = self._stale.get(key, 0) + 1
                 self.stats.stale[key] = self.stats.stale.get(key, 0) + 1
@@ -321,7 +322,9 @@ class Replay:
 
         backend = self.backend
         if backend is None:
-            backend = self.backends.setdefault(x.device, default_backend(x.device))
+            if x.device not in self.backends:
+                self.backends[x.device] = default_backend(x.device)
+            backend = self.backends[x.device]
         while len(self.entries) >= self.limit:
             self._drop(next(iter(self.entries)))
             self.stats.evictions += 1
