@@ -469,55 +469,74 @@ def test_the_cuda_backend_protocol_with_a_stand_in_for_torch_cuda(monkeypatch):
     """The CUDA backend's steps, run on the CPU with torch.cuda's graph API stood in for.
 
     Warm-up on a side stream (the first under HostReads), one capture into the shared pool in
-    thread-local error mode, the graph reset when freed; the real API takes these arguments.
+    thread-local error mode on a stream of its own, ended also when the pass fails, the graph reset
+    when freed; the real API takes these arguments.
     """
     import contextlib
     import inspect
 
     from medlrp.lrp.replay import CudaGraphs
 
-    params = inspect.signature(torch.cuda.graph).parameters
-    assert {"cuda_graph", "pool", "capture_error_mode"} <= set(params)
+    params = inspect.signature(torch.cuda.CUDAGraph.capture_begin).parameters
+    assert {"pool", "capture_error_mode"} <= set(params)
     log: list[object] = []
+    streams: list[object] = []
 
     class Graph:
+        def capture_begin(self, pool=None, capture_error_mode="global") -> None:
+            log.append(("capture", pool, capture_error_mode, streams[-1]))
+
+        def capture_end(self) -> None:
+            log.append("end")
+
         def replay(self) -> None:
             log.append("replay")
 
         def reset(self) -> None:
             log.append("reset")
 
-    @contextlib.contextmanager
-    def graph(g, pool=None, capture_error_mode="global"):
-        log.append(("capture", pool, capture_error_mode))
-        yield
-
     class Stream:
         def wait_stream(self, other) -> None:
             pass
 
+    @contextlib.contextmanager
+    def stream(s):
+        streams.append(s)
+        try:
+            yield
+        finally:
+            streams.pop()
+
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", stream)
     monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", len(log)))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
     backend = CudaGraphs(warmup=3)
+    fail = []
 
     def step():
         guarded = isinstance(torch.overrides._get_current_function_mode(), HostReads)
         log.append("step under HostReads" if guarded else "step")
+        if fail and len(log) > 2 and isinstance(log[-2], tuple):
+            raise RuntimeError("operation not permitted when stream is capturing")
         return (torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.long), None)
 
     first = backend.capture(step, torch.device("cpu"))
     second = backend.capture(step, torch.device("cpu"))
-    pool = log[3][1]
-    assert log == [
-        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step",
-        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step",
+    pool, side = log[3][1], log[3][3]
+    assert pool is not None and isinstance(side, Stream)
+    assert [e if isinstance(e, str) else e[:3] for e in log] == [
+        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step", "end",
+        "step under HostReads", "step", "step", ("capture", pool, "thread_local"), "step", "end",
     ]  # fmt: skip
-    assert pool is not None and first.outputs[0] is not second.outputs[0]
+    assert log[9][3] is not side and first.outputs[0] is not second.outputs[0]
     assert first.replay() is first.outputs and log[-1] == "replay"  # the graph rewrites the static outputs
     first.free()
     assert log[-1] == "reset"
+    fail.append(True)
+    with pytest.raises(RuntimeError, match="capturing"):
+        backend.capture(step, torch.device("cpu"))
+    assert log[-1] == "end" and streams == []  # the capture ended, its stream no longer current

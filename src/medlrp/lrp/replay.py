@@ -137,9 +137,15 @@ class CudaGraphs:
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            # "thread_local": other threads (a loader pinning memory) may go on with their CUDA calls
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                outputs = step()
+            torch.cuda.synchronize()
+            # not torch.cuda.graph(): when its capture fails it leaves the capture stream current
+            with torch.cuda.stream(torch.cuda.Stream()):
+                # "thread_local": other threads (a loader pinning memory) may go on with their CUDA calls
+                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                try:
+                    outputs = step()
+                finally:
+                    graph.capture_end()  # always ends the capture; raises if it was invalidated
 
         def replay() -> Outputs:
             graph.replay()
