@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -260,6 +260,36 @@ def explain_methods(
         yield method, e, seconds
 
 
+@dataclass
+class Collected:
+    """What every method of a case gives: its map (on the input's grid), options and seconds.
+
+    ``logits`` and ``target`` come from the first method (every further one explains the same class).
+    """
+
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    explain_s: dict[str, float] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    target: int | None = None
+
+
+def collect(
+    explained: Iterable[tuple[str, Explanation, float]], to_map: Callable[[str, Explanation], np.ndarray]
+) -> Collected:
+    """Gather :func:`explain_methods`' results; ``to_map(method, e)`` turns one into its saved map."""
+    out = Collected()
+    for method, e, seconds in explained:
+        out.explain_s[method] = seconds
+        if out.logits is None:
+            out.logits, out.target = e.output[0].detach().float().cpu(), int(e.target[0])
+        out.maps[method] = to_map(method, e)
+        out.options[method] = _jsonable(dict(e.options))
+    if out.logits is None or out.target is None:
+        raise InputError("no method given")
+    return out
+
+
 def compute_case(
     loaded: LoadedModel,
     image: Image,
@@ -321,24 +351,19 @@ def compute_case(
     seg = _segmentation_region(loaded, x, image, wanted, region, methods, explanations)
     if seg is not None:
         wanted = seg.target
-    maps: dict[str, np.ndarray] = {}
-    options: dict[str, dict[str, Any]] = {}
-    logits: torch.Tensor | None = None
-    explain_s: dict[str, float] = {}
-    for method, e, seconds in explain_methods(
-        loaded, x, methods, wanted, composite, explanations, image.source, seg, layer
-    ):
-        explain_s[method] = seconds
-        if logits is None:
-            logits = e.output[0].detach().float().cpu()
-            wanted = int(e.target[0])  # every further method explains the same class
+
+    def to_map(method: str, e: Explanation) -> np.ndarray:
         relevance = e.relevance[0].detach().double().sum(dim=0).cpu().numpy()
         resampled = to_input_grid(relevance, spatial).astype(np.float32)
         if not np.isfinite(resampled).all():  # finite in float64, beyond float32's range
             raise InputError(f"{image.source}: the relevance of {method} exceeds the float32 range")
-        maps[method] = resampled
-        options[method] = _jsonable(dict(e.options))
-    assert logits is not None and wanted is not None
+        return resampled
+
+    got = collect(
+        explain_methods(loaded, x, methods, wanted, composite, explanations, image.source, seg, layer), to_map
+    )
+    logits = got.logits
+    assert logits is not None
     if not bool(torch.isfinite(logits).all()):  # float32 overflow of a float64 output
         raise InputError(f"{image.source}: the model's output exceeds the float32 range")
     display = image.array.mean(axis=0)
@@ -351,11 +376,11 @@ def compute_case(
         case=name or stem(image.source),
         image=image,
         methods=list(methods),
-        maps=maps,
-        options=options,
-        explain_s=explain_s,
+        maps=got.maps,
+        options=got.options,
+        explain_s=got.explain_s,
         logits=logits,
-        target=wanted,
+        target=got.target,
         class_names=class_names,
         composite=composite,
         window=window,

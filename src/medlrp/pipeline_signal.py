@@ -28,11 +28,11 @@ from medlrp.io.inputs import stem
 from medlrp.models import LoadedModel
 from medlrp.pipeline import (
     CaseResult,
-    _jsonable,
     _metrics,
     _writing,
     case_record,
     class_index,
+    collect,
     explain_methods,
     prepare,
 )
@@ -90,30 +90,26 @@ def compute_signal_case(
         raise InputError(f"{mask.source}: mask of {mask.array.shape[-1]} samples, the signal has {samples}")
     class_names = list(loaded.class_names)
     wanted = class_index(target, class_names)
-    maps: dict[str, np.ndarray] = {}
-    options: dict[str, dict[str, Any]] = {}
-    explain_s: dict[str, float] = {}
-    logits: torch.Tensor | None = None
-    for method, e, seconds in explain_methods(
-        loaded, x, methods, wanted, composite, explanations, image.source, layer=layer
-    ):
-        explain_s[method] = seconds
-        if logits is None:
-            logits, wanted = e.output[0].detach().float().cpu(), int(e.target[0])
+
+    def to_map(method: str, e: Explanation) -> np.ndarray:
         r = e.relevance[0].detach().double().cpu().numpy()
         r = np.broadcast_to(r, (n_leads, r.shape[-1])) if r.shape[0] == 1 else r  # CAM: one map for all
-        maps[method] = to_samples(r, samples).astype(np.float32)
-        options[method] = _jsonable(dict(e.options))
-    assert logits is not None and wanted is not None
+        return to_samples(r, samples).astype(np.float32)
+
+    got = collect(
+        explain_methods(loaded, x, methods, wanted, composite, explanations, image.source, layer=layer),
+        to_map,
+    )
+    assert got.logits is not None
     return CaseResult(
         case=name or stem(image.source),
         image=image,
         methods=list(methods),
-        maps=maps,
-        options=options,
-        explain_s=explain_s,
-        logits=logits,
-        target=wanted,
+        maps=got.maps,
+        options=got.options,
+        explain_s=got.explain_s,
+        logits=got.logits,
+        target=got.target,
         class_names=class_names,
         composite=composite,
         mask=mask,
