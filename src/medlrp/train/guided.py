@@ -38,8 +38,8 @@ Design decisions, each with its reason:
   the region inside the mask where the terms above only push away from the outside. Without it a guided
   CNN that had stopped reading the shortcut still learnt the lesion worse than the same CNN trained on
   unconfounded data (82-93 % of the accuracy gap recovered on three of five seeds, 60 % on one where it
-  kept the token); with it 95-111 % on every seed (BENCHMARKS.md). It costs nothing: the reference
-  forward and its backward run anyway.
+  kept the token under some CPU kernels); with it 89-125 % over five seeds and three kernels (median
+  101 %; BENCHMARKS.md). It costs nothing: the reference forward and its backward run anyway.
 - Losses are measured in units of at least one logit (``tau=1``): an untrained network's logits are
   tiny, and a unit tied to them alone lets the guidance gradient outweigh the cross-entropy by their
   inverse, so that the model never starts learning (measured: cross-entropy stuck at log 2).
