@@ -146,7 +146,7 @@ def _extra(path):
 def test_bound_and_ramp_land_in_the_loss_and_the_checkpoint(tmp_path, data):
     train_cases = sum(1 for p in (data / "train").rglob("*.png") if not p.stem.endswith("_mask"))
     per_epoch = batches_per_epoch(train_cases, 4)
-    bound = ["--guidance-bound", "0.5", "--explain-ramp", "1"]
+    bound = ["--guidance-bound", "0.5", "--explain-ramp", "1", "--counterfactual-weight", "0"]
     runs = {"default": [], "bound": bound, "none": ["--guidance-bound", " NONE "]}
     extras = {}
     for name, flags in runs.items():
@@ -158,6 +158,10 @@ def test_bound_and_ramp_land_in_the_loss_and_the_checkpoint(tmp_path, data):
     assert bounded["explain_ramp_steps"] == per_epoch > 0 and bounded["explain_start_steps"] == 0
     assert extras["none"]["guidance_bound"] is None and extras["default"]["guidance_bound"] == "auto"
     assert extras["default"]["explain_ramp_epochs"] == 0 == extras["default"]["explain_ramp_steps"]
+    # the label on the reference: on by default (weight 1), off with 0, and logged only when on
+    assert extras["default"]["counterfactual_weight"] == 1.0 and bounded["counterfactual_weight"] == 0.0
+    assert "counterfactual_ce" in extras["default"]["history"][0]
+    assert "counterfactual_ce" not in bounded["history"][0]
     # the bound acts: a CNN (unbounded under "auto") logs the bounded step's gradient ratio only when
     # a number is given
     assert "guidance_grad_ratio" in bounded["history"][0]
@@ -180,6 +184,8 @@ def test_bound_and_ramp_land_in_the_loss_and_the_checkpoint(tmp_path, data):
         (["--explain-ramp", "2"], "--explain-ramp applies to --guided only"),
         (["--mask-margin", "2"], "--mask-margin applies to --guided only"),
         (["--explain-start", "1"], "--explain-start applies to --guided only"),
+        (["--guided", "--counterfactual-weight", "-1"], "--counterfactual-weight must be >= 0"),
+        (["--counterfactual-weight", "1"], "--counterfactual-weight applies to --guided only"),
     ],
 )
 def test_bad_guided_options_one_line_exit_2_before_any_work(tmp_path, capsys, flags, message):
