@@ -9,6 +9,8 @@ from medlrp.errors import InputError
 from medlrp.lrp.composites import resolve_composite
 from medlrp.models.vit import vit2d
 from medlrp.train.guided import (
+    EXPLAIN_EVERY_CNN,
+    EXPLAIN_EVERY_TRANSFORMER,
     GUIDANCE_BOUND,
     GUIDANCE_TRANSFORMER_EPSILON,
     GuidedLoss,
@@ -108,11 +110,21 @@ def test_explanation_term_ramps_in_linearly():
 def test_defaults_are_the_robust_recipe():
     crit = GuidedLoss()
     assert crit.guidance_bound == "auto" and crit.explain_ramp == 0
-    assert crit.guidance_weight == 0.3 and crit.explain_every == 32 and crit.reference_weight == 3.0
+    assert crit.guidance_weight == 0.3 and crit.explain_every == "auto" and crit.reference_weight == 3.0
+    assert crit.reference_every == 1 and crit.counterfactual_weight == 3.0
     vit = vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2).eval()
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
     # "auto": transformers explained by the default relevance are bounded, CNNs and own choices not
     assert crit.bound_for(vit) == GUIDANCE_BOUND == 0.3 and crit.bound_for(cnn) is None
+    # "auto": the bounded transformer term costs a second backward, so it explains every 64th case
+    assert crit.explain_every_for(vit) == EXPLAIN_EVERY_TRANSFORMER == 64
+    assert crit.explain_every_for(cnn) == EXPLAIN_EVERY_CNN == 32
+    assert GuidedLoss(composite="attnlrp").explain_every_for(vit) == 32
+    assert GuidedLoss(explain_every=5, guidance_bound=None).explain_every_for(vit) == 5
+    with pytest.raises(InputError, match="explain_every"):
+        GuidedLoss(explain_every="often")
+    with pytest.raises(InputError, match="auto"):
+        crit.selection(4, None)
     assert GuidedLoss(composite="attnlrp").bound_for(vit) is None
     assert (
         GuidedLoss(guidance_bound=0.5).bound_for(cnn) == 0.5

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,32 @@ def test_selection_by_position_in_the_whole_batch():
     assert crit.selection(7, has).tolist() == [True, False, False, False, False, False, True]
     # the second half of a batch split over two processes starts at offset 4
     assert crit.selection(3, None, offset=4).tolist() == [False, False, True]
+    # cases are counted over the run: after 2 cases, the third of the next batch is the next one
+    assert crit.selection(4, None, seen=2).tolist() == [False, True, False, False]
+
+
+def test_explain_every_beyond_the_batch_explains_every_other_step_unbiased():
+    torch.manual_seed(0)
+    x, y, mask = _data(n=4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
+    calls: list[int] = []
+
+    def counting(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: Any) -> Any:
+        calls.append(x.shape[0])
+        return input_x_gradient_relevance(model, x, target, start)
+
+    every8 = GuidedLoss(1.0, relevance_fn=counting, explain_every=8, reference_weight=0.0)
+    every4 = GuidedLoss(1.0, relevance_fn=input_x_gradient_relevance, explain_every=4, reference_weight=0.0)
+    with eval_mode(model):  # an evaluation call counts no cases
+        every8(model, x, y, mask)
+    assert every8.seen == 0 and calls == [1]
+    calls.clear()
+    got = [float(every8(model, x, y, mask)[1]["guidance"]) for _ in range(4)]
+    assert calls == [1, 1] and every8.seen == 16
+    assert got[1] == 0.0 and got[3] == 0.0 and got[0] > 0
+    # weighted by 8/4 on the steps that explain: the same estimate on average as every 4th case
+    ref = float(every4(model, x, y, mask)[1]["guidance"])
+    assert got[0] / 2 == pytest.approx(ref, rel=1e-5)
 
 
 def test_guided_step_with_lrp_trains_and_leaves_the_model_consistent():
@@ -202,9 +230,10 @@ def test_guidance_moves_relevance_off_a_shortcut():
 def test_cli_guided_training(tmp_path, capsys):
     assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "12", "--size", "16"]) == 0
     out = tmp_path / "m.pt"
-    args = ["train", "--data", str(tmp_path / "ph"), "--epochs", "2", "--batch-size", "4", "--quiet"]
+    args = ["train", "--data", str(tmp_path / "ph"), "--batch-size", "4", "--quiet"]
     guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2", "--explain-start", "1"]
-    assert cli_main([*args, "--out", str(out), *guided]) == 0
+    # every 32nd case is explained (counted over the run): 6 epochs of this small set reach the 32nd
+    assert cli_main([*args, "--epochs", "6", "--out", str(out), *guided]) == 0
     printed = capsys.readouterr().out
     assert "guidance" in printed and "ce" in printed
     extra = torch.load(out, weights_only=True)["extra"]
@@ -214,9 +243,11 @@ def test_cli_guided_training(tmp_path, capsys):
     )
     assert extra["explain_start_epochs"] == 1
     assert extra["explain_start_steps"] == batches_per_epoch(train_cases, 4) > 0
-    # the LRP term starts with the second epoch
+    # the LRP term starts with the second epoch, in the epoch that holds the run's 32nd case
     history = extra["history"]
-    assert history[0]["guidance"] == 0 and history[1]["guidance"] > 0
+    assert train_cases < 32 and history[0]["guidance"] == 0
+    explained = [i for i, h in enumerate(history) if h["guidance"] > 0]
+    assert explained and explained[0] == 32 // train_cases
     assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--mask-margin", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--explain-start", "-1"]) == 2
@@ -330,7 +361,9 @@ def test_reference_term_sees_a_model_that_reads_outside_the_mask():
     crit = GuidedLoss(2.0, reference_weight=1.5, reference_every=1, composite="epsilon")
     loss, parts = crit(corner, x, y, mask)
     assert parts["reference"] > 0
-    expected = parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"]) + parts["counterfactual_ce"]
+    expected = (
+        parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"]) + 3.0 * parts["counterfactual_ce"]
+    )
     assert loss.item() == pytest.approx(float(expected))
     assert GuidedLoss(0.0)(corner, x, y, mask)[0].item() == pytest.approx(float(parts["ce"]))  # plain
     # the same model reading only the inside: no reference term
@@ -374,7 +407,8 @@ def test_explain_start_delays_the_explanation_term_only():
         assert float(parts["reference"]) == pytest.approx(float(ref_parts["reference"]))
         if step < 2:
             assert parts["guidance"] == 0
-            expected = parts["ce"] + crit.reference_weight * parts["reference"] + parts["counterfactual_ce"]
+            cf = crit.counterfactual_weight * parts["counterfactual_ce"]
+            expected = parts["ce"] + crit.reference_weight * parts["reference"] + cf
             assert loss.item() == pytest.approx(float(expected))
         else:
             assert (

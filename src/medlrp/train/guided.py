@@ -101,6 +101,8 @@ __all__ = [
     "guidance_options",
     "GUIDANCE_TRANSFORMER_EPSILON",
     "GUIDANCE_BOUND",
+    "EXPLAIN_EVERY_CNN",
+    "EXPLAIN_EVERY_TRANSFORMER",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -320,6 +322,13 @@ def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
     return pool(mask.float(), 2 * margin + 1, stride=1, padding=margin).to(mask.dtype)
 
 
+#: ``GuidedLoss(explain_every="auto")``: every 32nd case of a CNN is explained, every 64th of a transformer
+#: explained by the default relevance (one case every second step with batches of 32): its bounded term
+#: costs a second backward, and with every case referenced (the defaults) a guided ``vit2d`` step then cost
+#: 3.0x a plain one at every 32nd case, 2.5x at every 64th; ``cnn2d`` 2.8x at every 32nd (BENCHMARKS.md).
+EXPLAIN_EVERY_CNN, EXPLAIN_EVERY_TRANSFORMER = 32, 64
+
+
 #: ``GuidedLoss(guidance_bound="auto")`` for transformers: the explanation term's gradient is at most
 #: this share of the rest's (cross-entropy and reference term) in every step. The attnlrp term's
 #: gradient is rough (its norm was 3-300x the rest's, epoch means, in the guided ViT) and Adam makes a
@@ -343,7 +352,9 @@ class GuidedLoss(nn.Module):
         relevance_fn: How relevance is computed (default :func:`lrp_relevance` with ``composite``).
         composite: LRP composite for the default relevance function (see :func:`lrp_relevance`).
         start: ``"logit-difference"`` (default), ``"logit"`` or a callable ``start(output, target)``.
-        explain_every: Explain every n-th case of a batch (see the module docstring); 1 explains all.
+        explain_every: Explain every n-th case (counted over the run, see :meth:`selection` and the
+            module docstring); 1 explains all; ``"auto"`` (default): :data:`EXPLAIN_EVERY_TRANSFORMER`
+            when the relevance is the default one of a transformer, else :data:`EXPLAIN_EVERY_CNN`.
         mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
             carry relevance then includes the lesion's surroundings (a classifier reads a lesion
             against its context, so a tight lesion mask also penalises right reasons).
@@ -377,20 +388,20 @@ class GuidedLoss(nn.Module):
         relevance_fn: RelevanceFn | None = None,
         composite: str | None = None,
         start: str | StartFn = "logit-difference",
-        explain_every: int = 32,
+        explain_every: int | str = "auto",
         mask_margin: int = 0,
         reference_weight: float = 3.0,
-        reference_every: int = 2,
+        reference_every: int = 1,
         explain_start: int = 0,
         explain_ramp: int = 0,
         guidance_bound: float | str | None = "auto",
-        counterfactual_weight: float = 1.0,
+        counterfactual_weight: float = 3.0,
     ) -> None:
         super().__init__()
         if not guidance_weight >= 0:
             raise InputError(f"guidance weight must be >= 0, got {guidance_weight}")
-        if explain_every < 1:
-            raise InputError(f"explain_every must be at least 1, got {explain_every}")
+        if explain_every != "auto" and not (isinstance(explain_every, int) and explain_every >= 1):
+            raise InputError(f"explain_every must be at least 1 or 'auto', got {explain_every!r}")
         self.guidance_weight = float(guidance_weight)
         # a unit of at least one logit: an untrained network's logits are tiny, and a unit tied to them
         # lets the guidance gradient outweigh the cross-entropy by their inverse (measured: the model
@@ -398,7 +409,7 @@ class GuidedLoss(nn.Module):
         self.criterion = criterion if criterion is not None else GuidanceLoss(tau=1.0)
         self.relevance_fn = relevance_fn if relevance_fn is not None else lrp_relevance(composite)
         self.start = resolve_start(start)
-        self.explain_every = int(explain_every)
+        self.explain_every: int | str = explain_every
         if mask_margin < 0:
             raise InputError(f"mask_margin must be >= 0, got {mask_margin}")
         self.mask_margin = int(mask_margin)
@@ -425,8 +436,12 @@ class GuidedLoss(nn.Module):
             raise InputError(f"counterfactual weight must be >= 0, got {counterfactual_weight}")
         self.counterfactual_weight = float(counterfactual_weight)
         self._default_relevance = relevance_fn is None and composite is None
-        self._auto: tuple[int, float | None] | None = None
+        self._auto: tuple[int, bool] | None = None
         self.steps = 0
+        #: Cases of the training batches so far (whole batches; see :meth:`selection`).
+        self.seen = 0
+        #: Set by :mod:`medlrp.train.guided_dist`: the size of the whole batch a shard belongs to.
+        self.whole_batch: int | None = None
         self.reference = ReferenceLoss()
         #: Set by :mod:`medlrp.train.guided_dist`: this shard's gradients -> the whole batch's, so that
         #: ``guidance_bound`` applies to the whole batch as in one process.
@@ -436,11 +451,21 @@ class GuidedLoss(nn.Module):
         """The guidance bound used for ``model`` (``"auto"`` resolved: see the class docstring)."""
         if self.guidance_bound != "auto":
             return self.guidance_bound  # type: ignore[return-value]
+        return GUIDANCE_BOUND if self._transformer(model) else None
+
+    def explain_every_for(self, model: nn.Module) -> int:
+        """``explain_every`` for ``model`` (``"auto"`` resolved: see the class docstring)."""
+        if isinstance(self.explain_every, int):
+            return self.explain_every
+        return EXPLAIN_EVERY_TRANSFORMER if self._transformer(model) else EXPLAIN_EVERY_CNN
+
+    def _transformer(self, model: nn.Module) -> bool:
+        """Whether ``model`` is explained by the default relevance of a transformer (decided once)."""
         if self._auto is None or self._auto[0] != id(model):
             from medlrp.lrp.composites import TRANSFORMER_DEFAULT
 
             transformer = self._default_relevance and guidance_composite(model) == TRANSFORMER_DEFAULT
-            self._auto = (id(model), GUIDANCE_BOUND if transformer else None)
+            self._auto = (id(model), transformer)
         return self._auto[1]
 
     def ramp(self, step: int) -> float:
@@ -452,17 +477,33 @@ class GuidedLoss(nn.Module):
         return min(1.0, (step - self.explain_start + 1) / (self.explain_ramp + 1))
 
     def selection(
-        self, n: int, has_mask: torch.Tensor | None, offset: int = 0, every: int | None = None
+        self,
+        n: int,
+        has_mask: torch.Tensor | None,
+        offset: int = 0,
+        every: int | None = None,
+        seen: int | None = None,
     ) -> torch.Tensor:
         """Which of ``n`` cases to explain: bool ``(n,)``.
+
+        Cases are counted over the whole run (training batches one after another), so that every n-th
+        case is taken also where n exceeds the batch: ``explain_every=64`` with batches of 32 explains
+        one case in every second step.
 
         Args:
             n: Cases in the batch.
             has_mask: Which cases have a mask (``None``: all).
             offset: Position of the first case in the whole batch (for a shard of a distributed batch).
-            every: Take every n-th case (default ``explain_every``; the reference term passes its own).
+            every: Take every n-th case (default ``explain_every``, which must then be a number: pass
+                :meth:`explain_every_for` where it is ``"auto"``; the reference term passes its own).
+            seen: Cases of training batches before this batch (default :attr:`seen`).
         """
-        picked = (torch.arange(n) + offset) % (self.explain_every if every is None else every) == 0
+        first = offset + (self.seen if seen is None else seen)
+        if every is None:
+            if not isinstance(self.explain_every, int):
+                raise InputError("explain_every is 'auto': pass every=explain_every_for(model)")
+            every = self.explain_every
+        picked = (torch.arange(n) + first) % every == 0
         if has_mask is not None:
             picked = picked & has_mask.detach().cpu().bool()
         return picked
@@ -502,10 +543,11 @@ class GuidedLoss(nn.Module):
             "guidance": ce.new_zeros(()),
             "acc": (logits.detach().argmax(dim=1) == y).float().mean(),
         }
-        step = self.steps
+        step, seen = self.steps, self.seen
         training = model.training
         if training:
             self.steps += 1
+            self.seen += self.whole_batch if self.whole_batch is not None else x.shape[0]
         if mask is None or self.guidance_weight == 0:
             return ce, parts
         loss = ce
@@ -513,12 +555,13 @@ class GuidedLoss(nn.Module):
             if partner is None:
                 partner = x.roll(1, dims=0)
             reference, counterfactual = self._reference(
-                model, x, y, logits, mask, has_mask, stats, parts, offset, partner
+                model, x, y, logits, mask, has_mask, stats, parts, offset + seen, partner
             )
             loss = loss + self.guidance_weight * self.reference_weight * reference
             if counterfactual is not None:
                 loss = loss + self.counterfactual_weight * counterfactual
-        picked = self.selection(x.shape[0], has_mask, offset).to(x.device)
+        every = self.explain_every_for(model)
+        picked = self.selection(x.shape[0], has_mask, offset, every, seen).to(x.device)
         share = self.ramp(step)
         if share == 0 or not bool(picked.any()):
             return loss, parts
@@ -528,7 +571,7 @@ class GuidedLoss(nn.Module):
         explained = self.start(out, y[picked]).sum(dim=1)
         guidance = self.criterion(relevance, region, explained)
         # mean over the explained cases -> unbiased estimate of the mean over the batch
-        guidance = guidance * (float(picked.sum()) * self.explain_every / x.shape[0])
+        guidance = guidance * (float(picked.sum()) * every / x.shape[0])
         parts["guidance"] = guidance.detach()
         term = share * self.guidance_weight * guidance
         bound = self.bound_for(model)
@@ -556,7 +599,7 @@ class GuidedLoss(nn.Module):
 
         Returns ``(reference loss, counterfactual cross-entropy or None)``, both batch-mean estimates.
         """
-        picked = self.selection(x.shape[0], has_mask, offset, self.reference_every).to(x.device)
+        picked = self.selection(x.shape[0], has_mask, offset, self.reference_every, seen=0).to(x.device)
         if not bool(picked.any()):
             return logits.new_zeros(()), None
         region = grow_mask(mask[picked], self.mask_margin)

@@ -114,6 +114,7 @@ class DistributedLoss:
         start, stop = self.info.shard(n)
         # the guidance bound sees the whole batch's gradients: this shard's, weighted by its share, summed
         self.criterion.reduce_gradients = partial(_weighted_sum, weight=(stop - start) / n)
+        self.criterion.whole_batch = n  # every process counts the cases of the whole batch
         loss, parts = self._ddp(
             batch.x[start:stop],
             batch.label[start:stop],
