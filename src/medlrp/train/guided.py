@@ -32,14 +32,17 @@ Design decisions, each with its reason:
   is, by completeness, exactly the relevance of ``f(x) - f(x_ref)``, all of it outside the mask.
   Neither term alone worked for the CNN on the phantom (measured, BENCHMARKS.md): without the
   reference the model kept the shortcut unseen, without the LRP term it stopped learning.
-- The label on the reference (``counterfactual_weight``, on by default): each referenced case's
-  reference, which has another case's content outside the mask, is also a training case with the
-  case's own label. On it the shortcut carries no information, so the cross-entropy there pulls towards
-  the region inside the mask where the terms above only push away from the outside. Without it a guided
-  CNN that had stopped reading the shortcut still learnt the lesion worse than the same CNN trained on
-  unconfounded data (82-93 % of the accuracy gap recovered on three of five seeds, 60 % on one where it
-  kept the token under some CPU kernels); with it 89-125 % over five seeds and three kernels (median
-  101 %; BENCHMARKS.md). It costs nothing: the reference forward and its backward run anyway.
+- The label on the reference (``counterfactual_weight=3``, on every case: ``reference_every=1``): each
+  referenced case's reference, which has another case's content outside the mask, is also a training
+  case with the case's own label. On it the shortcut carries no information, so the cross-entropy there
+  pulls towards the region inside the mask where the terms above only push away from the outside.
+  Without it a guided CNN that had stopped reading the shortcut still learnt the lesion worse than the
+  same CNN trained on unconfounded data (82-93 % of the accuracy gap recovered on three of five seeds,
+  60 % on one where it kept the token under some CPU kernels). With weight 1 on every second case:
+  79-125 % over five seeds, three kernels and four kinds of shortcut, the worst runs those where the
+  guided model had dropped the shortcut and learnt the lesion less well; on every case with weight 3 the
+  references outweigh the confounded originals (BENCHMARKS.md). It needs no forward or backward of its
+  own: the reference term's are reused.
 - Losses are measured in units of at least one logit (``tau=1``): an untrained network's logits are
   tiny, and a unit tied to them alone lets the guidance gradient outweigh the cross-entropy by their
   inverse, so that the model never starts learning (measured: cross-entropy stuck at log 2).
@@ -50,13 +53,15 @@ Design decisions, each with its reason:
 - Normalise intensities with a map that does not depend on the region outside the mask (a fixed
   scale, or statistics inside the mask): a per-image z-score over the whole image moves every pixel
   when a token appears in a corner, which hands the shortcut to the region inside the mask.
-- Only every ``explain_every``-th case of the batch is explained (by position, cases without a mask
-  skipped) and its loss is weighted by ``explain_every``: an unbiased estimate of the loss over all
-  cases (the batches are shuffled, so every case is explained every few epochs); the reference term
+- Only every ``explain_every``-th case is explained (counted over the run, by position in the
+  batches, cases without a mask skipped) and its loss is weighted by ``explain_every``: an unbiased
+  estimate of the loss over all cases (the batches are shuffled, so every case is explained every few
+  epochs); ``explain_every`` beyond the batch explains one case every few steps. The reference term
   likewise uses every ``reference_every``-th case. Differentiable LRP costs several plain steps per
-  case (a forward with both graphs and a double backward), a reference one plain forward and backward;
-  the defaults (every 32nd case explained, every 2nd referenced) keep a guided step under 3 plain
-  steps (see BENCHMARKS.md). ``explain_every=1`` explains every case.
+  case (a forward with both graphs and a double backward), a reference one plain forward and backward
+  per case; the defaults (every case referenced, every 32nd case of a CNN explained, every 64th of a
+  transformer, whose bounded term costs a second backward) keep a guided step under 3 plain steps
+  (BENCHMARKS.md). ``explain_every=1`` explains every case.
 - The explanation term can start late (``explain_start`` training steps; the reference term runs from
   the first step): the relevance of an untrained network is noise spread over the whole input, and
   penalising it from the first step holds a tiny ViT at chance (measured: cross-entropy stuck at
