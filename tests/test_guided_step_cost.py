@@ -1,0 +1,55 @@
+"""benchmarks/guided_step_cost.py: the recipes, the block of steps per sample, the written figures."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def cost():
+    sys.path.insert(0, str(BENCH))  # the script imports guided_training from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("guided_step_cost", BENCH / "guided_step_cost.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_recipes_resolve_explain_every_per_architecture(cost):
+    _, every_cnn = cost.recipe_losses("cnn2d", ["defaults", "session7"])
+    _, every_vit = cost.recipe_losses("vit2d", ["defaults", "session7"])
+    # the bounded transformer term explains every 64th case by default, a CNN every 32nd
+    assert every_cnn == 32 and every_vit == 64
+
+
+def test_step_cost_smoke_run_writes_ratios(cost, tmp_path):
+    out = tmp_path / "cost.json"
+    cost.main(
+        [
+            "--archs",
+            "cnn2d",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "8",
+            "--recipes",
+            "defaults,no-lrp",
+            "--out",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    r = data["results"]["cnn2d"]
+    # one sample spans the steps that hold one explained case: 32 cases in batches of 8
+    assert r["block"] == 4 and set(r["step_s"]) == {"plain", "defaults", "no-lrp"}
+    # a guided step runs a reference forward and backward of the whole batch besides the plain one
+    assert r["over_plain"]["defaults"] > 1.0 and r["over_plain"]["no-lrp"] > 1.0
+    with pytest.raises(SystemExit):
+        cost.main(["--recipes", "fastest", "--out", str(out)])
