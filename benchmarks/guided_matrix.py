@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -146,6 +147,42 @@ def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def kernel_spread(rows: list[dict[str, Any]], min_gap: float = 0.10) -> dict[str, Any]:
+    """How far the same run lands under two kernel settings: the run-to-run spread of each recipe.
+
+    The same architecture, shortcut and seed under two kernel settings share data, initial weights and
+    batch order; only rounding differs, so each such pair is two draws of one recipe. Pairs whose gap
+    ``c - a`` is at most ``min_gap`` under either kernel are left out (there a point of accuracy is many
+    percent of the gap). Returns the number of pairs, the standard deviation of the difference in
+    recovery (and that of one run: divided by sqrt 2), and those of (b)'s and (c)'s accuracy, in points.
+    """
+    runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if "error" not in r:
+            key = (r["arch"], r.get("confound", DEFAULT_CONFOUND), r["seed"])
+            runs.setdefault(key, []).append(r)
+    pairs = [
+        (x, y)
+        for members in runs.values()
+        for i, x in enumerate(members)
+        for y in members[i + 1 :]
+        if min(x["c"] - x["a"], y["c"] - y["a"]) > min_gap
+    ]
+    if len(pairs) < 2:
+        return {"pairs": len(pairs)}
+
+    def sd(key: str) -> float:
+        return statistics.pstdev([100 * (x[key] - y[key]) for x, y in pairs])
+
+    return {
+        "pairs": len(pairs),
+        "recovered_difference_sd": sd("recovered"),
+        "recovered_run_sd": sd("recovered") / math.sqrt(2),
+        "b_difference_sd": sd("b"),
+        "c_difference_sd": sd("c"),
+    }
+
+
 def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The rows and the per-architecture summary as a Markdown table."""
     lines = [
@@ -214,15 +251,23 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         rows = list(pool.map(lambda j: run_one(*j[:3], args.work, extra, args.resume, j[3]), jobs))
     summary = per_arch(rows)
+    spread = kernel_spread(rows)
     info = {
         "command": " ".join([Path(sys.argv[0]).name, *argv]),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "total_seconds": time.perf_counter() - t0,
         "runs": rows,
         "summary": summary,
+        "kernel_spread": spread,
     }
     write_json(args.out, info)
     print(table(rows, summary))
+    if "recovered_run_sd" in spread:
+        print(
+            f"kernel pairs: {spread['pairs']}, one run's spread {spread['recovered_run_sd']:.1f} % "
+            "of the gap; "
+            f"(b) {spread['b_difference_sd']:.1f}, (c) {spread['c_difference_sd']:.1f} points between kernels"
+        )
     print(f"wrote {args.out} ({info['total_seconds']:.0f} s)")
 
 

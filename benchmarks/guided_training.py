@@ -15,7 +15,8 @@ and the share of |relevance| in the token corner; and whether the model reads th
 the token agrees with the class and where not; the token's effect on the logit difference, measured on
 the test cases drawn with and without it, against the relevance LRP puts in the token corner). Also the
 time of one training step of (b) relative to one of (a), same model and batch, interleaved repeats,
-median.
+median (each sample the mean of the steps that hold one explained case; ``benchmarks/guided_step_cost.py``
+times the recipes alone).
 
 The annotation (``--mask-kind``) is the *head* by default: the region that may matter (everything
 inside the scalp outline, which a user draws or thresholds in seconds), so relevance on the background

@@ -71,3 +71,33 @@ def test_shortcuts_are_summarised_apart_and_together(matrix, tmp_path):
     )
     row = matrix.run_one("x", 1, "native", tmp_path, [], resume=True, confound="ruler")
     assert row["confound"] == "ruler" and row["b"] == 0.95
+
+
+def test_kernel_spread_pairs_the_same_run_under_two_kernels(matrix):
+    def row(seed, kernel, b, c=0.9, a=0.5, confound="corner-token"):
+        return {
+            "arch": "x",
+            "confound": confound,
+            "seed": seed,
+            "kernel": kernel,
+            **matrix.summarise(_run(a, b, c)),
+        }
+
+    rows = [
+        row(0, "default", 0.90),
+        row(0, "native", 0.86),  # 10 % of the gap apart
+        row(1, "default", 0.80),
+        row(1, "native", 0.84),  # 10 % apart the other way
+        row(2, "native", 0.90),  # no partner: left out
+        row(3, "default", 0.95, c=0.55),  # a gap of 5 points: left out
+        row(3, "native", 0.60, c=0.55),
+    ]
+    spread = matrix.kernel_spread(rows)
+    assert spread["pairs"] == 2
+    assert spread["recovered_difference_sd"] == pytest.approx(10.0)
+    assert spread["recovered_run_sd"] == pytest.approx(10.0 / 2**0.5)
+    assert spread["b_difference_sd"] == pytest.approx(4.0) and spread["c_difference_sd"] == pytest.approx(0.0)
+    # runs of different shortcuts are not pairs
+    assert matrix.kernel_spread([row(0, "default", 0.9), row(0, "native", 0.8, confound="ruler")]) == {
+        "pairs": 0
+    }
