@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from guided_training import PLAIN, SETTINGS, build, phantom  # benchmarks/ is the script's folder
+from guided_training import PLAIN, SETTINGS, build, phantom, timed_steps  # benchmarks/ is the script's folder
 from medlrp.data.folder import Batch
 from medlrp.train.guided import GuidedLoss
 from medlrp.train.losses import cross_entropy_loss
@@ -70,13 +70,7 @@ def measure(arch: str, names: list[str], rounds: int, batch_size: int, block: in
     block = block or max(1, math.ceil(every / batch_size))
 
     def sample(loss_fn: LossFn) -> float:
-        t0 = time.process_time()
-        for _ in range(block):
-            opt.zero_grad(set_to_none=True)
-            loss, _ = loss_fn(model, batch)
-            loss.backward()
-            opt.step()
-        return (time.process_time() - t0) / block
+        return timed_steps(model, opt, batch, loss_fn, block, clock=time.process_time)
 
     for fn in losses.values():  # warm-up
         sample(fn)

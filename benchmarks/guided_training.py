@@ -308,6 +308,24 @@ def build(arch: str, size: int, seed: int, kwargs: dict[str, Any]) -> torch.nn.M
         return ARCHITECTURES.get(arch)(in_channels=1, num_classes=2, **kwargs)
 
 
+def timed_steps(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    loss_fn: Any,
+    block: int = 1,
+    clock: Any = time.perf_counter,
+) -> float:
+    """Mean time of ``block`` consecutive training steps (forward, backward, optimiser step)."""
+    t0 = clock()
+    for _ in range(block):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = loss_fn(model, batch)
+        loss.backward()
+        opt.step()
+    return (clock() - t0) / block
+
+
 def step_ratio(
     model: torch.nn.Module, batch: Batch, guided: Any, repeats: int, block: int = 1
 ) -> dict[str, float]:
@@ -320,13 +338,7 @@ def step_ratio(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def step(loss_fn: Any) -> float:
-        t0 = time.perf_counter()
-        for _ in range(block):
-            opt.zero_grad(set_to_none=True)
-            loss, _ = loss_fn(model, batch)
-            loss.backward()
-            opt.step()
-        return (time.perf_counter() - t0) / block
+        return timed_steps(model, opt, batch, loss_fn, block)
 
     step(cross_entropy_loss), step(guided)  # warm-up
     plain, guide = [], []
