@@ -560,7 +560,7 @@ class GuidedLoss(nn.Module):
             if partner is None:
                 partner = x.roll(1, dims=0)
             reference, counterfactual = self._reference(
-                model, x, y, logits, mask, has_mask, stats, parts, offset + seen, partner
+                model, x, y, logits, mask, has_mask, stats, parts, offset, partner, seen
             )
             loss = loss + self.guidance_weight * self.reference_weight * reference
             if counterfactual is not None:
@@ -599,12 +599,13 @@ class GuidedLoss(nn.Module):
         parts: dict[str, torch.Tensor],
         offset: int,
         partner: torch.Tensor,
+        seen: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:class:`ReferenceLoss` on every ``reference_every``-th masked case (a plain forward of each).
 
         Returns ``(reference loss, counterfactual cross-entropy or None)``, both batch-mean estimates.
         """
-        picked = self.selection(x.shape[0], has_mask, offset, self.reference_every, seen=0).to(x.device)
+        picked = self.selection(x.shape[0], has_mask, offset, self.reference_every, seen).to(x.device)
         if not bool(picked.any()):
             return logits.new_zeros(()), None
         region = grow_mask(mask[picked], self.mask_margin)
