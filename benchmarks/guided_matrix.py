@@ -98,15 +98,23 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
         "mass_a": a["mass_inside_mask"],
         "mass_b": b["mass_inside_mask"],
     }
+    if "gap_recovered_se" in run:
+        row["recovered_se"] = run["gap_recovered_se"]
     if "step_time" in run:
         row["step_ratio"] = run["step_time"]["guided_over_plain"]
     return row
 
 
+def recovered_text(row: dict[str, Any]) -> str:
+    """The recovered share in percent, with its test-set standard error where the run has one."""
+    se = row.get("recovered_se")
+    return f"{100 * row['recovered']:.0f} %" + ("" if se is None else f" ± {100 * se:.0f}")
+
+
 def fmt(row: dict[str, Any]) -> str:
     """One row as text."""
     return (
-        f"(a) {row['a']:.3f} (b) {row['b']:.3f} (c) {row['c']:.3f} recovered {100 * row['recovered']:.0f} % "
+        f"(a) {row['a']:.3f} (b) {row['b']:.3f} (c) {row['c']:.3f} recovered {recovered_text(row)} "
         f"token effect {row['token_effect_b']:.3f} mass a/b {row['mass_a']:.2f}/{row['mass_b']:.2f}"
     )
 
@@ -141,6 +149,9 @@ def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
             and max(effect) < 0.1
             and all(r["mass_b"] > r["mass_a"] for r in done),
         }
+        errors = [r["recovered_se"] for r in done if "recovered_se" in r]
+        if errors:
+            out[name]["recovered_se_median"] = statistics.median(errors)
         steps = [r["step_ratio"] for r in done if "step_ratio" in r]
         if steps:
             out[name]["step_ratio_max"] = max(steps)
@@ -196,16 +207,22 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{head} {r['a']:.3f} | {r['b']:.3f} | {r['c']:.3f} | "
-            f"{100 * r['recovered']:.0f} % | {r['token_effect_b']:.3f} | "
+            f"{recovered_text(r)} | {r['token_effect_b']:.3f} | "
             f"{r['mass_a']:.2f} / {r['mass_b']:.2f} |"
         )
     for arch, s in summary.items():
         lines.append(
             f"| {arch} | | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | | "
-            f"{100 * s['recovered_median']:.0f} % / {100 * s['recovered_min']:.0f} % | "
+            f"{100 * s['recovered_median']:.0f} % / {100 * s['recovered_min']:.0f} %{se_text(s)} | "
             f"max {s['token_effect_b_max']:.3f} | b > a in every run: {s['mass_b_over_a_everywhere']} |"
         )
     return "\n".join(lines)
+
+
+def se_text(summary: dict[str, Any]) -> str:
+    """The median test-set standard error of a group's recoveries, where its runs have one."""
+    se = summary.get("recovered_se_median")
+    return "" if se is None else f" (median SE {100 * se:.0f})"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

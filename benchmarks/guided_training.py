@@ -58,7 +58,7 @@ from medlrp.data.phantom.writer import KINDS, iter_split, split_sizes
 from medlrp.metrics import relevance_mass_accuracy
 from medlrp.models.preprocessing import Preprocessing
 from medlrp.registry import ARCHITECTURES
-from medlrp.train import TrainConfig, accuracy, fit, predict
+from medlrp.train import TrainConfig, fit, predict
 from medlrp.train.guided import GuidedLoss, grow_mask, guidance_composite, logit_difference, lrp_relevance
 from medlrp.train.guided_losses import GuidanceLoss
 from medlrp.train.losses import cross_entropy_loss
@@ -397,7 +397,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         "phantom": asdict(options),
         "test_cases": len(test.label),
     }
-    models = {}
+    models, right = {}, {}
     for name, train, loss_fn in (
         ("a_plain_confounded", confounded["train"], cross_entropy_loss),
         ("b_guided_confounded", guiding, guided.loss_fn()),
@@ -407,8 +407,9 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         model = build(arch, size, seed, s["arch_kwargs"])
         fit(model, train, config, loss_fn=loss_fn)
         models[name] = model
+        right[name] = predict(model, test).argmax(dim=1) == test.label
         row[name] = {
-            "test_accuracy": accuracy(model, test),
+            "test_accuracy": float(right[name].float().mean()),
             **token_split(model, test, tokens),
             **token_effect(model, pairs, areas),
             **explanation_scores(model, test, areas=areas),
@@ -419,6 +420,7 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
     gap = c - a
     row["shortcut_gap_points"] = 100 * gap
     row["gap_recovered"] = (b - a) / gap if gap > 0 else float("nan")
+    row["gap_recovered_se"] = recovery_standard_error(*right.values())
     if args.repeats > 0:
         batch = Batch(*(t[: args.batch_size] for t in guiding[:4]), guiding.case_id)
         # after training, guided.steps is past explain_start: the guided steps timed include the LRP term
@@ -426,6 +428,24 @@ def run_arch(arch: str, s: dict[str, Any], seed: int, args: argparse.Namespace) 
         timed = step_ratio(models["a_plain_confounded"], batch, guided.loss_fn(), args.repeats, block)
         row["step_time"] = timed
     return row
+
+
+def recovery_standard_error(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
+    """Standard error of the recovered share ``(b - a) / (c - a)`` from the test set's finite size.
+
+    ``a``, ``b``, ``c``: whether each model classified each test case right (the same cases). The
+    delta method on the paired cases: the share's influence per case is
+    ``((b_i - a_i) - r (c_i - a_i)) / (c - a)``; its standard deviation over sqrt(n) is the error the
+    draw of test cases alone puts on one run's recovery (the models held fixed). With 400 cases and a
+    gap of 20 points it is about 5 % of the gap: as wide as the recipes' differences (BENCHMARKS.md).
+    """
+    a, b, c = (t.double() for t in (a, b, c))
+    gap = float((c - a).mean())
+    if gap <= 0:
+        return float("nan")
+    share = float((b - a).mean()) / gap
+    influence = ((b - a) - share * (c - a)) / gap
+    return float(influence.std(unbiased=True) / math.sqrt(len(a)))
 
 
 def phantom_options(args: argparse.Namespace, settings: dict[str, Any]) -> PhantomSpec:
