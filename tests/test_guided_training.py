@@ -362,7 +362,9 @@ def test_reference_term_sees_a_model_that_reads_outside_the_mask():
     loss, parts = crit(corner, x, y, mask)
     assert parts["reference"] > 0
     expected = (
-        parts["ce"] + 2.0 * (parts["guidance"] + 1.5 * parts["reference"]) + 3.0 * parts["counterfactual_ce"]
+        parts["ce"]
+        + 2.0 * (parts["guidance"] + 1.5 * parts["reference"])
+        + crit.counterfactual_weight * parts["counterfactual_ce"]
     )
     assert loss.item() == pytest.approx(float(expected))
     assert GuidedLoss(0.0)(corner, x, y, mask)[0].item() == pytest.approx(float(parts["ce"]))  # plain
@@ -500,6 +502,7 @@ def test_counterfactual_cross_entropy_is_the_label_on_the_reference_cases():
 def test_guided_benchmark_smoke_run_scores_on_the_larger_test_split(tmp_path):
     """``benchmarks/guided_training.py --quick``: (a), (b), (c) trained and scored on 40 test cases."""
     import json
+    import math
     import subprocess
     import sys
     from pathlib import Path
@@ -511,6 +514,9 @@ def test_guided_benchmark_smoke_run_scores_on_the_larger_test_split(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     run = json.loads(out.read_text())["results"]["cnn2d"]["runs"][0]
     assert run["test_cases"] == 40  # not the 20 % of the 120 quick cases
+    assert run["explained_cases"] == 20  # the relevance scores on the first 20 of them
+    se = run["gap_recovered_se"]  # NaN where the quick run has no gap
+    assert math.isnan(se) or 0 <= se < 10
     for key in ("a_plain_confounded", "b_guided_confounded", "c_plain_clean"):
         acc = run[key]["test_accuracy"] * 40  # a whole number of the 40 cases
         assert acc == pytest.approx(round(acc), abs=1e-4) and 0 <= acc <= 40
