@@ -1,17 +1,13 @@
 """benchmarks/gpu_carry.py: pure-Python packages copied for a GPU session, compiled ones never."""
 
 import importlib.machinery
-import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_module import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_carry", ROOT / "benchmarks" / "gpu_carry.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_carry")
 
 
 def test_copies_pure_packages_and_leaves_compiled_ones(tmp_path):

@@ -1,20 +1,15 @@
 """benchmarks/guided_matrix.py: seeds, kernel environments, the per-architecture goals (no training)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "guided_matrix.py"
+from benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def matrix():
-    spec = importlib.util.spec_from_file_location("guided_matrix", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("guided_matrix")
 
 
 def test_seeds_and_kernel_environments(matrix, monkeypatch):

@@ -1,21 +1,16 @@
 """benchmarks/guided_training.py: the test-set standard error of the recovered share of the gap."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "guided_training.py"
+from benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("guided_training", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("guided_training")
 
 
 def _models(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -1,25 +1,15 @@
 """benchmarks/guided_step_cost.py: the recipes, the block of steps per sample, the written figures."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cost():
-    sys.path.insert(0, str(BENCH))  # the script imports guided_training from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location("guided_step_cost", BENCH / "guided_step_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("guided_step_cost")
 
 
 def test_recipes_resolve_explain_every_per_architecture(cost):
