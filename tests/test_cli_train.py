@@ -158,8 +158,8 @@ def test_bound_and_ramp_land_in_the_loss_and_the_checkpoint(tmp_path, data):
     assert bounded["explain_ramp_steps"] == per_epoch > 0 and bounded["explain_start_steps"] == 0
     assert extras["none"]["guidance_bound"] is None and extras["default"]["guidance_bound"] == "auto"
     assert extras["default"]["explain_ramp_epochs"] == 0 == extras["default"]["explain_ramp_steps"]
-    # the label on the reference: on by default (weight 10), off with 0, and logged only when on
-    assert extras["default"]["counterfactual_weight"] == 10.0 and bounded["counterfactual_weight"] == 0.0
+    # the label on the reference: on by default (weight 3), off with 0, and logged only when on
+    assert extras["default"]["counterfactual_weight"] == 3.0 and bounded["counterfactual_weight"] == 0.0
     assert "counterfactual_ce" in extras["default"]["history"][0]
     assert "counterfactual_ce" not in bounded["history"][0]
     # the bound acts: a CNN (unbounded under "auto") logs the bounded step's gradient ratio only when

@@ -111,7 +111,7 @@ def test_defaults_are_the_robust_recipe():
     crit = GuidedLoss()
     assert crit.guidance_bound == "auto" and crit.explain_ramp == 0
     assert crit.guidance_weight == 0.3 and crit.explain_every == "auto" and crit.reference_weight == 3.0
-    assert crit.reference_every == 1 and crit.counterfactual_weight == 10.0
+    assert crit.reference_every == 1 and crit.counterfactual_weight == 3.0
     vit = vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2).eval()
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
     # "auto": transformers explained by the default relevance are bounded, CNNs and own choices not

@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--counterfactual-weight",
             help="--guided: weight of the cross-entropy on each referenced case with another case's "
-            "content outside its mask (default 10; 0: off).",
+            "content outside its mask (default 3; 0: off).",
         ),
         init: Path | None = typer.Option(
             None,
