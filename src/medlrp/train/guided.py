@@ -41,10 +41,10 @@ Design decisions, each with its reason:
   60 % on one where it kept the token under some CPU kernels). With weight 1 on every second case:
   79-125 % over five seeds, three kernels and four kinds of shortcut, the worst runs those where the
   guided model had dropped the shortcut and learnt the lesion less well; on every case with weight 3 the
-  references outweigh the confounded originals (BENCHMARKS.md). Weight 10 was no better over 20 runs
-  (median 97 % against 100 % of the gap, 2000 test cases) and let the shortcut's effect grow fivefold,
-  to the other side (BENCHMARKS.md, session 9). It needs no forward or backward of its own: the
-  reference term's are reused.
+  references outweigh the confounded originals (BENCHMARKS.md). Weight 10 was no better over the same 20
+  runs (median 99 % against 100 % of the gap, min 89 % against 93 %, 2000 test cases) and left more of
+  the shortcut's effect (0.07x the typical logit against 0.03x; BENCHMARKS.md, session 9). It needs no
+  forward or backward of its own: the reference term's are reused.
 - Losses are measured in units of at least one logit (``tau=1``): an untrained network's logits are
   tiny, and a unit tied to them alone lets the guidance gradient outweigh the cross-entropy by their
   inverse, so that the model never starts learning (measured: cross-entropy stuck at log 2).
