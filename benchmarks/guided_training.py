@@ -8,18 +8,18 @@ architecture, budget (cases, epochs, batch size, learning rate) and seed:
       annotated region) on the same split,
   (c) plain training on the unconfounded training split,
 
-each evaluated on the unconfounded test split (the test split of both datasets is the same; 2000 cases
-by default, ``--test-cases``): accuracy, with the standard error the draw of test cases puts on the
-recovered share of the gap (:func:`recovery_standard_error`: about 4-7 % of the gap at 400 cases, as
-wide as the differences between recipes; 2-3 % at 2000). On the first 400 of them (``--explained-cases``):
-the relevance mass inside the tumour mask (positive LRP relevance of the true class inside the tumour
-over all positive relevance, the model's default composite; 0 for a model without positive relevance),
-and the share of |relevance| in the token corner; and whether the model reads the token (accuracy where
-the token agrees with the class and where not, on all test cases; the token's effect on the logit
-difference, measured on the test cases drawn with and without it, against the relevance LRP puts in the
-token corner). Also the time of one training step of (b) relative to one of (a), same model and batch,
-interleaved repeats, median (each sample the mean of the steps that hold one explained case;
-``benchmarks/guided_step_cost.py`` times the recipes alone).
+each evaluated on the unconfounded test split (the test split of both datasets is the same; 2000 cases by
+default, ``--test-cases``): accuracy, with the standard error the draw of test cases puts on the recovered
+share of the gap (:func:`recovery_standard_error`: 3-5 % of the gap at 400 cases, 5-10 % for the digits'
+smaller gap, as wide as the differences between recipes; about half that at 2000). On the first 400 of
+them (``--explained-cases``): the relevance mass inside the tumour mask (positive LRP relevance of the
+true class inside the tumour over all positive relevance, the model's default composite; 0 for a model
+without positive relevance), and the share of |relevance| in the token corner; and whether the model reads
+the token (accuracy where the token agrees with the class and where not, on all test cases; the token's
+effect on the logit difference, measured on the test cases drawn with and without it, against the
+relevance LRP puts in the token corner). Also the time of one training step of (b) relative to one of (a),
+same model and batch, interleaved repeats, median (each sample the mean of the steps that hold one
+explained case; ``benchmarks/guided_step_cost.py`` times the recipes alone).
 
 The annotation (``--mask-kind``) is the *head* by default: the region that may matter (everything
 inside the scalp outline, which a user draws or thresholds in seconds), so relevance on the background
