@@ -97,6 +97,7 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
         "token_effect_b": b["token_effect"],
         "mass_a": a["mass_inside_mask"],
         "mass_b": b["mass_inside_mask"],
+        "mass_c": c["mass_inside_mask"],
     }
     if "gap_recovered_se" in run:
         row["recovered_se"] = run["gap_recovered_se"]
@@ -144,11 +145,15 @@ def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "b_min": min(r["b"] for r in done),
             "token_effect_b_max": max(effect),
             "mass_b_over_a_everywhere": all(r["mass_b"] > r["mass_a"] for r in done),
+            # the clean model against the same bar: where it fails too, the shortcut model reads the
+            # lesion as much as a clean one does, and the mass cannot tell them apart
+            "mass_c_over_a_everywhere": all(r["mass_c"] > r["mass_a"] for r in done),
             "goals_met": min(rec) >= 0.9
             and statistics.median(rec) >= 1.0
             and max(effect) < 0.1
             and all(r["mass_b"] > r["mass_a"] for r in done),
         }
+        out[name].update(guided_minus_clean(done))
         errors = [r["recovered_se"] for r in done if "recovered_se" in r]
         if errors:
             out[name]["recovered_se_median"] = statistics.median(errors)
@@ -156,6 +161,23 @@ def per_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if steps:
             out[name]["step_ratio_max"] = max(steps)
     return out
+
+
+def guided_minus_clean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the guided model learns the lesion as well as the clean one: ``b - c`` over seeds, in points.
+
+    The runs of one shortcut and seed (its kernel settings) share data and initial weights, so they are
+    averaged first: each (shortcut, seed) is one unit, and the standard error is that of the mean over
+    the units (NaN with one). Where (b) and (c) learn alike, the mean is within about two errors of 0 and
+    a run's recovery below 100 % is the spread of training, not a deficit of the recipe.
+    """
+    seeds: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        seeds.setdefault((r.get("confound", DEFAULT_CONFOUND), r["seed"]), []).append(100 * (r["b"] - r["c"]))
+    means = [statistics.fmean(d) for d in seeds.values()]
+    se = statistics.stdev(means) / math.sqrt(len(means)) if len(means) > 1 else math.nan
+    mean = statistics.fmean(means)
+    return {"b_minus_c_points": mean, "b_minus_c_se_points": se, "b_minus_c_seeds": len(means)}
 
 
 def kernel_spread(rows: list[dict[str, Any]], min_gap: float = 0.10) -> dict[str, Any]:
@@ -197,7 +219,8 @@ def kernel_spread(rows: list[dict[str, Any]], min_gap: float = 0.10) -> dict[str
 def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The rows and the per-architecture summary as a Markdown table."""
     lines = [
-        "| arch | shortcut | seed | kernels | (a) | (b) | (c) | recovered | token effect (b) | mass a / b |",
+        "| arch | shortcut | seed | kernels | (a) | (b) | (c) | recovered | token effect (b) "
+        "| mass a / b / c |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -208,13 +231,15 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         lines.append(
             f"{head} {r['a']:.3f} | {r['b']:.3f} | {r['c']:.3f} | "
             f"{recovered_text(r)} | {r['token_effect_b']:.3f} | "
-            f"{r['mass_a']:.2f} / {r['mass_b']:.2f} |"
+            f"{r['mass_a']:.2f} / {r['mass_b']:.2f} / {r['mass_c']:.2f} |"
         )
     for arch, s in summary.items():
         lines.append(
-            f"| {arch} | | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | | "
+            f"| {arch} | | median / min of {s['runs']} | | | {s['b_median']:.3f} / {s['b_min']:.3f} | "
+            f"b - c {s['b_minus_c_points']:+.1f} ± {s['b_minus_c_se_points']:.1f} | "
             f"{100 * s['recovered_median']:.0f} % / {100 * s['recovered_min']:.0f} %{se_text(s)} | "
-            f"max {s['token_effect_b_max']:.3f} | b > a in every run: {s['mass_b_over_a_everywhere']} |"
+            f"max {s['token_effect_b_max']:.3f} | b > a in every run: {s['mass_b_over_a_everywhere']} "
+            f"(c > a: {s['mass_c_over_a_everywhere']}) |"
         )
     return "\n".join(lines)
 

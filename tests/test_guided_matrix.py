@@ -1,6 +1,7 @@
 """benchmarks/guided_matrix.py: seeds, kernel environments, the per-architecture goals (no training)."""
 
 import json
+import math
 
 import pytest
 
@@ -41,6 +42,12 @@ def test_goals_per_architecture(matrix, tmp_path):
     for bad in (_run(0.5, 0.8, 0.9), _run(0.5, 0.9, 0.9, effect=0.5), _run(0.5, 0.9, 0.9, mass=(0.2, 0.1))):
         row = {"arch": "x", "seed": 9, "kernel": "avx2", **matrix.summarise(bad)}
         assert not matrix.per_arch([*rows, row])["x"]["goals_met"]
+    # the clean model's mass is shown against the same bar: (c) 0.2 under (a) 0.25 here
+    weak_run = _run(0.5, 0.9, 0.9, mass=(0.25, 0.3))
+    weak = {"arch": "x", "seed": 9, "kernel": "avx2", **matrix.summarise(weak_run)}
+    both = matrix.per_arch([*rows, weak])["x"]
+    assert both["mass_b_over_a_everywhere"] and not both["mass_c_over_a_everywhere"] and both["goals_met"]
+    assert "0.25 / 0.30 / 0.20" in matrix.table([weak], {"x": both})
     failed = {"arch": "x", "seed": 9, "kernel": "native", "error": "boom"}
     assert matrix.per_arch([*rows, failed])["x"]["failed_runs"] == 1
     assert "failed" in matrix.table([*rows, failed], matrix.per_arch(rows))
@@ -96,3 +103,24 @@ def test_kernel_spread_pairs_the_same_run_under_two_kernels(matrix):
     assert matrix.kernel_spread([row(0, "default", 0.9), row(0, "native", 0.8, confound="ruler")]) == {
         "pairs": 0
     }
+
+
+def test_guided_minus_clean_averages_each_seed_over_its_kernels(matrix):
+    def row(seed, kernel, b, c, confound="corner-token"):
+        return {"arch": "x", "confound": confound, "seed": seed, "kernel": kernel, "b": b, "c": c}
+
+    rows = [
+        row(0, "default", 0.90, 0.92),
+        row(0, "native", 0.94, 0.92),  # seed 0: +0 points on average over its kernels
+        row(1, "native", 0.96, 0.92),  # seed 1: +4
+        row(1, "native", 0.90, 0.90, confound="ruler"),  # another shortcut's seed 1: its own unit, 0
+    ]
+    d = matrix.guided_minus_clean(rows)
+    assert d["b_minus_c_seeds"] == 3
+    assert d["b_minus_c_points"] == pytest.approx(4 / 3)
+    assert d["b_minus_c_se_points"] == pytest.approx((16 / 3) ** 0.5 / 3**0.5)  # stdev of (0, 4, 0) / sqrt 3
+    assert math.isnan(matrix.guided_minus_clean(rows[:2])["b_minus_c_se_points"])
+    full = [{**r, **matrix.summarise(_run(0.5, r["b"], r["c"]))} for r in rows[:3]]
+    summary = matrix.per_arch(full)
+    assert summary["x"]["b_minus_c_points"] == pytest.approx(2.0)
+    assert "b - c +2.0 ± 2.0" in matrix.table(full, summary)
