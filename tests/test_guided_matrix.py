@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -124,3 +125,66 @@ def test_guided_minus_clean_averages_each_seed_over_its_kernels(matrix):
     summary = matrix.per_arch(full)
     assert summary["x"]["b_minus_c_points"] == pytest.approx(2.0)
     assert "b - c +2.0 ± 2.0" in matrix.table(full, summary)
+
+
+def test_noninferiority_judges_the_recipe_over_seeds(matrix):
+    """(b) - (c) over seeds against 10 % of the gap, at 95 % one-sided confidence (Student's t)."""
+    stats = pytest.importorskip("scipy.stats")
+
+    def rows(diffs, a=0.5, c=0.9, confound="corner-token"):
+        return [
+            {
+                "arch": "x",
+                "confound": confound,
+                "seed": s,
+                "kernel": "native",
+                **matrix.summarise(_run(a, c + d, c)),
+            }
+            for s, d in enumerate(diffs)
+        ]
+
+    # five seeds: one run 5 points short (87.5 % of the gap), the mean -1 point: the recipe passes
+    good = rows([0.0, -0.05, 0.0, 0.0, 0.0])
+    d = matrix.guided_minus_clean(good)
+    se = statistics.stdev([0, -5, 0, 0, 0]) / 5**0.5
+    assert d["b_minus_c_points"] == pytest.approx(-1.0) and d["b_minus_c_se_points"] == pytest.approx(se)
+    assert d["b_minus_c_lower_points"] == pytest.approx(-1.0 - stats.t.ppf(0.95, 4) * se)
+    assert d["noninferiority_margin_points"] == pytest.approx(4.0)  # 10 % of a 40-point gap
+    assert d["b_noninferior"]
+    s = matrix.per_arch(good)["x"]
+    assert s["goals_met_over_seeds"] and not s["goals_met"]  # the per-run goal fails on the 87.5 % run
+    assert "goals over seeds: met |" in matrix.table(good, {"x": s}).splitlines()[-1]
+    # every seed about 5 points short: the recipe itself recovers under 90 %
+    short = rows([-0.05, -0.051, -0.049, -0.05, -0.05])
+    s = matrix.per_arch(short)["x"]
+    assert not s["b_noninferior"] and not s["goals_met_over_seeds"]
+    assert "goals over seeds: not met |" in matrix.table(short, {"x": s}).splitlines()[-1]
+    # a single seed proves nothing: no bound, not met
+    assert not matrix.guided_minus_clean(good[:1])["b_noninferior"]
+    # a shortcut still read fails it however well (b) scores
+    read = [{**r, "token_effect_b": 0.5} for r in good]
+    assert not matrix.per_arch(read)["x"]["goals_met_over_seeds"]
+
+
+def test_mass_is_judged_where_the_clean_model_separates(matrix):
+    def row(seed, mass_a, mass_b, mass_c):
+        return {
+            "arch": "x",
+            "seed": seed,
+            "kernel": "native",
+            "a": 0.5,
+            "b": 0.9,
+            "c": 0.9,
+            "recovered": 1.0,
+            "token_effect_b": 0.0,
+            "mass_a": mass_a,
+            "mass_b": mass_b,
+            "mass_c": mass_c,
+        }
+
+    rows = [row(0, 0.10, 0.20, 0.20), row(1, 0.10, 0.20, 0.19), row(2, 0.16, 0.15, 0.14)]
+    s = matrix.per_arch(rows)["x"]
+    # seed 2: (b) under (a), and so is the clean model: the mass cannot separate there
+    assert not s["mass_b_over_a_everywhere"] and s["mass_b_over_a_where_c_is"]
+    bad = matrix.per_arch([*rows, row(3, 0.16, 0.15, 0.20)])["x"]
+    assert not bad["mass_b_over_a_where_c_is"] and not bad["goals_met_over_seeds"]
