@@ -85,7 +85,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "epochs": 20,
         "lr": 2e-3,
         "arch_kwargs": {},
-        "composite": "epsilon-alpha2-beta1-flat",
+        "composite": None,  # the default relevance (epsilon-alpha2-beta1-flat), bounded: "auto"
         "explain_every": "auto",
         "explain_start_epochs": 0,
         "weight": 0.3,

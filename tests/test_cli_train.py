@@ -162,11 +162,11 @@ def test_bound_and_ramp_land_in_the_loss_and_the_checkpoint(tmp_path, data):
     assert extras["default"]["counterfactual_weight"] == 3.0 and bounded["counterfactual_weight"] == 0.0
     assert "counterfactual_ce" in extras["default"]["history"][0]
     assert "counterfactual_ce" not in bounded["history"][0]
-    # the bound acts: a CNN (unbounded under "auto") logs the bounded step's gradient ratio only when
-    # a number is given
+    # the bound acts: the CNN logs the bounded step's gradient ratio under "auto" (its default relevance
+    # is bounded) and under a number, not with "none"
     assert "guidance_grad_ratio" in bounded["history"][0]
+    assert "guidance_grad_ratio" in extras["default"]["history"][0]
     assert "guidance_grad_ratio" not in extras["none"]["history"][0]
-    assert "guidance_grad_ratio" not in extras["default"]["history"][0]
 
 
 @pytest.mark.parametrize(

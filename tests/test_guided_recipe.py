@@ -9,8 +9,8 @@ from medlrp.errors import InputError
 from medlrp.lrp.composites import resolve_composite
 from medlrp.models.vit import vit2d
 from medlrp.train.guided import (
-    EXPLAIN_EVERY_CNN,
-    EXPLAIN_EVERY_TRANSFORMER,
+    EXPLAIN_EVERY_BOUNDED,
+    EXPLAIN_EVERY_UNBOUNDED,
     GUIDANCE_BOUND,
     GUIDANCE_TRANSFORMER_EPSILON,
     GuidedLoss,
@@ -114,12 +114,15 @@ def test_defaults_are_the_robust_recipe():
     assert crit.reference_every == 1 and crit.counterfactual_weight == 3.0
     vit = vit2d(image_size=16, patch_size=8, dim=8, depth=1, heads=2).eval()
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
-    # "auto": transformers explained by the default relevance are bounded, CNNs and own choices not
-    assert crit.bound_for(vit) == GUIDANCE_BOUND == 0.3 and crit.bound_for(cnn) is None
-    # "auto": the bounded transformer term costs a second backward, so it explains every 64th case
-    assert crit.explain_every_for(vit) == EXPLAIN_EVERY_TRANSFORMER == 64
-    assert crit.explain_every_for(cnn) == EXPLAIN_EVERY_CNN == 32
-    assert GuidedLoss(composite="attnlrp").explain_every_for(vit) == 32
+    # "auto": any model explained by the default relevance is bounded (its gradient spikes, CNN or
+    # transformer), own choices of relevance not
+    assert crit.bound_for(vit) == crit.bound_for(cnn) == GUIDANCE_BOUND == 0.3
+    # "auto": a bounded term costs a second backward, so it explains every 64th case, else every 32nd
+    assert crit.explain_every_for(vit) == crit.explain_every_for(cnn) == EXPLAIN_EVERY_BOUNDED == 64
+    assert GuidedLoss(composite="attnlrp").explain_every_for(vit) == EXPLAIN_EVERY_UNBOUNDED == 32
+    assert GuidedLoss(composite="epsilon-alpha2-beta1-flat").bound_for(cnn) is None
+    assert GuidedLoss(guidance_bound=None).explain_every_for(cnn) == 32
+    assert GuidedLoss(guidance_bound=0.5).explain_every_for(cnn) == 64
     assert GuidedLoss(explain_every=5, guidance_bound=None).explain_every_for(vit) == 5
     with pytest.raises(InputError, match="explain_every"):
         GuidedLoss(explain_every="often")

@@ -9,6 +9,7 @@ from medlrp.cli import main as cli_main
 from medlrp.data.folder import Batch
 from medlrp.errors import InputError
 from medlrp.train.guided import (
+    EXPLAIN_EVERY_BOUNDED,
     GuidedLoss,
     batch_statistics_as_running,
     eval_mode,
@@ -232,22 +233,25 @@ def test_cli_guided_training(tmp_path, capsys):
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(tmp_path / "ph"), "--batch-size", "4", "--quiet"]
     guided = ["--guided", "--guidance-weight", "0.5", "--mask-margin", "2", "--explain-start", "1"]
-    # every 32nd case is explained (counted over the run): 6 epochs of this small set reach the 32nd
-    assert cli_main([*args, "--epochs", "6", "--out", str(out), *guided]) == 0
+    train_cases = len(list((tmp_path / "ph" / "train").rglob("*.png"))) - len(
+        list((tmp_path / "ph" / "train").rglob("*_mask.png"))
+    )
+    # every 64th case is explained (the bounded default; counted over the run): enough epochs of this
+    # small set to reach the 64th
+    epochs = EXPLAIN_EVERY_BOUNDED // train_cases + 2
+    assert cli_main([*args, "--epochs", str(epochs), "--out", str(out), *guided]) == 0
     printed = capsys.readouterr().out
     assert "guidance" in printed and "ce" in printed
     extra = torch.load(out, weights_only=True)["extra"]
     assert extra["guided"] is True and extra["guidance_weight"] == 0.5 and extra["mask_margin"] == 2
-    train_cases = len(list((tmp_path / "ph" / "train").rglob("*.png"))) - len(
-        list((tmp_path / "ph" / "train").rglob("*_mask.png"))
-    )
     assert extra["explain_start_epochs"] == 1
     assert extra["explain_start_steps"] == batches_per_epoch(train_cases, 4) > 0
-    # the LRP term starts with the second epoch, in the epoch that holds the run's 32nd case
+    # the LRP term starts with the second epoch, in the epoch that holds the run's 64th case
     history = extra["history"]
     assert train_cases < 32 and history[0]["guidance"] == 0
     explained = [i for i, h in enumerate(history) if h["guidance"] > 0]
-    assert explained and explained[0] == 32 // train_cases
+    assert explained and explained[0] == EXPLAIN_EVERY_BOUNDED // train_cases
+    assert all("guidance_grad_ratio" in history[i] for i in explained)  # bounded by default
     assert cli_main([*args, "--out", str(out), "--guided", "--guidance-weight", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--mask-margin", "-1"]) == 2
     assert cli_main([*args, "--out", str(out), "--guided", "--explain-start", "-1"]) == 2

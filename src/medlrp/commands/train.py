@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--guidance-bound",
             help="--guided: largest ratio of the LRP term's gradient norm to that of the rest of the "
-            "loss, every step: auto (default: 0.3 for transformers, unbounded for CNNs), none "
+            "loss, every step: auto (default: 0.3, the LRP term then explains every 64th case), none "
             "(unbounded) or a number >= 0.",
         ),
         counterfactual_weight: float | None = typer.Option(

@@ -69,13 +69,15 @@ Design decisions, each with its reason:
   penalising it from the first step holds a tiny ViT at chance (measured: cross-entropy stuck at
   log 2 for 40 epochs, with every weight, unit and term tried; BENCHMARKS.md), while the reference term
   alone already keeps the shortcut out and lets the network learn. The CNN needs no delay.
-- For transformers the explanation term's gradient is bounded (``guidance_bound``: at most 0.3x the
-  gradient of cross-entropy plus reference term, every step) and their guidance relevance uses attnlrp
-  with epsilon 0.1: the gradient of a loss on attnlrp relevance is rough at the scale of rounding
-  (runs 1e-8 apart saw gradients of 0.1 and 1e3), Adam makes a full step of any spike, and the guided
-  ViT's outcome depended on the CPU's kernels (20-108 % of the gap recovered); bounded, it does not
-  (BENCHMARKS.md). CNNs stay unbounded (the bound would differentiate their BatchNorm statistics
-  twice; their guidance was not rough).
+- The explanation term's gradient is bounded (``guidance_bound``: at most 0.3x the gradient of
+  cross-entropy plus reference term, every step) wherever the relevance is the default one, and a
+  transformer's guidance relevance uses attnlrp with epsilon 0.1: the gradient of a loss on LRP
+  relevance is rough at the scale of rounding (ViT runs 1e-8 apart saw gradients of 0.1 and 1e3; the
+  guided CNN's averaged 0.1-0.4x the rest's with epochs of 3x and 17x, single spikes), Adam makes a
+  full step of any spike, and the guided model's outcome depended on the CPU's kernels (the ViT 20-108 %
+  of the gap recovered; one CNN 60 % on one CPU, 96 % on another); bounded, it does not
+  (BENCHMARKS.md). The bound costs a second backward in the steps that explain a case, so a bounded
+  term explains every 64th case (one in every second step with batches of 32).
 - Reductions divide by the batch size (not by the number of explained cases), so that a batch split
   over processes (:mod:`medlrp.train.guided_dist`) gives the same gradient as the whole batch.
 
@@ -108,8 +110,8 @@ __all__ = [
     "guidance_options",
     "GUIDANCE_TRANSFORMER_EPSILON",
     "GUIDANCE_BOUND",
-    "EXPLAIN_EVERY_CNN",
-    "EXPLAIN_EVERY_TRANSFORMER",
+    "EXPLAIN_EVERY_BOUNDED",
+    "EXPLAIN_EVERY_UNBOUNDED",
     "RelevanceFn",
     "StartFn",
     "eval_mode",
@@ -329,20 +331,20 @@ def grow_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
     return pool(mask.float(), 2 * margin + 1, stride=1, padding=margin).to(mask.dtype)
 
 
-#: ``GuidedLoss(explain_every="auto")``: every 32nd case of a CNN is explained, every 64th of a transformer
-#: explained by the default relevance (one case every second step with batches of 32): its bounded term
-#: costs a second backward, and with every case referenced (the defaults) a guided ``vit2d`` step then cost
-#: 3.0x a plain one at every 32nd case, 2.5x at every 64th; ``cnn2d`` 2.8x at every 32nd (BENCHMARKS.md).
-EXPLAIN_EVERY_CNN, EXPLAIN_EVERY_TRANSFORMER = 32, 64
+#: ``GuidedLoss(explain_every="auto")``: every 64th case is explained where the term is bounded (the
+#: default relevance; one case every second step with batches of 32), every 32nd where it is not: the
+#: bound costs a second backward, and with every case referenced (the defaults) a guided ``vit2d`` step
+#: cost 3.0x a plain one at every 32nd case, 2.5x at every 64th (BENCHMARKS.md).
+EXPLAIN_EVERY_BOUNDED, EXPLAIN_EVERY_UNBOUNDED = 64, 32
 
 
-#: ``GuidedLoss(guidance_bound="auto")`` for transformers: the explanation term's gradient is at most
-#: this share of the rest's (cross-entropy and reference term) in every step. The attnlrp term's
-#: gradient is rough (its norm was 3-300x the rest's, epoch means, in the guided ViT) and Adam makes a
-#: full step of any spike; bounded at 0.3 the guided ViT's outcome no longer depended on the CPU's
-#: kernels (BENCHMARKS.md, "A guided recipe that does not depend on rounding"). CNNs are left unbounded:
-#: their BatchNorm statistics feed both parts, so bounding differentiates the training forward twice
-#: (a guided ``cnn2d`` step 3.4x a plain one instead of 2.4x) for the same result.
+#: ``GuidedLoss(guidance_bound="auto")`` with the default relevance: the explanation term's gradient is
+#: at most this share of the rest's (cross-entropy and reference term) in every step. The LRP term's
+#: gradient is rough (the attnlrp term's norm was 3-300x the rest's, epoch means, in the guided ViT; the
+#: CNN's epochs of 3x and 17x among 0.1-0.4x) and Adam makes a full step of any spike; bounded at 0.3 the
+#: guided models' outcome no longer depended on the CPU's kernels (BENCHMARKS.md, "A guided recipe that
+#: does not depend on rounding" and session 11). A BatchNorm CNN's statistics feed both parts, so the
+#: bound differentiates its training forward twice in the steps that explain a case.
 GUIDANCE_BOUND = 0.3
 
 
@@ -360,8 +362,8 @@ class GuidedLoss(nn.Module):
         composite: LRP composite for the default relevance function (see :func:`lrp_relevance`).
         start: ``"logit-difference"`` (default), ``"logit"`` or a callable ``start(output, target)``.
         explain_every: Explain every n-th case (counted over the run, see :meth:`selection` and the
-            module docstring); 1 explains all; ``"auto"`` (default): :data:`EXPLAIN_EVERY_TRANSFORMER`
-            when the relevance is the default one of a transformer, else :data:`EXPLAIN_EVERY_CNN`.
+            module docstring); 1 explains all; ``"auto"`` (default): :data:`EXPLAIN_EVERY_BOUNDED`
+            where the term is bounded (:meth:`bound_for`), else :data:`EXPLAIN_EVERY_UNBOUNDED`.
         mask_margin: Grow each mask by this many pixels (voxels) before the loss: the region that may
             carry relevance then includes the lesion's surroundings (a classifier reads a lesion
             against its context, so a tight lesion mask also penalises right reasons).
@@ -383,8 +385,8 @@ class GuidedLoss(nn.Module):
         guidance_bound: Largest ratio of the explanation term's gradient norm to that of the rest of
             the loss (cross-entropy and reference term) in a training step
             (:func:`~medlrp.train.guided_clip.bounded_sum`); ``None``: unbounded; ``"auto"`` (default):
-            :data:`GUIDANCE_BOUND` when the relevance is the default one of a transformer, else
-            unbounded (decided on the first call). Under DDP the bound applies to the whole batch's
+            :data:`GUIDANCE_BOUND` when the relevance is the default one (no ``relevance_fn``, no
+            ``composite``), else unbounded. Under DDP the bound applies to the whole batch's
             gradient.
     """
 
@@ -443,7 +445,6 @@ class GuidedLoss(nn.Module):
             raise InputError(f"counterfactual weight must be >= 0, got {counterfactual_weight}")
         self.counterfactual_weight = float(counterfactual_weight)
         self._default_relevance = relevance_fn is None and composite is None
-        self._auto: tuple[int, bool] | None = None
         self.steps = 0
         #: Cases of the training batches so far (whole batches; see :meth:`selection`).
         self.seen = 0
@@ -458,22 +459,13 @@ class GuidedLoss(nn.Module):
         """The guidance bound used for ``model`` (``"auto"`` resolved: see the class docstring)."""
         if self.guidance_bound != "auto":
             return self.guidance_bound  # type: ignore[return-value]
-        return GUIDANCE_BOUND if self._transformer(model) else None
+        return GUIDANCE_BOUND if self._default_relevance else None
 
     def explain_every_for(self, model: nn.Module) -> int:
         """``explain_every`` for ``model`` (``"auto"`` resolved: see the class docstring)."""
         if isinstance(self.explain_every, int):
             return self.explain_every
-        return EXPLAIN_EVERY_TRANSFORMER if self._transformer(model) else EXPLAIN_EVERY_CNN
-
-    def _transformer(self, model: nn.Module) -> bool:
-        """Whether ``model`` is explained by the default relevance of a transformer (decided once)."""
-        if self._auto is None or self._auto[0] != id(model):
-            from medlrp.lrp.composites import TRANSFORMER_DEFAULT
-
-            transformer = self._default_relevance and guidance_composite(model) == TRANSFORMER_DEFAULT
-            self._auto = (id(model), transformer)
-        return self._auto[1]
+        return EXPLAIN_EVERY_BOUNDED if self.bound_for(model) is not None else EXPLAIN_EVERY_UNBOUNDED
 
     def ramp(self, step: int) -> float:
         """The explanation term's share of ``guidance_weight`` at training step ``step`` (0 to 1)."""
