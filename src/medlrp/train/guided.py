@@ -61,9 +61,9 @@ Design decisions, each with its reason:
   epochs); ``explain_every`` beyond the batch explains one case every few steps. The reference term
   likewise uses every ``reference_every``-th case. Differentiable LRP costs several plain steps per
   case (a forward with both graphs and a double backward), a reference one plain forward and backward
-  per case; the defaults (every case referenced, every 32nd case of a CNN explained, every 64th of a
-  transformer, whose bounded term costs a second backward) keep a guided step under 3 plain steps
-  (BENCHMARKS.md). ``explain_every=1`` explains every case.
+  per case; the defaults (every case referenced, every 64th case explained by the bounded term, whose
+  bound costs a second backward) make a guided step 2.5-3.7x a plain one, depending on the model and
+  the CPU (BENCHMARKS.md). ``explain_every=1`` explains every case.
 - The explanation term can start late (``explain_start`` training steps; the reference term runs from
   the first step): the relevance of an untrained network is noise spread over the whole input, and
   penalising it from the first step holds a tiny ViT at chance (measured: cross-entropy stuck at
