@@ -11,7 +11,8 @@ as they happen in training; the figure is the median of ``--rounds`` samples, in
     .venv/bin/python benchmarks/guided_step_cost.py --archs cnn2d --rounds 15 --out cost.json
 
 Recipes: ``defaults`` (``GuidedLoss`` as shipped, with the benchmark's composite), ``session7`` (every
-second case referenced, the label on the reference at weight 1, every 32nd case explained), ``no-lrp``
+second case referenced, the label on the reference at weight 1, every 32nd case explained),
+``unbounded`` (sessions 8-10's CNN default: the LRP term unbounded, every 32nd case explained), ``no-lrp``
 (the defaults without the LRP term: what the reference and its label cost alone).
 """
 
@@ -42,6 +43,7 @@ RESULTS = Path(__file__).with_name("results")
 RECIPES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "session7": {"reference_every": 2, "counterfactual_weight": 1.0, "explain_every": 32},
+    "unbounded": {"guidance_bound": None},
     "no-lrp": {"explain_start": 10**9},
 }
 

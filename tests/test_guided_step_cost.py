@@ -15,8 +15,10 @@ def cost():
 def test_recipes_resolve_explain_every_per_architecture(cost):
     _, every_cnn = cost.recipe_losses("cnn2d", ["defaults", "session7"])
     _, every_vit = cost.recipe_losses("vit2d", ["defaults", "session7"])
-    # the bounded transformer term explains every 64th case by default, a CNN every 32nd
-    assert every_cnn == 32 and every_vit == 64
+    # the bounded term explains every 64th case by default, CNN and transformer alike
+    assert every_cnn == 64 and every_vit == 64
+    # unbounded, every 32nd: the largest explain_every among the recipes asked for decides the block
+    assert cost.recipe_losses("cnn2d", ["unbounded", "session7"])[1] == 32
 
 
 def test_step_cost_smoke_run_writes_ratios(cost, tmp_path):
@@ -37,8 +39,8 @@ def test_step_cost_smoke_run_writes_ratios(cost, tmp_path):
     )
     data = json.loads(out.read_text())
     r = data["results"]["cnn2d"]
-    # one sample spans the steps that hold one explained case: 32 cases in batches of 8
-    assert r["block"] == 4 and set(r["step_s"]) == {"plain", "defaults", "no-lrp"}
+    # one sample spans the steps that hold one explained case: 64 cases in batches of 8
+    assert r["block"] == 8 and set(r["step_s"]) == {"plain", "defaults", "no-lrp"}
     # a guided step runs a reference forward and backward of the whole batch besides the plain one
     assert r["over_plain"]["defaults"] > 1.0 and r["over_plain"]["no-lrp"] > 1.0
     with pytest.raises(SystemExit):
